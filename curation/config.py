@@ -1,0 +1,217 @@
+"""Pipeline spec: strict YAML -> frozen models.
+
+Unknown keys are errors (a typo must never silently fall back to a default), and every error names the file
+and the dotted key. Secrets (S3 credentials) are `SecretStr`, so they are redacted wherever a spec is dumped
+(manifests, run records, logs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from curation.errors import SpecError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+DEFAULT_ROBOTS_OPT_OUT = ("noai", "noimageai", "noindex", "noimageindex")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3Settings(Strict):
+    """Connection to an S3-compatible service. Missing fields fall back to the usual AWS_* variables."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+
+
+class FolderSource(Strict):
+    """A local folder, walked recursively in sorted order; `x.json` beside `x.jpg` is its sidecar."""
+
+    kind: Literal["folder"]
+    name: str = Field(pattern=NAME_PATTERN)
+    path: Path
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+    license: str | None = None  # default licence for images whose sidecar names none
+
+
+class WebDatasetSource(Strict):
+    """WebDataset tar shards: local paths/globs or s3:// URIs (brace ranges like {000..009} allowed)."""
+
+    kind: Literal["webdataset"]
+    name: str = Field(pattern=NAME_PATTERN)
+    urls: tuple[str, ...] = Field(min_length=1)
+    license: str | None = None
+
+
+class S3Source(Strict):
+    """Every object under an s3://bucket/prefix whose name ends in one of `extensions`."""
+
+    kind: Literal["s3"]
+    name: str = Field(pattern=NAME_PATTERN)
+    uri: str = Field(pattern=r"^s3://[^/]+(/.*)?$")
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+    license: str | None = None
+
+
+class UrlListSource(Strict):
+    """A CSV or Parquet table of URLs (plus optional license/caption/attribution columns) fetched over HTTP."""
+
+    kind: Literal["urls"]
+    name: str = Field(pattern=NAME_PATTERN)
+    path: Path
+    url_column: str = "url"
+    license_column: str = "license"
+    caption_column: str = "caption"
+    attribution_column: str = "attribution"
+    license: str | None = None
+
+
+Source = Annotated[FolderSource | WebDatasetSource | S3Source | UrlListSource, Field(discriminator="kind")]
+
+
+class DecodeStage(Strict):
+    """Safe decode: what an acceptable image is. Rejects get a reason code (docs/reasons.md)."""
+
+    max_bytes: int = Field(default=64 * 2**20, gt=0)  # larger inputs are rejected unread (too_large)
+    max_pixels: int = Field(default=89_478_485, gt=0)  # Pillow's own bomb limit; above -> decompression_bomb
+    min_side: int = Field(default=32, ge=1)  # shorter side below this -> too_small
+    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+
+
+class SelectStage(Strict):
+    """Selection. Only `keep_all` exists in the foundation; retrieval and balancing plug in here later."""
+
+    mode: Literal["keep_all"] = "keep_all"
+
+
+class Stages(Strict):
+    decode: DecodeStage = DecodeStage()
+    select: SelectStage = SelectStage()
+
+
+class FetchSettings(Strict):
+    """HTTP fetching for URL-list sources."""
+
+    concurrency: int = Field(default=16, ge=1, le=256)  # parallel requests per block task
+    timeout_s: float = Field(default=20.0, gt=0)  # connect and read timeout per request
+    retries: int = Field(default=2, ge=0, le=10)  # retries on connection errors and 429/5xx
+    backoff_s: float = Field(default=0.5, ge=0)  # base of the exponential back-off between retries
+    user_agent: str = "curation-bot/0.1 (+https://github.com/curation/curation; respects X-Robots-Tag noai)"
+    robots_opt_out: tuple[str, ...] = DEFAULT_ROBOTS_OPT_OUT  # X-Robots-Tag values that mean "do not take"
+
+
+class ExecutionSettings(Strict):
+    executor: Literal["ray", "local"] = "ray"  # local runs blocks in-process (debugging, tests)
+    ray_address: str | None = None  # None: start Ray in-process; "auto" or "ray://host:10001": a cluster
+    num_cpus: int | None = Field(default=None, ge=1)  # CPUs for a locally started Ray; None = all
+    block_size: int = Field(default=256, ge=1)  # inputs per block (the unit of retry and resume)
+    max_retries: int = Field(default=3, ge=0)  # Ray retries of a block whose worker died
+
+
+class StorageSettings(Strict):
+    blobs: str | None = None  # content-addressed image bytes; default HOME/blobs; may be s3://bucket/prefix
+
+
+class PublishSettings(Strict):
+    uri: str | None = None  # where versions go; default HOME/datasets; may be s3://bucket/prefix
+    shard_max_samples: int = Field(default=1000, ge=1)
+    shard_max_bytes: int = Field(default=512 * 2**20, ge=1)
+
+
+class PipelineSpec(Strict):
+    """One curation run: sources in, one dataset version out."""
+
+    name: str = Field(pattern=NAME_PATTERN)  # the output dataset name; versions are NAME@v1, NAME@v2, ...
+    description: str = ""
+    sources: tuple[Source, ...] = Field(min_length=1)
+    stages: Stages = Stages()
+    fetch: FetchSettings = FetchSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    storage: StorageSettings = StorageSettings()
+    publish: PublishSettings = PublishSettings()
+    s3: S3Settings = S3Settings()
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> PipelineSpec:
+        names = [source.name for source in self.sources]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+    def public_dict(self) -> dict[str, Any]:
+        """The spec as JSON-able data with secrets redacted: what manifests and run records store."""
+        return self.model_dump(mode="json")
+
+    def sha256(self) -> str:
+        """Hash of the redacted spec; the run's identity for resume."""
+        canonical = json.dumps(self.public_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _format_errors(error: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid pipeline spec"]
+    for item in error.errors():
+        location = ".".join(
+            str(part) for part in item["loc"] if not re.fullmatch(r"[a-z]+-source", str(part))
+        )
+        location = re.sub(r"\.(folder|webdataset|s3|urls)(?=\.|$)", "", location)
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = item["msg"]
+        lines.append(f"  {location or '<top>'}: {message}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, *, origin: str = "<spec>", base_dir: Path | None = None) -> PipelineSpec:
+    """Validate a spec given as a mapping; relative source paths are resolved against `base_dir`."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: a pipeline spec must be a mapping, got {type(data).__name__}")
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_format_errors(error, origin)) from None
+    if base_dir is None:
+        return spec
+    return spec.model_copy(
+        update={"sources": tuple(_resolve_paths(source, base_dir) for source in spec.sources)}
+    )
+
+
+def _resolve_paths(source: Any, base_dir: Path) -> Any:
+    if isinstance(source, FolderSource | UrlListSource) and not source.path.is_absolute():
+        return source.model_copy(update={"path": (base_dir / source.path).resolve()})
+    if isinstance(source, WebDatasetSource):
+        urls = tuple(
+            url if url.startswith("s3://") or Path(url).is_absolute() else str((base_dir / url).resolve())
+            for url in source.urls
+        )
+        return source.model_copy(update={"urls": urls})
+    return source
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate a YAML spec file. Relative paths inside it are relative to the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read pipeline spec ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    return parse_spec(data, origin=str(path), base_dir=path.resolve().parent)

@@ -1,0 +1,236 @@
+"""A curation run end to end: plan -> ingest blocks (executor) -> commit to catalog -> select -> publish.
+
+Resumable by construction: the plan is written once per run, each block's output file marks it done, and the
+release step recognises a version this run already committed. A killed `curate run SPEC` started again with the
+same spec resumes the unfinished run instead of starting over.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from curation.config import PipelineSpec
+from curation.executors import make_executor
+from curation.ingest import Block, plan_blocks
+from curation.ingest.stage import BlockSummary, block_output_key, ingest_block
+from curation.publish.release import publish
+from curation.store.catalog import Catalog
+from curation.store.home import Home
+from curation.types import INPUT_SCHEMA, KEPT, REJECTED
+
+log = logging.getLogger("curation")
+
+# Columns of the version's provenance.parquet: every input of the run and its fate. `seen_at` stays in the
+# catalog only, so that the same inputs give a byte-identical version.
+VERSION_PROVENANCE_COLUMNS = [
+    "source", "uri", "image_id", "status", "stage", "reason", "detail", "license", "attribution", "caption",
+    "bytes", "format", "width", "height",
+]  # fmt: skip
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    version: str
+    unchanged: bool
+    resumed_blocks: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def run_pipeline(
+    spec: PipelineSpec,
+    *,
+    home: Home,
+    fresh: bool = False,
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> RunResult:
+    with Catalog.open(home.catalog_path) as catalog:
+        run_id = None if fresh else catalog.unfinished_run(spec.sha256())
+        if run_id is None:
+            run_id = f"{spec.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+            catalog.start_run(run_id, spec.name, spec.sha256(), spec.public_dict())
+            log.info("run %s started", run_id)
+        else:
+            log.info("resuming unfinished run %s", run_id)
+        try:
+            result = _execute(spec, home, catalog, run_id, ray_address, progress)
+        except BaseException:
+            catalog.mark_run(run_id, status="failed")
+            raise
+        catalog.mark_run(run_id, status="finished", version=result.version, stats=result.stats)
+        return result
+
+
+def _load_or_plan(spec: PipelineSpec, home: Home, run_id: str) -> list[Block]:
+    key = f"{run_id}/plan.json"
+    if home.runs.exists(key):
+        return [Block.from_json(item) for item in json.loads(home.runs.get(key))]
+    blocks = plan_blocks(spec)
+    home.runs.put(key, json.dumps([block.to_json() for block in blocks]).encode())
+    return blocks
+
+
+def _execute(
+    spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_address, progress
+) -> RunResult:
+    stats: dict[str, Any] = {}
+    started = time.perf_counter()
+    blocks = _load_or_plan(spec, home, run_id)
+    stats["plan"] = {"blocks": len(blocks), "seconds": round(time.perf_counter() - started, 3)}
+    done = {block.index for block in blocks if home.runs.exists(block_output_key(run_id, block.index))}
+    pending = [block for block in blocks if block.index not in done]
+
+    stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, ray_address, progress)
+    stats["ingest"]["resumed_blocks"] = len(done)
+
+    inputs = _read_inputs(home, run_id, blocks)
+    sources = [source.model_dump(mode="json") for source in spec.sources]
+    catalog.commit_inputs(run_id, inputs, sources)
+    kept = inputs.filter(pc.equal(inputs["status"], KEPT))
+    catalog.record_stage(run_id, "select", 1, _decisions(kept, KEPT))  # keep_all: later issues plug in here
+
+    started = time.perf_counter()
+    release = publish(
+        catalog=catalog,
+        target=home.datasets(spec),
+        staging=home.staging(spec, run_id),
+        blobs=home.blobs(spec),
+        samples=_samples(kept),
+        provenance=_version_provenance(catalog, run_id),
+        name=spec.name,
+        run_id=run_id,
+        spec=spec.public_dict(),
+        spec_sha256=spec.sha256(),
+        counts={
+            "inputs": inputs.num_rows,
+            "kept_inputs": kept.num_rows,
+            "rejected_inputs": inputs.num_rows - kept.num_rows,
+        },
+        dropped=_dropped(catalog, run_id),
+        max_samples=spec.publish.shard_max_samples,
+        max_bytes=spec.publish.shard_max_bytes,
+    )
+    stats["publish"] = {
+        "seconds": round(time.perf_counter() - started, 3),
+        "samples": release.manifest["counts"]["samples"],
+        "shards": release.manifest["counts"]["shards"],
+        "unchanged": release.unchanged,
+    }
+    return RunResult(run_id, release.ref, release.unchanged, len(done), stats)
+
+
+def _ingest(spec, home, run_id, blocks, pending, ray_address, progress) -> dict[str, Any]:
+    started = time.perf_counter()
+    totals = Counter()
+    if pending:
+        executor = make_executor(spec.execution, ray_address=ray_address)
+        bar = tqdm(total=len(blocks), initial=len(blocks) - len(pending), desc="ingest", unit="block",
+                   disable=not progress, dynamic_ncols=True)  # fmt: skip
+        try:
+            summary: BlockSummary
+            for summary in executor.map(ingest_block, pending, spec, home.blobs(spec), home.runs, run_id):
+                totals.update(inputs=summary.inputs, kept=summary.kept)
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(inputs=totals["inputs"], kept=totals["kept"],
+                                rejected=totals["inputs"] - totals["kept"], img_s=f"{totals['inputs'] / elapsed:.0f}")  # fmt: skip
+                bar.update(1)
+        finally:
+            bar.close()
+            executor.close()
+    seconds = time.perf_counter() - started
+    return {
+        "blocks": len(pending),
+        "inputs": totals["inputs"],
+        "kept": totals["kept"],
+        "seconds": round(seconds, 3),
+        "inputs_per_s": round(totals["inputs"] / seconds, 1) if seconds > 0 and totals["inputs"] else 0.0,
+        "executor": spec.execution.executor,
+    }
+
+
+def _read_inputs(home: Home, run_id: str, blocks: list[Block]) -> pa.Table:
+    tables = [
+        pq.read_table(io.BytesIO(home.runs.get(block_output_key(run_id, block.index)))) for block in blocks
+    ]
+    if not tables:
+        return INPUT_SCHEMA.empty_table()
+    return (
+        pa.concat_tables(tables)
+        .cast(INPUT_SCHEMA)
+        .sort_by([("block", "ascending"), ("position", "ascending")])
+    )
+
+
+def _decisions(rows: pa.Table, status: str) -> pa.Table:
+    return pa.table(
+        {
+            "block": rows["block"],
+            "position": rows["position"],
+            "status": pa.array([status] * rows.num_rows, pa.string()),
+            "reason": pa.nulls(rows.num_rows, pa.string()),
+            "detail": pa.nulls(rows.num_rows, pa.string()),
+        }
+    )
+
+
+def _samples(kept: pa.Table) -> list[dict[str, Any]]:
+    """One sample per distinct image id, carrying every place it was seen (sorted for determinism)."""
+    by_image: dict[str, dict[str, Any]] = {}
+    for row in kept.to_pylist():
+        sample = by_image.setdefault(
+            row["image_id"],
+            {
+                "key": row["image_id"],
+                "image_id": row["image_id"],
+                "part": "pool",
+                **{name: row[name] for name in ("format", "width", "height", "bytes", "mode", "frames")},
+                "provenance": [],
+            },
+        )
+        sample["provenance"].append(
+            {name: row[name] for name in ("source", "uri", "license", "attribution", "caption")}
+        )
+    samples = []
+    for image_id in sorted(by_image):
+        sample = by_image[image_id]
+        sample["provenance"].sort(key=lambda entry: (entry["source"], entry["uri"]))
+        sample["sources"] = sorted({entry["source"] for entry in sample["provenance"]})
+        for name in ("license", "attribution", "caption"):
+            sample[name] = next((entry[name] for entry in sample["provenance"] if entry[name]), None)
+        samples.append(sample)
+    return samples
+
+
+def _version_provenance(catalog: Catalog, run_id: str) -> pa.Table:
+    columns = ", ".join(
+        f"o.{c}" if c in ("source", "uri", "image_id") else c for c in VERSION_PROVENANCE_COLUMNS
+    )
+    return catalog.db.sql(
+        f"SELECT {columns} FROM outcomes o JOIN provenance p USING (run_id, block, position) "
+        "WHERE o.run_id = ? ORDER BY o.source, o.uri, o.block, o.position",
+        params=[run_id],
+    ).to_arrow_table()
+
+
+def _dropped(catalog: Catalog, run_id: str) -> dict[str, dict[str, int]]:
+    dropped: dict[str, dict[str, int]] = {}
+    for stage, reason, count in catalog.db.execute(
+        "SELECT stage, reason, count(*) FROM outcomes WHERE run_id = ? AND status = ? GROUP BY ALL ORDER BY ALL",
+        [run_id, REJECTED],
+    ).fetchall():
+        dropped.setdefault(stage, {})[reason] = count
+    return dropped

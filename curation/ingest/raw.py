@@ -1,0 +1,68 @@
+"""What a source hands to the ingest stage: a planned block of inputs, and each input's bytes or its failure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from curation.types import Reason
+
+SIDECAR_MAX_BYTES = 1 << 20
+SIDECAR_FIELDS = ("license", "attribution", "caption")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A unit of work, retry and resume: one source's slice of inputs. JSON-serialisable (stored in plan.json)."""
+
+    index: int
+    source: str
+    kind: str
+    items: tuple[Any, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "source": self.source, "kind": self.kind, "items": list(self.items)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Block:
+        items = tuple(tuple(item) if isinstance(item, list) else item for item in data["items"])
+        return cls(data["index"], data["source"], data["kind"], items)
+
+
+@dataclass
+class RawInput:
+    """One input: its bytes, or the reason none could be had; plus sidecar/metadata fields."""
+
+    uri: str
+    data: bytes | None = None
+    reason: Reason | None = None
+    detail: str | None = None
+    meta: dict[str, str | None] = field(default_factory=dict)
+
+
+def parse_sidecar(raw: bytes) -> tuple[dict[str, str | None], str | None]:
+    """Licence, attribution and caption from a sidecar JSON; returns (fields, problem-or-None)."""
+    if len(raw) > SIDECAR_MAX_BYTES:
+        return {}, f"sidecar ignored: larger than {SIDECAR_MAX_BYTES} bytes"
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        return {}, f"sidecar ignored: not JSON ({error})"
+    if not isinstance(data, dict):
+        return {}, "sidecar ignored: not a JSON object"
+    fields = {}
+    for name in SIDECAR_FIELDS:
+        value = data.get(name)
+        if value is not None:
+            fields[name] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return fields, None
+
+
+def has_image_extension(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
+    return name.lower().endswith(tuple(extension.lower() for extension in extensions))
+
+
+def chunk(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]

@@ -1,0 +1,217 @@
+"""Atomic, immutable releases of NAME@vN, plus reading them back: resolve, verify, diff.
+
+Commit point: locally, a finished staging folder is renamed to `NAME/vN` (one rename); on S3, every file is
+uploaded first and `manifest.json` last. Either way a version exists if and only if its manifest does, so a
+crash leaves no visible half version, and a version whose manifest exists is never written again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.errors import VerifyError, VersionError, VersionExistsError
+from curation.publish.manifest import (
+    build_manifest,
+    file_entry,
+    manifest_bytes,
+    sha256_stream,
+    validate_manifest,
+)
+from curation.publish.shards import write_shards
+from curation.store.blobs import BlobStore
+from curation.store.catalog import Catalog
+from curation.store.objects import LocalStore, ObjectStore
+
+REF_PATTERN = re.compile(
+    r"^(?P<name>[a-z0-9][a-z0-9_-]{0,63})(?:@(?:v(?P<number>[1-9][0-9]*)|(?P<latest>latest)))?$"
+)
+MANIFEST = "manifest.json"
+PROVENANCE = "provenance.parquet"
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """'name@v3' -> ('name', 3); 'name' or 'name@latest' -> ('name', None)."""
+    match = REF_PATTERN.match(ref)
+    if not match:
+        raise VersionError(f"not a version reference: {ref!r} (expected NAME@vN, NAME@latest or NAME)")
+    number = match.group("number")
+    return match.group("name"), int(number) if number else None
+
+
+def resolve(catalog: Catalog, ref: str) -> dict[str, Any]:
+    name, number = parse_ref(ref)
+    known = catalog.versions(name)
+    if not known:
+        raise VersionError(f"no dataset named {name!r} in this home")
+    if number is None:
+        return known[-1]
+    found = [row for row in known if row["version"] == number]
+    if not found:
+        raise VersionError(f"{name}@v{number} does not exist; latest is {name}@v{known[-1]['version']}")
+    return found[0]
+
+
+def version_key(name: str, number: int, relative: str) -> str:
+    return f"{name}/v{number}/{relative}"
+
+
+def published_numbers(target: ObjectStore, name: str) -> list[int]:
+    """Version numbers whose manifest exists in the target (the store, not the catalog, is the truth)."""
+    pattern = re.compile(rf"^{re.escape(name)}/v([1-9][0-9]*)/{MANIFEST}$")
+    return sorted(int(m.group(1)) for key in target.list(name) if (m := pattern.match(key)))
+
+
+@dataclass(frozen=True)
+class Release:
+    ref: str
+    manifest: dict[str, Any]
+    unchanged: bool  # True when the content equals the latest version, which is then reused, not duplicated
+
+
+def publish(
+    *,
+    catalog: Catalog,
+    target: ObjectStore,
+    staging: Path,
+    blobs: BlobStore,
+    samples: list[dict[str, Any]],
+    provenance: pa.Table,
+    name: str,
+    run_id: str,
+    spec: dict[str, Any],
+    spec_sha256: str,
+    counts: dict[str, int],
+    dropped: dict[str, dict[str, int]],
+    max_samples: int,
+    max_bytes: int,
+) -> Release:
+    existing = _find_run_release(catalog, target, name, run_id)
+    if existing:  # a resumed run whose release committed before the crash: record it, do not publish twice
+        return existing
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shard_files = write_shards(samples, blobs, staging, max_samples=max_samples, max_bytes=max_bytes)
+    pq.write_table(provenance, staging / PROVENANCE)
+    files = [file_entry(staging, PROVENANCE, "provenance")]
+    for shard in shard_files:
+        files += [file_entry(staging, shard.tar, "shard"), file_entry(staging, shard.index, "shard_index")]
+
+    parent_row = catalog.versions(name)[-1] if catalog.versions(name) else None
+    number = max([0, *published_numbers(target, name)]) + 1
+    parent = None
+    if parent_row:
+        parent = {
+            "ref": f"{name}@v{parent_row['version']}",
+            "version": parent_row["version"],
+            "manifest_sha256": parent_row["manifest_sha256"],
+        }
+    image_ids = {sample["image_id"] for sample in samples}
+    parent_ids = set(_image_ids(catalog, name, parent_row["version"])) if parent_row else set()
+    manifest = build_manifest(
+        name=name,
+        version=number,
+        parent=parent,
+        run_id=run_id,
+        spec=spec,
+        spec_sha256=spec_sha256,
+        counts={**counts, "samples": len(samples), "shards": len(shard_files)},
+        dropped=dropped,
+        changes={"added": len(image_ids - parent_ids), "removed": len(parent_ids - image_ids)},
+        files=files,
+        shards=[{"tar": s.tar, "index": s.index, "samples": s.samples} for s in shard_files],
+    )
+    if parent_row and parent_row["content_sha256"] == manifest["content_sha256"]:
+        shutil.rmtree(staging, ignore_errors=True)
+        return Release(parent["ref"], _read_manifest(target, name, parent_row["version"]), unchanged=True)
+    _commit(target, staging, name, number, manifest)
+    _register(catalog, target, manifest)
+    return Release(manifest["ref"], manifest, unchanged=False)
+
+
+def _commit(target: ObjectStore, staging: Path, name: str, number: int, manifest: dict[str, Any]) -> None:
+    if target.exists(version_key(name, number, MANIFEST)):
+        raise VersionExistsError(f"{name}@v{number} already exists; versions are immutable")
+    write_manifest(staging, manifest)
+    if isinstance(target, LocalStore):
+        stage_key = staging.relative_to(target.root).as_posix()
+        target.rename_prefix(stage_key, f"{name}/v{number}")
+        return
+    for item in manifest["files"]:
+        target.put_file(version_key(name, number, item["path"]), staging / item["path"])
+    target.put_file(version_key(name, number, MANIFEST), staging / MANIFEST)  # last: the commit point
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_manifest(staging: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest into the staging folder (kept separate: it is the step right before the commit)."""
+    (staging / MANIFEST).write_bytes(manifest_bytes(manifest))
+
+
+def _register(catalog: Catalog, target: ObjectStore, manifest: dict[str, Any]) -> None:
+    name, number = manifest["name"], manifest["version"]
+    raw = target.get(version_key(name, number, MANIFEST))
+    catalog.register_version(manifest, target.url(f"{name}/v{number}"), hashlib.sha256(raw).hexdigest())
+    rows = [
+        pq.read_table(
+            target.open(version_key(name, number, shard["index"])), columns=["image_id", "shard", "part"]
+        )
+        for shard in manifest["shards"]
+    ]
+    if rows:
+        catalog.record_version_samples(name, number, pa.concat_tables(rows))
+
+
+def _find_run_release(catalog: Catalog, target: ObjectStore, name: str, run_id: str) -> Release | None:
+    for number in reversed(published_numbers(target, name)):
+        manifest = _read_manifest(target, name, number)
+        if manifest["run_id"] == run_id:
+            if not catalog.version(name, number):
+                _register(catalog, target, manifest)
+            return Release(manifest["ref"], manifest, unchanged=False)
+    return None
+
+
+def _read_manifest(target: ObjectStore, name: str, number: int) -> dict[str, Any]:
+    return json.loads(target.get(version_key(name, number, MANIFEST)))
+
+
+def _image_ids(catalog: Catalog, name: str, number: int) -> list[str]:
+    found = catalog.db.execute(
+        "SELECT image_id FROM version_samples WHERE name = ? AND version = ?", [name, number]
+    ).fetchall()
+    return [row[0] for row in found]
+
+
+def verify(version_root: ObjectStore, expected_manifest_sha256: str | None) -> list[str]:
+    """Re-hash every file of a version (its root folder) against its manifest; returns the problems found."""
+    problems = []
+    raw = version_root.get(MANIFEST)
+    if expected_manifest_sha256 and hashlib.sha256(raw).hexdigest() != expected_manifest_sha256:
+        problems.append(f"{MANIFEST}: SHA-256 differs from the one recorded in the catalog at publish time")
+    try:
+        manifest = json.loads(raw)
+        validate_manifest(manifest)
+    except (ValueError, VerifyError) as error:
+        return [*problems, f"{MANIFEST}: {error}"]
+    for item in manifest["files"]:
+        if not version_root.exists(item["path"]):
+            problems.append(f"{item['path']}: missing")
+            continue
+        with version_root.open(item["path"]) as stream:
+            digest, size = sha256_stream(stream)
+        if size != item["bytes"]:
+            problems.append(f"{item['path']}: {size} bytes, manifest says {item['bytes']}")
+        if digest != item["sha256"]:
+            problems.append(
+                f"{item['path']}: SHA-256 {digest[:16]}... manifest says {item['sha256'][:16]}..."
+            )
+    return problems

@@ -1,0 +1,32 @@
+"""Content-addressed image bytes: key = SHA-256 of the original bytes, so the same image is stored once."""
+
+from __future__ import annotations
+
+import hashlib
+
+from curation.store.objects import ObjectStore
+
+
+def image_id_of(data: bytes) -> str:
+    """The project's content address: SHA-256 hex of the original bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_key(image_id: str) -> str:
+    return f"{image_id[:2]}/{image_id[2:4]}/{image_id}"
+
+
+class BlobStore:
+    def __init__(self, objects: ObjectStore):
+        self.objects = objects
+
+    def put(self, data: bytes, image_id: str | None = None) -> str:
+        """Store `data` once; returns its image id. Re-putting known bytes costs one existence check."""
+        image_id = image_id or image_id_of(data)
+        key = blob_key(image_id)
+        if not self.objects.exists(key):
+            self.objects.put(key, data)
+        return image_id
+
+    def get(self, image_id: str) -> bytes:
+        return self.objects.get(blob_key(image_id))

@@ -1,0 +1,243 @@
+"""The DuckDB catalog: runs, sources, images, provenance, stage decisions, versions and shards.
+
+One writer: only the driver process opens it read-write, and Ray workers never touch it (they write block
+Parquet files that the driver commits here). Readers (CLI listings, audits) open it read-only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from curation.errors import RunError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, spec_sha256 VARCHAR NOT NULL, spec_json VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,              -- running | finished | failed
+    started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ,
+    version VARCHAR,                      -- NAME@vN the run published (or found unchanged)
+    stats_json VARCHAR                    -- per-stage counts, seconds and rates
+);
+CREATE TABLE IF NOT EXISTS sources (
+    run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, kind VARCHAR NOT NULL, config_json VARCHAR NOT NULL,
+    inputs BIGINT, PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS images (
+    image_id VARCHAR PRIMARY KEY, bytes BIGINT, format VARCHAR, width INTEGER, height INTEGER, mode VARCHAR,
+    frames INTEGER, first_seen_at TIMESTAMPTZ
+);
+-- One row per input of a run: where it came from and under what terms (image_id null if no bytes were had).
+CREATE TABLE IF NOT EXISTS provenance (
+    run_id VARCHAR NOT NULL, block INTEGER NOT NULL, position INTEGER NOT NULL, source VARCHAR NOT NULL,
+    uri VARCHAR NOT NULL, image_id VARCHAR, bytes BIGINT, format VARCHAR, width INTEGER, height INTEGER,
+    license VARCHAR, attribution VARCHAR, caption VARCHAR, seen_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, block, position)
+);
+-- What each stage decided about each input. The final fate of an input is its last stage's row.
+CREATE TABLE IF NOT EXISTS decisions (
+    run_id VARCHAR NOT NULL, block INTEGER NOT NULL, position INTEGER NOT NULL, stage VARCHAR NOT NULL,
+    stage_order INTEGER NOT NULL, status VARCHAR NOT NULL, reason VARCHAR, detail VARCHAR,
+    PRIMARY KEY (run_id, block, position, stage)
+);
+CREATE TABLE IF NOT EXISTS versions (
+    name VARCHAR NOT NULL, version INTEGER NOT NULL, uri VARCHAR NOT NULL, manifest_sha256 VARCHAR NOT NULL,
+    content_sha256 VARCHAR NOT NULL, parent INTEGER, run_id VARCHAR, created_at TIMESTAMPTZ NOT NULL,
+    samples BIGINT NOT NULL, status VARCHAR NOT NULL DEFAULT 'current', PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS shards (
+    name VARCHAR NOT NULL, version INTEGER NOT NULL, path VARCHAR NOT NULL, sha256 VARCHAR NOT NULL,
+    bytes BIGINT NOT NULL, samples BIGINT NOT NULL, PRIMARY KEY (name, version, path)
+);
+CREATE TABLE IF NOT EXISTS version_samples (
+    name VARCHAR NOT NULL, version INTEGER NOT NULL, image_id VARCHAR NOT NULL, shard VARCHAR NOT NULL,
+    part VARCHAR NOT NULL, PRIMARY KEY (name, version, image_id)
+);
+CREATE OR REPLACE VIEW outcomes AS
+SELECT p.run_id, p.block, p.position, p.source, p.uri, p.image_id, d.stage, d.status, d.reason, d.detail
+FROM provenance p JOIN (
+    SELECT *, row_number() OVER (PARTITION BY run_id, block, position ORDER BY stage_order DESC) AS latest
+    FROM decisions
+) d USING (run_id, block, position) WHERE d.latest = 1;
+"""
+
+
+class Catalog:
+    """A DuckDB file. Use `Catalog.open(path)` for the writer, `Catalog.open(path, read_only=True)` for readers."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, path: Path):
+        self.db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False) -> Catalog:
+        path = Path(path)
+        if read_only and not path.exists():
+            writer = cls.open(path)  # create the schema once so readers of a fresh home see empty tables
+            writer.close()
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        connection = duckdb.connect(str(path), read_only=read_only)
+        if not read_only:
+            connection.execute(SCHEMA)
+        return cls(connection, path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.db.execute("BEGIN TRANSACTION")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def rows(self, sql: str, parameters: list[Any] | None = None) -> list[dict[str, Any]]:
+        cursor = self.db.execute(sql, parameters or [])
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    # --- runs -------------------------------------------------------------------------------------------
+    def unfinished_run(self, spec_sha256: str) -> str | None:
+        """The latest run of this exact spec that did not finish: the one a new `curate run` resumes."""
+        found = self.db.execute(
+            "SELECT run_id FROM runs WHERE spec_sha256 = ? AND status <> 'finished' ORDER BY started_at DESC LIMIT 1",
+            [spec_sha256],
+        ).fetchone()
+        return found[0] if found else None
+
+    def start_run(self, run_id: str, name: str, spec_sha256: str, spec_json: dict) -> None:
+        self.db.execute(
+            "INSERT INTO runs (run_id, name, spec_sha256, spec_json, status, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [run_id, name, spec_sha256, json.dumps(spec_json, sort_keys=True), "running", datetime.now(UTC)],
+        )
+
+    def mark_run(
+        self, run_id: str, *, status: str, version: str | None = None, stats: dict | None = None
+    ) -> None:
+        self.db.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, version = coalesce(?, version), stats_json = ? "
+            "WHERE run_id = ?",
+            [status, datetime.now(UTC), version, json.dumps(stats or {}, sort_keys=True), run_id],
+        )
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        if run_id == "latest":
+            found = self.rows("SELECT * FROM runs ORDER BY started_at DESC LIMIT 1")
+        else:
+            found = self.rows("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if not found:
+            known = [
+                row["run_id"] for row in self.rows("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5")
+            ]
+            raise RunError(f"no run {run_id!r} in {self.path}; recent runs: {', '.join(known) or 'none'}")
+        return found[0]
+
+    # --- ingest outputs ---------------------------------------------------------------------------------
+    def commit_inputs(self, run_id: str, inputs: pa.Table, sources: list[dict]) -> None:
+        """Record a run's ingest rows (idempotent: a resumed run replaces what it wrote before)."""
+        with self.transaction() as db:
+            db.register("staged_inputs", inputs)
+            for table in ("provenance", "decisions", "sources"):
+                db.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            db.execute(
+                "INSERT INTO provenance SELECT ?, block, position, source, uri, image_id, bytes, format, width, "
+                "height, license, attribution, caption, seen_at FROM staged_inputs",
+                [run_id],
+            )
+            db.execute(
+                "INSERT INTO decisions SELECT ?, block, position, 'decode', 0, status, reason, detail "
+                "FROM staged_inputs",
+                [run_id],
+            )
+            db.execute(
+                "INSERT INTO images SELECT image_id, any_value(bytes), any_value(format), any_value(width), "
+                "any_value(height), any_value(mode), any_value(frames), min(seen_at) FROM staged_inputs "
+                "WHERE status = 'kept' AND image_id NOT IN (SELECT image_id FROM images) GROUP BY image_id"
+            )
+            for source in sources:
+                db.execute(
+                    "INSERT INTO sources VALUES (?, ?, ?, ?, (SELECT count(*) FROM staged_inputs WHERE source = ?))",
+                    [
+                        run_id,
+                        source["name"],
+                        source["kind"],
+                        json.dumps(source, sort_keys=True),
+                        source["name"],
+                    ],
+                )
+            db.unregister("staged_inputs")
+
+    def record_stage(self, run_id: str, stage: str, order: int, decisions: pa.Table) -> None:
+        """Decisions of a stage over some inputs: columns block, position, status, reason, detail."""
+        with self.transaction() as db:
+            db.register("staged_decisions", decisions)
+            db.execute("DELETE FROM decisions WHERE run_id = ? AND stage = ?", [run_id, stage])
+            db.execute(
+                "INSERT INTO decisions SELECT ?, block, position, ?, ?, status, reason, detail FROM staged_decisions",
+                [run_id, stage, order],
+            )
+            db.unregister("staged_decisions")
+
+    # --- versions ---------------------------------------------------------------------------------------
+    def register_version(self, manifest: dict, uri: str, manifest_sha256: str) -> None:
+        name, number = manifest["name"], manifest["version"]
+        with self.transaction() as db:
+            db.execute("DELETE FROM versions WHERE name = ? AND version = ?", [name, number])
+            db.execute("DELETE FROM shards WHERE name = ? AND version = ?", [name, number])
+            db.execute("DELETE FROM version_samples WHERE name = ? AND version = ?", [name, number])
+            parent = manifest["parent"]["version"] if manifest.get("parent") else None
+            db.execute(
+                "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'current')",
+                [
+                    name,
+                    number,
+                    uri,
+                    manifest_sha256,
+                    manifest["content_sha256"],
+                    parent,
+                    manifest["run_id"],
+                    manifest["created_at"],
+                    manifest["counts"]["samples"],
+                ],
+            )
+            for shard in manifest["shards"]:
+                tar = next(item for item in manifest["files"] if item["path"] == shard["tar"])
+                db.execute(
+                    "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)",
+                    [name, number, shard["tar"], tar["sha256"], tar["bytes"], shard["samples"]],
+                )
+
+    def record_version_samples(self, name: str, number: int, samples: pa.Table) -> None:
+        """Columns image_id, shard, part: which image sits in which shard of the version."""
+        with self.transaction() as db:
+            db.register("staged_samples", samples)
+            db.execute(
+                "INSERT INTO version_samples SELECT ?, ?, image_id, shard, part FROM staged_samples",
+                [name, number],
+            )
+            db.unregister("staged_samples")
+
+    def versions(self, name: str | None = None) -> list[dict[str, Any]]:
+        where, parameters = ("WHERE name = ?", [name]) if name else ("", [])
+        return self.rows(f"SELECT * FROM versions {where} ORDER BY name, version", parameters)
+
+    def version(self, name: str, number: int) -> dict[str, Any] | None:
+        found = self.rows("SELECT * FROM versions WHERE name = ? AND version = ?", [name, number])
+        return found[0] if found else None
