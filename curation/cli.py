@@ -32,10 +32,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         click.echo("(none)")
         return
-    cells = [
-        [str(row.get(column, "")) if row.get(column) is not None else "" for column in columns]
-        for row in rows
-    ]
+    cells = [[str(row.get(column, "")) if row.get(column) is not None else "" for column in columns] for row in rows]
     widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
     click.echo("  ".join(column.upper().ljust(width) for column, width in zip(columns, widths)))
     for line in cells:
@@ -86,9 +83,7 @@ def run_command(obj: Context, spec_path: str, fresh: bool, ray_address: str | No
         click.echo(f"run {data['run_id']}: {ingest['inputs']} inputs this session, {rejected} rejected "
                    f"({ingest['inputs_per_s']} inputs/s)")  # fmt: skip
         verb = "unchanged, still" if data["unchanged"] else "published"
-        click.echo(
-            f"{verb} {data['version']} ({kept} samples in {data['stats']['publish']['shards']} shards)"
-        )
+        click.echo(f"{verb} {data['version']} ({kept} samples in {data['stats']['publish']['shards']} shards)")
         click.echo(f"  curate verify {data['version']}   curate rejects {data['run_id']}")
 
     _emit(data, as_json, render)
@@ -131,17 +126,13 @@ def show_command(obj: Context, ref: str, as_json: bool) -> None:
 
     def render(manifest: dict) -> None:
         parent = manifest["parent"]["ref"] if manifest["parent"] else "-"
-        click.echo(
-            f"{manifest['ref']}  created {manifest['created_at']}  parent {parent}  run {manifest['run_id']}"
-        )
+        click.echo(f"{manifest['ref']}  created {manifest['created_at']}  parent {parent}  run {manifest['run_id']}")
         counts = manifest["counts"]
         click.echo(f"samples {counts['samples']} in {counts['shards']} shards; inputs {counts['inputs']}, "
                    f"kept {counts['kept_inputs']}, rejected {counts['rejected_inputs']}")  # fmt: skip
         click.echo(f"changes vs parent: +{manifest['changes']['added']} -{manifest['changes']['removed']}")
         for stage, reasons in manifest["dropped"].items():
-            click.echo(
-                f"dropped at {stage}: " + ", ".join(f"{reason} {count}" for reason, count in reasons.items())
-            )
+            click.echo(f"dropped at {stage}: " + ", ".join(f"{reason} {count}" for reason, count in reasons.items()))
         click.echo(f"content sha256 {manifest['content_sha256']}")
 
     _emit(manifest, as_json, render)
@@ -167,9 +158,7 @@ def verify_command(obj: Context, ref: str, as_json: bool) -> None:
     def render(data: dict) -> None:
         for problem in data["problems"]:
             click.echo(f"MISMATCH {problem}", err=True)
-        click.echo(
-            f"{data['ref']}: " + ("OK, " if data["ok"] else "FAILED, ") + f"{data['files']} files checked"
-        )
+        click.echo(f"{data['ref']}: " + ("OK, " if data["ok"] else "FAILED, ") + f"{data['files']} files checked")
 
     _emit(data, as_json, render)
     if problems:

@@ -163,10 +163,14 @@ class PipelineSpec(Strict):
 
 def _format_errors(error: ValidationError, origin: str) -> str:
     lines = [f"{origin}: invalid pipeline spec"]
-    for item in error.errors():
-        location = ".".join(
-            str(part) for part in item["loc"] if not re.fullmatch(r"[a-z]+-source", str(part))
+    errors = error.errors()
+    for item in errors:
+        nested = any(
+            other["loc"][: len(item["loc"])] == item["loc"] and len(other["loc"]) > len(item["loc"]) for other in errors
         )
+        if item["type"] == "too_short" and nested:
+            continue  # pydantic's echo of a failed item ("0 items after validation") adds nothing
+        location = ".".join(str(part) for part in item["loc"] if not re.fullmatch(r"[a-z]+-source", str(part)))
         location = re.sub(r"\.(folder|webdataset|s3|urls)(?=\.|$)", "", location)
         if item["type"] == "extra_forbidden":
             message = "unknown key"
@@ -186,9 +190,7 @@ def parse_spec(data: Any, *, origin: str = "<spec>", base_dir: Path | None = Non
         raise SpecError(_format_errors(error, origin)) from None
     if base_dir is None:
         return spec
-    return spec.model_copy(
-        update={"sources": tuple(_resolve_paths(source, base_dir) for source in spec.sources)}
-    )
+    return spec.model_copy(update={"sources": tuple(_resolve_paths(source, base_dir) for source in spec.sources)})
 
 
 def _resolve_paths(source: Any, base_dir: Path) -> Any:

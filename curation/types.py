@@ -39,9 +39,7 @@ REJECTED = "rejected"
 INPUT_SCHEMA = pa.schema(
     [
         pa.field("block", pa.int32(), nullable=False),  # block number in the run's plan
-        pa.field(
-            "position", pa.int32(), nullable=False
-        ),  # order within the block; (block, position) is stable
+        pa.field("position", pa.int32(), nullable=False),  # order within the block; (block, position) is stable
         pa.field("source", pa.string(), nullable=False),
         pa.field("uri", pa.string(), nullable=False),  # path, s3://bucket/key, tar-uri#member, or URL
         pa.field("status", pa.string(), nullable=False),  # "kept" or "rejected"

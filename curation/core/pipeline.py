@@ -84,9 +84,7 @@ def _load_or_plan(spec: PipelineSpec, home: Home, run_id: str) -> list[Block]:
     return blocks
 
 
-def _execute(
-    spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_address, progress
-) -> RunResult:
+def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_address, progress) -> RunResult:
     stats: dict[str, Any] = {}
     started = time.perf_counter()
     blocks = _load_or_plan(spec, home, run_id)
@@ -144,9 +142,9 @@ def _ingest(spec, home, run_id, blocks, pending, ray_address, progress) -> dict[
             summary: BlockSummary
             for summary in executor.map(ingest_block, pending, spec, home.blobs(spec), home.runs, run_id):
                 totals.update(inputs=summary.inputs, kept=summary.kept)
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(inputs=totals["inputs"], kept=totals["kept"],
-                                rejected=totals["inputs"] - totals["kept"], img_s=f"{totals['inputs'] / elapsed:.0f}")  # fmt: skip
+                rate = totals["inputs"] / max(time.perf_counter() - started, 1e-9)
+                rejected = totals["inputs"] - totals["kept"]
+                bar.set_postfix(inputs=totals["inputs"], kept=totals["kept"], rejected=rejected, img_s=f"{rate:.0f}")
                 bar.update(1)
         finally:
             bar.close()
@@ -163,16 +161,10 @@ def _ingest(spec, home, run_id, blocks, pending, ray_address, progress) -> dict[
 
 
 def _read_inputs(home: Home, run_id: str, blocks: list[Block]) -> pa.Table:
-    tables = [
-        pq.read_table(io.BytesIO(home.runs.get(block_output_key(run_id, block.index)))) for block in blocks
-    ]
+    tables = [pq.read_table(io.BytesIO(home.runs.get(block_output_key(run_id, block.index)))) for block in blocks]
     if not tables:
         return INPUT_SCHEMA.empty_table()
-    return (
-        pa.concat_tables(tables)
-        .cast(INPUT_SCHEMA)
-        .sort_by([("block", "ascending"), ("position", "ascending")])
-    )
+    return pa.concat_tables(tables).cast(INPUT_SCHEMA).sort_by([("block", "ascending"), ("position", "ascending")])
 
 
 def _decisions(rows: pa.Table, status: str) -> pa.Table:
@@ -216,9 +208,7 @@ def _samples(kept: pa.Table) -> list[dict[str, Any]]:
 
 
 def _version_provenance(catalog: Catalog, run_id: str) -> pa.Table:
-    columns = ", ".join(
-        f"o.{c}" if c in ("source", "uri", "image_id") else c for c in VERSION_PROVENANCE_COLUMNS
-    )
+    columns = ", ".join(f"o.{c}" if c in ("source", "uri", "image_id") else c for c in VERSION_PROVENANCE_COLUMNS)
     return catalog.db.sql(
         f"SELECT {columns} FROM outcomes o JOIN provenance p USING (run_id, block, position) "
         "WHERE o.run_id = ? ORDER BY o.source, o.uri, o.block, o.position",

@@ -68,9 +68,7 @@ def _inspect(data: bytes, settings: DecodeStage) -> DecodeResult:
         frames = int(getattr(image, "n_frames", 1))
         known = dict(format=image_format, width=width, height=height, mode=mode, frames=frames)
         if image_format not in settings.formats:
-            return DecodeResult(
-                Reason.UNSUPPORTED_FORMAT, f"{image_format} not in {list(settings.formats)}", **known
-            )
+            return DecodeResult(Reason.UNSUPPORTED_FORMAT, f"{image_format} not in {list(settings.formats)}", **known)
         if width * height > settings.max_pixels:
             detail = f"{width}x{height} = {width * height} pixels > max_pixels {settings.max_pixels}"
             return DecodeResult(Reason.DECOMPRESSION_BOMB, detail, **known)
@@ -80,7 +78,5 @@ def _inspect(data: bytes, settings: DecodeStage) -> DecodeResult:
         width, height = oriented.size
     known.update(width=width, height=height)
     if min(width, height) < settings.min_side:
-        return DecodeResult(
-            Reason.TOO_SMALL, f"{width}x{height}: shorter side < min_side {settings.min_side}", **known
-        )
+        return DecodeResult(Reason.TOO_SMALL, f"{width}x{height}: shorter side < min_side {settings.min_side}", **known)
     return DecodeResult(None, None, **known)

@@ -11,9 +11,7 @@ from curation.executors.local import LocalExecutor
 from curation.executors.ray import RayExecutor
 
 
-def make_executor(
-    settings: ExecutionSettings, *, ray_address: str | None = None
-) -> LocalExecutor | RayExecutor:
+def make_executor(settings: ExecutionSettings, *, ray_address: str | None = None) -> LocalExecutor | RayExecutor:
     if settings.executor == "local":
         return LocalExecutor()
     return RayExecutor(

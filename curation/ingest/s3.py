@@ -34,9 +34,7 @@ def list_prefix(source: S3Source, settings: S3Settings) -> list[tuple[str, str |
     return items
 
 
-def read_objects(
-    items: tuple[tuple[str, str | None], ...], settings: S3Settings, max_bytes: int
-) -> Iterator[RawInput]:
+def read_objects(items: tuple[tuple[str, str | None], ...], settings: S3Settings, max_bytes: int) -> Iterator[RawInput]:
     client = make_s3_client(settings)
     for uri, sidecar in items:
         bucket, key = split_s3_uri(uri)

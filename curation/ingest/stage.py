@@ -34,9 +34,7 @@ def block_output_key(run_id: str, block: int) -> str:
     return f"{run_id}/ingest/block-{block:06d}.parquet"
 
 
-def ingest_block(
-    block: Block, spec: PipelineSpec, blobs: BlobStore, work: ObjectStore, run_id: str
-) -> BlockSummary:
+def ingest_block(block: Block, spec: PipelineSpec, blobs: BlobStore, work: ObjectStore, run_id: str) -> BlockSummary:
     started = time.perf_counter()
     seen_at = datetime.now(UTC)
     rows = []

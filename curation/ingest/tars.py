@@ -81,9 +81,7 @@ def _read_stream(shard: str, stream, max_bytes: int) -> Iterator[RawInput]:
     except (tarfile.TarError, OSError, EOFError, BotoCoreError, ClientError) as error:
         yield from _emit(shard, group, max_bytes)
         group = []
-        yield RawInput(
-            shard, reason=Reason.CORRUPT_CONTAINER, detail=f"tar unreadable from here: {error}"[:300]
-        )
+        yield RawInput(shard, reason=Reason.CORRUPT_CONTAINER, detail=f"tar unreadable from here: {error}"[:300])
     yield from _emit(shard, group, max_bytes)
 
 
@@ -99,16 +97,14 @@ def _unsafe(member: tarfile.TarInfo) -> tuple[Reason, str] | None:
     return None
 
 
-def _emit(
-    shard: str, group: list[tuple[tarfile.TarInfo, str, bytes | None]], max_bytes: int
-) -> Iterator[RawInput]:
+def _emit(shard: str, group: list[tuple[tarfile.TarInfo, str, bytes | None]], max_bytes: int) -> Iterator[RawInput]:
     """One RawInput per image member of a sample; the sample's .json/.txt members are its metadata."""
     meta: dict[str, str | None] = {}
     problem = None
-    for member, extension, data in group:
+    for _member, extension, data in group:
         if extension == "txt" and data is not None:
             meta.setdefault("caption", data.decode("utf-8", "replace"))
-    for member, extension, data in group:
+    for _member, extension, data in group:
         if extension == "json" and data is not None:
             fields, problem = parse_sidecar(data)
             meta.update(fields)
@@ -117,8 +113,6 @@ def _emit(
             continue
         uri = f"{shard}#{member.name}"
         if data is None:
-            yield RawInput(
-                uri, reason=Reason.TOO_LARGE, detail=f"{member.size} bytes > max_bytes {max_bytes}"
-            )
+            yield RawInput(uri, reason=Reason.TOO_LARGE, detail=f"{member.size} bytes > max_bytes {max_bytes}")
         else:
             yield RawInput(uri, data=data, detail=problem, meta=dict(meta))

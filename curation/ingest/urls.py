@@ -75,14 +75,9 @@ def _session(settings: FetchSettings) -> requests.Session:
 
 def _fetch_row(row, settings: FetchSettings, max_bytes: int) -> RawInput:
     url, license_, caption, attribution = row
-    meta = {
-        key: value
-        for key, value in (("license", license_), ("caption", caption), ("attribution", attribution))
-    }
+    meta = {key: value for key, value in (("license", license_), ("caption", caption), ("attribution", attribution))}
     if not url or not url.lower().startswith(("http://", "https://")):
-        return RawInput(
-            str(url), reason=Reason.INVALID_URL, detail="only http(s) URLs are fetched", meta=meta
-        )
+        return RawInput(str(url), reason=Reason.INVALID_URL, detail="only http(s) URLs are fetched", meta=meta)
     last: RawInput | None = None
     for attempt in range(settings.retries + 1):
         if attempt:
@@ -97,34 +92,24 @@ def _fetch_row(row, settings: FetchSettings, max_bytes: int) -> RawInput:
 def _fetch_once(url: str, settings: FetchSettings, max_bytes: int) -> tuple[RawInput, bool]:
     """One GET; returns (result, worth retrying)."""
     try:
-        with _session(settings).get(
-            url, stream=True, timeout=settings.timeout_s, allow_redirects=True
-        ) as response:
+        with _session(settings).get(url, stream=True, timeout=settings.timeout_s, allow_redirects=True) as response:
             opted_out = _robots_opt_out(response.headers.get("X-Robots-Tag", ""), settings.robots_opt_out)
             if opted_out:
                 return RawInput(url, reason=Reason.ROBOTS_OPT_OUT, detail=f"X-Robots-Tag: {opted_out}"), False
             if response.status_code >= 400:
                 detail = f"HTTP {response.status_code}"
-                return RawInput(
-                    url, reason=Reason.HTTP_ERROR, detail=detail
-                ), response.status_code in RETRY_STATUS
+                return RawInput(url, reason=Reason.HTTP_ERROR, detail=detail), response.status_code in RETRY_STATUS
             declared = int(response.headers.get("Content-Length") or 0)
             if declared > max_bytes:
-                return RawInput(
-                    url, reason=Reason.TOO_LARGE, detail=f"{declared} bytes > max_bytes {max_bytes}"
-                ), False
+                return RawInput(url, reason=Reason.TOO_LARGE, detail=f"{declared} bytes > max_bytes {max_bytes}"), False
             body = bytearray()
             for piece in response.iter_content(chunk_size=1 << 16):
                 body.extend(piece)
                 if len(body) > max_bytes:
-                    return RawInput(
-                        url, reason=Reason.TOO_LARGE, detail=f"more than max_bytes {max_bytes}"
-                    ), False
+                    return RawInput(url, reason=Reason.TOO_LARGE, detail=f"more than max_bytes {max_bytes}"), False
             return RawInput(url, data=bytes(body)), False
     except requests.RequestException as error:
-        return RawInput(
-            url, reason=Reason.FETCH_FAILED, detail=f"{type(error).__name__}: {error}"[:300]
-        ), True
+        return RawInput(url, reason=Reason.FETCH_FAILED, detail=f"{type(error).__name__}: {error}"[:300]), True
 
 
 def _robots_opt_out(header: str, directives: tuple[str, ...]) -> str | None:
@@ -132,9 +117,7 @@ def _robots_opt_out(header: str, directives: tuple[str, ...]) -> str | None:
     found = set()
     for part in header.replace(";", ",").split(","):
         token = part.strip().lower()
-        if (
-            ":" in token
-        ):  # "otherbot: noai" still applies to us only if the bot is us; be conservative: honour it
+        if ":" in token:  # "otherbot: noai" still applies to us only if the bot is us; be conservative: honour it
             token = token.split(":", 1)[1].strip()
         found.update(word for word in token.split() if word)
     hits = [directive for directive in directives if directive.lower() in found]

@@ -34,9 +34,7 @@ def file_entry(root: Path, relative: str, kind: str) -> dict[str, Any]:
 
 def content_sha256(files: list[dict[str, Any]]) -> str:
     """Identity of a version's content: equal files, equal hash, independent of when or by whom it was made."""
-    canonical = json.dumps(
-        sorted(files, key=lambda item: item["path"]), sort_keys=True, separators=(",", ":")
-    )
+    canonical = json.dumps(sorted(files, key=lambda item: item["path"]), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

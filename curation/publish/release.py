@@ -31,9 +31,7 @@ from curation.store.blobs import BlobStore
 from curation.store.catalog import Catalog
 from curation.store.objects import LocalStore, ObjectStore
 
-REF_PATTERN = re.compile(
-    r"^(?P<name>[a-z0-9][a-z0-9_-]{0,63})(?:@(?:v(?P<number>[1-9][0-9]*)|(?P<latest>latest)))?$"
-)
+REF_PATTERN = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]{0,63})(?:@(?:v(?P<number>[1-9][0-9]*)|(?P<latest>latest)))?$")
 MANIFEST = "manifest.json"
 PROVENANCE = "provenance.parquet"
 
@@ -161,9 +159,7 @@ def _register(catalog: Catalog, target: ObjectStore, manifest: dict[str, Any]) -
     raw = target.get(version_key(name, number, MANIFEST))
     catalog.register_version(manifest, target.url(f"{name}/v{number}"), hashlib.sha256(raw).hexdigest())
     rows = [
-        pq.read_table(
-            target.open(version_key(name, number, shard["index"])), columns=["image_id", "shard", "part"]
-        )
+        pq.read_table(target.open(version_key(name, number, shard["index"])), columns=["image_id", "shard", "part"])
         for shard in manifest["shards"]
     ]
     if rows:
@@ -211,7 +207,5 @@ def verify(version_root: ObjectStore, expected_manifest_sha256: str | None) -> l
         if size != item["bytes"]:
             problems.append(f"{item['path']}: {size} bytes, manifest says {item['bytes']}")
         if digest != item["sha256"]:
-            problems.append(
-                f"{item['path']}: SHA-256 {digest[:16]}... manifest says {item['sha256'][:16]}..."
-            )
+            problems.append(f"{item['path']}: SHA-256 {digest[:16]}... manifest says {item['sha256'][:16]}...")
     return problems

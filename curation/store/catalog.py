@@ -128,9 +128,7 @@ class Catalog:
             [run_id, name, spec_sha256, json.dumps(spec_json, sort_keys=True), "running", datetime.now(UTC)],
         )
 
-    def mark_run(
-        self, run_id: str, *, status: str, version: str | None = None, stats: dict | None = None
-    ) -> None:
+    def mark_run(self, run_id: str, *, status: str, version: str | None = None, stats: dict | None = None) -> None:
         self.db.execute(
             "UPDATE runs SET status = ?, finished_at = ?, version = coalesce(?, version), stats_json = ? "
             "WHERE run_id = ?",
@@ -143,9 +141,7 @@ class Catalog:
         else:
             found = self.rows("SELECT * FROM runs WHERE run_id = ?", [run_id])
         if not found:
-            known = [
-                row["run_id"] for row in self.rows("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5")
-            ]
+            known = [row["run_id"] for row in self.rows("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5")]
             raise RunError(f"no run {run_id!r} in {self.path}; recent runs: {', '.join(known) or 'none'}")
         return found[0]
 

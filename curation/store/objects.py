@@ -24,11 +24,7 @@ _SAFE_PART = re.compile(r"^[A-Za-z0-9._@=+-]+$")
 def check_key(key: str) -> str:
     """Refuse keys that are absolute, contain '..' or empty parts, or odd characters."""
     parts = key.split("/")
-    if (
-        not key
-        or key.startswith("/")
-        or any(part in ("", ".", "..") or not _SAFE_PART.match(part) for part in parts)
-    ):
+    if not key or key.startswith("/") or any(part in ("", ".", "..") or not _SAFE_PART.match(part) for part in parts):
         raise UnsafeKeyError(f"unsafe store key: {key!r}")
     return key
 

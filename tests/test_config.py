@@ -1,0 +1,75 @@
+"""Pipeline spec validation: unknown keys are errors naming the file and key; secrets never leak into dumps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from curation.config import load_spec, parse_spec
+from curation.errors import SpecError
+from tests.conftest import REPO, write_spec
+
+MINIMAL = {"name": "demo", "sources": [{"kind": "folder", "name": "pool", "path": "images"}]}
+
+
+def test_quickstart_spec_is_valid():
+    spec = load_spec(REPO / "pipelines" / "quickstart.yaml")
+    assert spec.name == "quickstart"
+    assert all(Path(source.path).is_dir() for source in spec.sources)
+
+
+def test_relative_paths_resolve_against_the_spec_file(tmp_path):
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", MINIMAL))
+    assert spec.sources[0].path == tmp_path / "images"
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        (lambda s: s.update(nmae="x"), "nmae: unknown key"),
+        (lambda s: s.update(stages={"decode": {"min_sid": 3}}), "stages.decode.min_sid: unknown key"),
+        (lambda s: s["sources"][0].update(recursive=True), "sources.0.recursive: unknown key"),
+        (lambda s: s.update(stages={"decode": {"min_side": "big"}}), "stages.decode.min_side"),
+        (lambda s: s["sources"][0].update(kind="ftp"), "sources.0"),
+        (lambda s: s.update(name="Bad Name!"), "name"),
+        (lambda s: s.update(sources=[]), "sources"),
+        (lambda s: s["sources"].append(dict(s["sources"][0])), "repeated: pool"),
+        (lambda s: s.update(execution={"executor": "spark"}), "execution.executor"),
+    ],
+)
+def test_bad_specs_name_the_file_and_key(tmp_path, mutation, expected):
+    data = {"name": "demo", "sources": [{"kind": "folder", "name": "pool", "path": "images"}]}
+    mutation(data)
+    path = write_spec(tmp_path / "bad.yaml", data)
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(tmp_path / "broken.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="must be a mapping"):
+        load_spec(tmp_path / "list.yaml")
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_secrets_are_redacted_from_dumps_and_hash():
+    secret = "very-secret-value-123"
+    spec = parse_spec({**MINIMAL, "s3": {"access_key_id": "AKIA1", "secret_access_key": secret}})
+    assert secret not in str(spec.public_dict())
+    assert secret not in repr(spec)
+    assert spec.s3.secret_access_key.get_secret_value() == secret
+    other = parse_spec({**MINIMAL, "s3": {"access_key_id": "AKIA1", "secret_access_key": "another"}})
+    assert spec.sha256() == other.sha256()  # the run identity does not depend on (or reveal) a secret
+
+
+def test_spec_hash_follows_content():
+    assert parse_spec(MINIMAL).sha256() == parse_spec(dict(MINIMAL)).sha256()
+    changed = {**MINIMAL, "stages": {"decode": {"min_side": 64}}}
+    assert parse_spec(MINIMAL).sha256() != parse_spec(changed).sha256()
