@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation.config import PipelineSpec, S3Settings, load_spec, parse_spec
 from curation.store.catalog import Catalog
 from curation.store.home import DEFAULT_HOME, Home
-from curation.store.objects import ObjectStore
+from curation.store.objects import ObjectStore, read_parquet
 
 
 def run(
@@ -59,12 +58,12 @@ class Version:
         """Every sample's metadata (the shards' Parquet indexes, concatenated)."""
         from curation.publish.shards import SAMPLE_SCHEMA
 
-        tables = [pq.read_table(self.root.open(shard["index"])) for shard in self.manifest["shards"]]
+        tables = [read_parquet(self.root, shard["index"]) for shard in self.manifest["shards"]]
         return pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()
 
     def provenance(self) -> pa.Table:
         """Every input of the run that made this version, and what became of it."""
-        return pq.read_table(self.root.open("provenance.parquet"))
+        return read_parquet(self.root, "provenance.parquet")
 
     def verify(self) -> list[str]:
         """Re-hash every file; returns the problems (an empty list means the version is intact)."""

@@ -7,7 +7,6 @@ same spec resumes the unfinished run instead of starting over.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import secrets
@@ -19,7 +18,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from curation.config import PipelineSpec
@@ -29,6 +27,7 @@ from curation.ingest.stage import BlockSummary, block_output_key, ingest_block
 from curation.publish.release import publish
 from curation.store.catalog import Catalog
 from curation.store.home import Home
+from curation.store.objects import read_parquet
 from curation.types import INPUT_SCHEMA, KEPT, REJECTED
 
 log = logging.getLogger("curation")
@@ -161,7 +160,7 @@ def _ingest(spec, home, run_id, blocks, pending, ray_address, progress) -> dict[
 
 
 def _read_inputs(home: Home, run_id: str, blocks: list[Block]) -> pa.Table:
-    tables = [pq.read_table(io.BytesIO(home.runs.get(block_output_key(run_id, block.index)))) for block in blocks]
+    tables = [read_parquet(home.runs, block_output_key(run_id, block.index)) for block in blocks]
     if not tables:
         return INPUT_SCHEMA.empty_table()
     return pa.concat_tables(tables).cast(INPUT_SCHEMA).sort_by([("block", "ascending"), ("position", "ascending")])

@@ -29,7 +29,7 @@ from curation.publish.manifest import (
 from curation.publish.shards import write_shards
 from curation.store.blobs import BlobStore
 from curation.store.catalog import Catalog
-from curation.store.objects import LocalStore, ObjectStore
+from curation.store.objects import LocalStore, ObjectStore, read_parquet
 
 REF_PATTERN = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]{0,63})(?:@(?:v(?P<number>[1-9][0-9]*)|(?P<latest>latest)))?$")
 MANIFEST = "manifest.json"
@@ -159,7 +159,7 @@ def _register(catalog: Catalog, target: ObjectStore, manifest: dict[str, Any]) -
     raw = target.get(version_key(name, number, MANIFEST))
     catalog.register_version(manifest, target.url(f"{name}/v{number}"), hashlib.sha256(raw).hexdigest())
     rows = [
-        pq.read_table(target.open(version_key(name, number, shard["index"])), columns=["image_id", "shard", "part"])
+        read_parquet(target, version_key(name, number, shard["index"]), ["image_id", "shard", "part"])
         for shard in manifest["shards"]
     ]
     if rows:

@@ -7,12 +7,16 @@ Keys are '/'-separated relative paths; a key that could escape the root is refus
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curation.config import S3Settings
 from curation.errors import StoreError, UnsafeKeyError
@@ -172,6 +176,11 @@ class S3Store:
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def read_parquet(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.Table:
+    """Parquet needs random access; object bodies are streams, so read the (small) file whole first."""
+    return pq.read_table(io.BytesIO(store.get(key)), columns=columns)
 
 
 def open_store(uri: str | Path, s3: S3Settings | None = None) -> LocalStore | S3Store:
