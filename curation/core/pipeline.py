@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from curation.config import PipelineSpec
+from curation.errors import RunError
 from curation.executors import make_executor
 from curation.ingest import Block, plan_blocks
 from curation.ingest.stage import BlockSummary, block_output_key, ingest_block
@@ -93,6 +94,9 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
 
     stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, ray_address, progress)
     stats["ingest"]["resumed_blocks"] = len(done)
+    missing = [block.index for block in pending if not home.runs.exists(block_output_key(run_id, block.index))]
+    if missing:  # an executor must never lose a block silently; rerunning resumes just these
+        raise RunError(f"run {run_id}: {len(missing)} block(s) produced no output (first: {missing[:5]})")
 
     inputs = _read_inputs(home, run_id, blocks)
     sources = [source.model_dump(mode="json") for source in spec.sources]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 
@@ -41,12 +42,10 @@ class RayExecutor:
         shared_refs = [ray.put(item) for item in shared]
         window = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))  # bounded in-flight tasks
         queue = iter(blocks)
-        pending = [remote.remote(block, *shared_refs) for block, _ in zip(queue, range(window))]
+        pending = [remote.remote(block, *shared_refs) for block in islice(queue, window)]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            for block in queue:
-                pending.append(remote.remote(block, *shared_refs))
-                break
+            pending.extend(remote.remote(block, *shared_refs) for block in islice(queue, 1))
             yield ray.get(done[0])
 
     def close(self) -> None:

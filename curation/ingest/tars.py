@@ -59,7 +59,7 @@ def _read_stream(shard: str, stream, max_bytes: int) -> Iterator[RawInput]:
     group_key: str | None = None
     group: list[tuple[tarfile.TarInfo, str, bytes | None]] = []
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as archive:
+        with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo) as archive:
             for member in archive:
                 uri = f"{shard}#{member.name}"
                 if member.isdir():
@@ -83,6 +83,18 @@ def _read_stream(shard: str, stream, max_bytes: int) -> Iterator[RawInput]:
         group = []
         yield RawInput(shard, reason=Reason.CORRUPT_CONTAINER, detail=f"tar unreadable from here: {error}"[:300])
     yield from _emit(shard, group, max_bytes)
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile ends an archive quietly at a missing, short or garbled header after the first member, so a shard cut
+    between members would look complete; only the zero-block end-of-archive marker may end it here."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_):
+        try:
+            return super().fromtarfile(tarfile_)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as error:
+            raise tarfile.ReadError(f"bad or missing header at offset {tarfile_.offset}: {error}") from None
 
 
 def _unsafe(member: tarfile.TarInfo) -> tuple[Reason, str] | None:

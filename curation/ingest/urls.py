@@ -34,7 +34,13 @@ def read_url_table(source: UrlListSource) -> list[tuple[str, str | None, str | N
         if path.suffix.lower() == ".parquet":
             table = pq.read_table(path)
         else:
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+            # Every column we use is text: no type inference ('007' -> 7, 'true' -> True) and only an empty cell is
+            # null (not 'NA', 'null', 'nan', ...).
+            text_columns = (source.url_column, source.license_column, source.caption_column, source.attribution_column)
+            options = pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in text_columns}, strings_can_be_null=True, null_values=[""]
+            )
+            table = pacsv.read_csv(path, convert_options=options)
     except (OSError, pa.ArrowInvalid) as error:
         raise SpecError(f"source {source.name!r}: cannot read URL list {path}: {error}") from None
     if source.url_column not in table.column_names:
@@ -93,13 +99,14 @@ def _fetch_once(url: str, settings: FetchSettings, max_bytes: int) -> tuple[RawI
     """One GET; returns (result, worth retrying)."""
     try:
         with _session(settings).get(url, stream=True, timeout=settings.timeout_s, allow_redirects=True) as response:
-            opted_out = _robots_opt_out(response.headers.get("X-Robots-Tag", ""), settings.robots_opt_out)
-            if opted_out:
-                return RawInput(url, reason=Reason.ROBOTS_OPT_OUT, detail=f"X-Robots-Tag: {opted_out}"), False
+            # Status first: an error page's X-Robots-Tag (often noindex) is about that page, not the image.
             if response.status_code >= 400:
                 detail = f"HTTP {response.status_code}"
                 return RawInput(url, reason=Reason.HTTP_ERROR, detail=detail), response.status_code in RETRY_STATUS
-            declared = int(response.headers.get("Content-Length") or 0)
+            opted_out = _robots_opt_out(response.headers.get("X-Robots-Tag", ""), settings.robots_opt_out)
+            if opted_out:
+                return RawInput(url, reason=Reason.ROBOTS_OPT_OUT, detail=f"X-Robots-Tag: {opted_out}"), False
+            declared = _content_length(response.headers.get("Content-Length"))
             if declared > max_bytes:
                 return RawInput(url, reason=Reason.TOO_LARGE, detail=f"{declared} bytes > max_bytes {max_bytes}"), False
             body = bytearray()
@@ -110,6 +117,14 @@ def _fetch_once(url: str, settings: FetchSettings, max_bytes: int) -> tuple[RawI
             return RawInput(url, data=bytes(body)), False
     except requests.RequestException as error:
         return RawInput(url, reason=Reason.FETCH_FAILED, detail=f"{type(error).__name__}: {error}"[:300]), True
+
+
+def _content_length(value: str | None) -> int:
+    """The declared body size, 0 when absent or unparseable (the streamed read still enforces max_bytes)."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 def _robots_opt_out(header: str, directives: tuple[str, ...]) -> str | None:
