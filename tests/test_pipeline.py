@@ -93,7 +93,7 @@ def test_hostile_corpus_every_input_gets_one_row_and_nothing_escapes_home(ray_lo
     kept = {row["image_id"] for row in provenance if row["status"] == "kept"}
     assert set(version.samples()["image_id"].to_pylist()) == kept
     assert version.manifest["counts"]["rejected_inputs"] == sum(fate != "kept" for fate in expected.values())
-    assert version.manifest["dropped"]["decode"]["path_traversal"] == 3
+    assert version.manifest["dropped"]["ingest"]["path_traversal"] == 3
     assert version.verify() == []
     tar_sample = next(s for s in version.samples().to_pylist() if s["sources"] == ["tars"])
     assert tar_sample["license"] == "CC-BY-4.0" and tar_sample["caption"] == "noise"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from curation.config import FolderSource
 from curation.errors import SpecError
-from curation.ingest.raw import RawInput, has_image_extension, parse_sidecar
+from curation.ingest.raw import SIDECAR_MAX_BYTES, RawInput, has_image_extension, parse_sidecar
 from curation.types import Reason
 
 
@@ -23,11 +24,18 @@ def read_files(paths: tuple[str, ...], max_bytes: int) -> Iterator[RawInput]:
     for name in paths:
         path = Path(name)
         try:
-            size = path.stat().st_size
-            if size > max_bytes:
-                yield RawInput(name, reason=Reason.TOO_LARGE, detail=f"{size} bytes > max_bytes {max_bytes}")
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read forever, a device never end
+                yield RawInput(name, reason=Reason.READ_FAILED, detail="not a regular file")
                 continue
-            data = path.read_bytes()
+            if info.st_size > max_bytes:
+                yield RawInput(name, reason=Reason.TOO_LARGE, detail=f"{info.st_size} bytes > max_bytes {max_bytes}")
+                continue
+            with path.open("rb") as handle:
+                data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:  # it grew after the stat
+                yield RawInput(name, reason=Reason.TOO_LARGE, detail=f"more than max_bytes {max_bytes}")
+                continue
         except OSError as error:
             yield RawInput(name, reason=Reason.READ_FAILED, detail=error.strerror or str(error))
             continue
@@ -40,6 +48,7 @@ def _sidecar(path: Path) -> tuple[dict, str | None]:
     if not sidecar.is_file():
         return {}, None
     try:
-        return parse_sidecar(sidecar.read_bytes())
+        with sidecar.open("rb") as handle:
+            return parse_sidecar(handle.read(SIDECAR_MAX_BYTES + 1))  # enough to tell it is too large
     except OSError as error:
         return {}, f"sidecar ignored: {error.strerror}"

@@ -158,7 +158,7 @@ class Catalog:
                 [run_id],
             )
             db.execute(
-                "INSERT INTO decisions SELECT ?, block, position, 'decode', 0, status, reason, detail "
+                "INSERT INTO decisions SELECT ?, block, position, 'ingest', 0, status, reason, detail "
                 "FROM staged_inputs",
                 [run_id],
             )

@@ -1,0 +1,75 @@
+"""A URL-list source end to end on Ray, against a real HTTP server on 127.0.0.1: licence and caption columns
+reach the samples, fetch-time opt-outs and errors become rows, nothing is lost."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import curation
+from tests.corpus import image_bytes
+
+IMAGES = {f"/img/{index}.jpg": image_bytes(100 + index) for index in range(6)}
+NOAI = "/img/0.jpg"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - the http.server API
+        body = IMAGES.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        if self.path == NOAI:
+            self.send_header("X-Robots-Tag", "noai, noimageai")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def web():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_url_list_to_version(ray_local, web, tmp_path, home):
+    urls = [f"{web}{path}" for path in sorted(IMAGES)] + [f"{web}/missing.jpg", "ftp://example.invalid/x.jpg"]
+    table = pa.table(
+        {
+            "url": urls,
+            "license": ["CC-BY-4.0"] * len(urls),
+            "caption": [f"caption {index}" for index in range(len(urls))],
+        }
+    )
+    pq.write_table(table, tmp_path / "urls.parquet")
+    spec = {
+        "name": "web",
+        "sources": [{"kind": "urls", "name": "web", "path": str(tmp_path / "urls.parquet")}],
+        "fetch": {"retries": 0, "timeout_s": 5},
+        "execution": {"executor": "ray", "block_size": 3},
+    }
+    version = curation.open_version(curation.run(spec, home=home).version, home=home)
+    fates = {row["uri"]: row["reason"] or row["status"] for row in version.provenance().to_pylist()}
+    assert fates == {
+        **{f"{web}{path}": "kept" for path in IMAGES if path != NOAI},
+        f"{web}{NOAI}": "robots_opt_out",
+        f"{web}/missing.jpg": "http_error",
+        "ftp://example.invalid/x.jpg": "invalid_url",
+    }
+    samples = version.samples().to_pylist()
+    assert len(samples) == 5 and all(sample["license"] == "CC-BY-4.0" for sample in samples)
+    by_url = {sample["provenance"][0]["uri"]: sample for sample in samples}
+    assert by_url[f"{web}/img/3.jpg"]["caption"] == "caption 3"
+    assert version.manifest["dropped"]["ingest"] == {"http_error": 1, "invalid_url": 1, "robots_opt_out": 1}
