@@ -91,13 +91,14 @@ def publish(
     dropped: dict[str, dict[str, int]],
     max_samples: int,
     max_bytes: int,
+    progress: bool = False,
 ) -> Release:
     existing = _find_run_release(catalog, target, name, run_id)
     if existing:  # a resumed run whose release committed before the crash: record it, do not publish twice
         return existing
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    shard_files = write_shards(samples, blobs, staging, max_samples=max_samples, max_bytes=max_bytes)
+    shard_files = write_shards(samples, blobs, staging, max_samples=max_samples, max_bytes=max_bytes, progress=progress)
     pq.write_table(provenance, staging / PROVENANCE)
     files = [file_entry(staging, PROVENANCE, "provenance")]
     for shard in shard_files:

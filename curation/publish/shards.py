@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from curation.store.blobs import BlobStore
 
@@ -82,7 +83,7 @@ def sample_json(sample: dict[str, Any]) -> bytes:
 
 
 def write_shards(
-    samples: list[dict[str, Any]], blobs: BlobStore, root: Path, *, max_samples: int, max_bytes: int
+    samples: list[dict[str, Any]], blobs: BlobStore, root: Path, *, max_samples: int, max_bytes: int, progress: bool
 ) -> list[ShardFile]:
     """Write `samples` (sorted by image id, rows of SAMPLE_SCHEMA without shard/member) into root/shards/."""
     (root / "shards").mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def write_shards(
             written.append(_write_one(batch, blobs, root, len(written)))
         batch, batch_bytes = [], 0
 
-    for sample in samples:
+    for sample in tqdm(samples, desc="publish", unit="img", disable=not progress, dynamic_ncols=True):
         if batch and (len(batch) >= max_samples or batch_bytes + sample["bytes"] > max_bytes):
             flush()
         batch.append(sample)
