@@ -84,7 +84,8 @@ def open_version(ref: str, *, home: str | Path = DEFAULT_HOME) -> Version:
 
     with Catalog.open(Home(home).catalog_path, read_only=True) as catalog:
         row = resolve(catalog, ref)
-        spec_json = json.loads(catalog.run(row["run_id"])["spec_json"])
+        runs = catalog.rows("SELECT spec_json FROM runs WHERE run_id = ?", [row["run_id"]])
+        spec_json = json.loads(runs[0]["spec_json"]) if runs else {}  # a version recovered from its store
     root = Home(home).version_root(row["uri"], s3_settings_of(spec_json))
     manifest = json.loads(root.get(MANIFEST))
     return Version(f"{row['name']}@v{row['version']}", manifest, root, row["manifest_sha256"])

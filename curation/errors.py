@@ -9,6 +9,10 @@ class SpecError(CurationError):
     """A pipeline spec is malformed: the message names the file and the offending key."""
 
 
+class CatalogBusyError(CurationError):
+    """Another process holds the DuckDB catalog for writing (one writer at a time)."""
+
+
 class StoreError(CurationError):
     """A blob/object store refused an operation (bad key, missing object, unreachable endpoint)."""
 

@@ -236,8 +236,11 @@ def test_versions_are_never_overwritten(ray_local, fixture_pool, home, tmp_path)
     v1_manifest = (home / "datasets" / "demo" / "v1" / "manifest.json").read_bytes()
     (home / "catalog.duckdb").unlink()  # a lost catalog must not make the store forget v1
     result = curation.run(spec, home=home)
-    assert result.version == "demo@v2"
+    assert result.version == "demo@v1" and result.unchanged  # v1 was re-registered from the store, not rewritten
     assert (home / "datasets" / "demo" / "v1" / "manifest.json").read_bytes() == v1_manifest
+    assert curation.open_version("demo@v1", home=home).verify() == []
+    (fixture_pool / "new.jpg").write_bytes(image_bytes(5))
+    assert curation.run(spec, home=home).version == "demo@v2"
 
     staging = tmp_path / "stage"
     staging.mkdir()

@@ -93,9 +93,12 @@ def publish(
     max_bytes: int,
     progress: bool = False,
 ) -> Release:
-    existing = _find_run_release(catalog, target, name, run_id)
-    if existing:  # a resumed run whose release committed before the crash: record it, do not publish twice
-        return existing
+    _sync_catalog(catalog, target, name)
+    versions = catalog.versions(name)
+    mine = [row for row in versions if row["run_id"] == run_id]
+    if mine:  # a resumed run whose release committed before the crash: do not publish twice
+        ref = f"{name}@v{mine[-1]['version']}"
+        return Release(ref, _read_manifest(target, name, mine[-1]["version"]), unchanged=False)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shard_files = write_shards(samples, blobs, staging, max_samples=max_samples, max_bytes=max_bytes, progress=progress)
@@ -104,8 +107,8 @@ def publish(
     for shard in shard_files:
         files += [file_entry(staging, shard.tar, "shard"), file_entry(staging, shard.index, "shard_index")]
 
-    parent_row = catalog.versions(name)[-1] if catalog.versions(name) else None
-    number = max([0, *published_numbers(target, name)]) + 1
+    parent_row = versions[-1] if versions else None
+    number = parent_row["version"] + 1 if parent_row else 1
     parent = None
     if parent_row:
         parent = {
@@ -167,14 +170,13 @@ def _register(catalog: Catalog, target: ObjectStore, manifest: dict[str, Any]) -
         catalog.record_version_samples(name, number, pa.concat_tables(rows))
 
 
-def _find_run_release(catalog: Catalog, target: ObjectStore, name: str, run_id: str) -> Release | None:
-    for number in reversed(published_numbers(target, name)):
-        manifest = _read_manifest(target, name, number)
-        if manifest["run_id"] == run_id:
-            if not catalog.version(name, number):
-                _register(catalog, target, manifest)
-            return Release(manifest["ref"], manifest, unchanged=False)
-    return None
+def _sync_catalog(catalog: Catalog, target: ObjectStore, name: str) -> None:
+    """The store is the truth: register versions whose manifest exists but the catalog lacks (a crash between
+    the commit and its registration, or a lost catalog), so numbering and parents follow what is published."""
+    known = {row["version"] for row in catalog.versions(name)}
+    for number in published_numbers(target, name):
+        if number not in known:
+            _register(catalog, target, _read_manifest(target, name, number))
 
 
 def _read_manifest(target: ObjectStore, name: str, number: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from curation.errors import RunError
+from curation.errors import CatalogBusyError, RunError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -84,7 +84,14 @@ class Catalog:
             writer.close()
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
-        connection = duckdb.connect(str(path), read_only=read_only)
+        try:
+            connection = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower():
+                raise
+            raise CatalogBusyError(
+                f"{path} is in use by another process (a running `curate run`?): one writer at a time. {error}"
+            ) from None
         if not read_only:
             connection.execute(SCHEMA)
         return cls(connection, path)
