@@ -30,7 +30,9 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def exif_rotated_jpeg() -> bytes:
@@ -110,8 +112,13 @@ def write_evil_tar(path: Path) -> dict[str, str]:
     sidecar = b'{"license": "CC-BY-4.0", "caption": "noise", "attribution": "tests"}'
     path.write_bytes(
         tar_bytes(
-            [("s0001.jpg", good), ("s0001.json", sidecar), ("../evil.jpg", image_bytes(12)), ("../evil", b"x"),
-             ("/abs/evil.png", image_bytes(13, fmt="PNG"))],  # fmt: skip
+            [
+                ("s0001.jpg", good),
+                ("s0001.json", sidecar),
+                ("../evil.jpg", image_bytes(12)),
+                ("../evil", b"x"),
+                ("/abs/evil.png", image_bytes(13, fmt="PNG")),
+            ],  # fmt: skip
             symlink=("link.jpg", "/etc/passwd"),
         )
     )

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from curation.errors import CatalogBusyError
+from curation.errors import RunError
 from curation.store.catalog import Catalog
 
 
@@ -35,5 +35,5 @@ def test_runs_lifecycle(tmp_path):
         catalog.mark_run("r1", status="finished", version="demo@v1", stats={"x": 1})
         assert catalog.unfinished_run("h" * 64) is None
         assert catalog.run("latest")["version"] == "demo@v1"
-        with pytest.raises(Exception, match="no run 'r2'"):
+        with pytest.raises(RunError, match="no run"):
             catalog.run("r2")
