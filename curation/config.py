@@ -96,8 +96,25 @@ class SelectStage(Strict):
     mode: Literal["keep_all"] = "keep_all"
 
 
+class EmbedStage(Strict):
+    """Embedding with a registered model (docs/embedding.md). Vectors are cached per model id across runs."""
+
+    model: str  # builtin | open_clip:<arch> | timm:<name> | bundled:<path to backbone .json>
+    pretrained: str | None = None  # open_clip: a tag or a local file; timm: a local checkpoint; None: random init
+    batch_size: int = Field(default=64, ge=1)  # images per forward pass
+    block_size: int = Field(default=1024, ge=1)  # images per block (the unit of retry and resume)
+    actors: int | None = Field(default=None, ge=1)  # None: one per GPU (or per cpus_per_actor CPUs without GPUs)
+    cpus_per_actor: int = Field(default=1, ge=1)  # also the torch thread count of a CPU actor
+    gpus_per_actor: float = Field(default=1.0, gt=0, le=1)  # fractions share one GPU between actors
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the actor has a GPU
+    precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype on CUDA; CPU always runs fp32
+    compile: bool = False  # torch.compile the model (CUDA; first batches are slow)
+    gpu_decode: bool = True  # decode JPEGs with nvjpeg on the GPU; anything it refuses falls back to Pillow
+
+
 class Stages(Strict):
     decode: DecodeStage = DecodeStage()
+    embed: EmbedStage | None = None  # no embedding unless configured
     select: SelectStage = SelectStage()
 
 

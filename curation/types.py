@@ -30,6 +30,7 @@ class Reason(StrEnum):
     HTTP_ERROR = "http_error"  # non-2xx status after retries
     ROBOTS_OPT_OUT = "robots_opt_out"  # X-Robots-Tag (noai, noimageai, ...) forbids taking it
     INVALID_URL = "invalid_url"  # not an http(s) URL
+    EMBED_FAILED = "embed_failed"  # the embedder could not decode or process an image that ingest accepted
 
 
 KEPT = "kept"

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from curation.config import PipelineSpec
+from curation.embed.driver import run_embed_stage
 from curation.errors import RunError
 from curation.executors import make_executor
 from curation.ingest import Block, plan_blocks
@@ -84,6 +85,26 @@ def _load_or_plan(spec: PipelineSpec, home: Home, run_id: str) -> list[Block]:
     return blocks
 
 
+class _Executor:
+    """The run's executor, started on first use (a resumed run with nothing left to do never starts Ray)."""
+
+    def __init__(self, spec: PipelineSpec, ray_address: str | None):
+        self.spec, self.ray_address = spec, ray_address
+        self.executor = None
+        self.startup_seconds = 0.0
+
+    def get(self):
+        if self.executor is None:
+            begun = time.perf_counter()
+            self.executor = make_executor(self.spec.execution, ray_address=self.ray_address)
+            self.startup_seconds = round(time.perf_counter() - begun, 3)
+        return self.executor
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+
+
 def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_address, progress) -> RunResult:
     stats: dict[str, Any] = {}
     started = time.perf_counter()
@@ -91,18 +112,25 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
     stats["plan"] = {"blocks": len(blocks), "seconds": round(time.perf_counter() - started, 3)}
     done = {block.index for block in blocks if home.runs.exists(block_output_key(run_id, block.index))}
     pending = [block for block in blocks if block.index not in done]
-
-    stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, ray_address, progress)
-    stats["ingest"]["resumed_blocks"] = len(done)
-    missing = [block.index for block in pending if not home.runs.exists(block_output_key(run_id, block.index))]
-    if missing:  # an executor must never lose a block silently; rerunning resumes just these
-        raise RunError(f"run {run_id}: {len(missing)} block(s) produced no output (first: {missing[:5]})")
-
-    inputs = _read_inputs(home, run_id, blocks)
-    sources = [source.model_dump(mode="json") for source in spec.sources]
-    catalog.commit_inputs(run_id, inputs, sources)
-    kept = inputs.filter(pc.equal(inputs["status"], KEPT))
-    catalog.record_stage(run_id, "select", 1, _decisions(kept, KEPT))  # keep_all: later issues plug in here
+    executor = _Executor(spec, ray_address)
+    try:
+        stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, executor, progress)
+        stats["ingest"]["resumed_blocks"] = len(done)
+        inputs = _read_inputs(home, run_id, blocks)
+        sources = [source.model_dump(mode="json") for source in spec.sources]
+        catalog.commit_inputs(run_id, inputs, sources)
+        kept = inputs.filter(pc.equal(inputs["status"], KEPT))
+        lineage = [{"stage": "ingest", "params": spec.stages.decode.model_dump(mode="json")}]
+        if spec.stages.embed is not None:
+            embed_stats, model = run_embed_stage(spec, home, catalog, run_id, kept, executor.get, progress)
+            stats["embed"] = embed_stats
+            lineage.append({"stage": "embed", "params": spec.stages.embed.model_dump(mode="json"), **model})
+            kept = _surviving(catalog, run_id, kept)
+        stats["startup_seconds"] = executor.startup_seconds
+    finally:
+        executor.close()
+    catalog.record_stage(run_id, "select", 9, _decisions(kept, KEPT))  # keep_all: later issues plug in here
+    lineage.append({"stage": "select", "params": spec.stages.select.model_dump(mode="json")})
 
     started = time.perf_counter()
     release = publish(
@@ -116,6 +144,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         run_id=run_id,
         spec=spec.public_dict(),
         spec_sha256=spec.sha256(),
+        lineage=lineage,
         counts={
             "inputs": inputs.num_rows,
             "kept_inputs": kept.num_rows,
@@ -135,20 +164,30 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
     return RunResult(run_id, release.ref, release.unchanged, len(done), stats)
 
 
-def _ingest(spec, home, run_id, blocks, pending, ray_address, progress) -> dict[str, Any]:
+def _surviving(catalog: Catalog, run_id: str, kept: pa.Table) -> pa.Table:
+    """The kept inputs whose latest decision (after the stages so far) is still `kept`."""
+    rows = catalog.db.execute(
+        "SELECT block, position FROM outcomes WHERE run_id = ? AND status = 'kept'", [run_id]
+    ).fetchall()
+    alive = {(block, position) for block, position in rows}
+    mask = [
+        (block, position) in alive for block, position in zip(kept["block"].to_pylist(), kept["position"].to_pylist())
+    ]
+    return kept.filter(pa.array(mask, pa.bool_()))
+
+
+def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, progress) -> dict[str, Any]:
     """Run the pending blocks; the rate excludes executor start-up (Ray takes seconds), reported on its own."""
     totals = Counter()
-    startup = seconds = 0.0
+    seconds = 0.0
     if pending:
-        begun = time.perf_counter()
-        executor = make_executor(spec.execution, ray_address=ray_address)
+        runner = executor.get()
         started = time.perf_counter()
-        startup = started - begun
         bar = tqdm(total=len(blocks), initial=len(blocks) - len(pending), desc="ingest", unit="block",
                    disable=not progress, dynamic_ncols=True)  # fmt: skip
         try:
             summary: BlockSummary
-            for summary in executor.map(ingest_block, pending, spec, home.blobs(spec), home.runs, run_id):
+            for summary in runner.map(ingest_block, pending, spec, home.blobs(spec), home.runs, run_id):
                 totals.update(inputs=summary.inputs, kept=summary.kept)
                 rate = totals["inputs"] / max(time.perf_counter() - started, 1e-9)
                 rejected = totals["inputs"] - totals["kept"]
@@ -157,12 +196,13 @@ def _ingest(spec, home, run_id, blocks, pending, ray_address, progress) -> dict[
             seconds = time.perf_counter() - started
         finally:
             bar.close()
-            executor.close()
+    missing = [block.index for block in pending if not home.runs.exists(block_output_key(run_id, block.index))]
+    if missing:  # an executor must never lose a block silently; rerunning resumes just these
+        raise RunError(f"run {run_id}: {len(missing)} block(s) produced no output (first: {missing[:5]})")
     return {
         "blocks": len(pending),
         "inputs": totals["inputs"],
         "kept": totals["kept"],
-        "startup_seconds": round(startup, 3),
         "seconds": round(seconds, 3),
         "inputs_per_s": round(totals["inputs"] / seconds, 1) if seconds > 0 else 0.0,
         "executor": spec.execution.executor,

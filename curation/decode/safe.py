@@ -80,3 +80,15 @@ def _inspect(data: bytes, settings: DecodeStage) -> DecodeResult:
     if min(width, height) < settings.min_side:
         return DecodeResult(Reason.TOO_SMALL, f"{width}x{height}: shorter side < min_side {settings.min_side}", **known)
     return DecodeResult(None, None, **known)
+
+
+def open_rgb(data: bytes, draft_side: int | None = None) -> Image.Image:
+    """Decoded RGB pixels of the first frame, EXIF orientation applied; palette transparency goes through RGBA
+    (Pillow's advice) and alpha is dropped. `draft_side` lets JPEG decode at a reduced scale when that suffices."""
+    with Image.open(io.BytesIO(data)) as image:
+        if draft_side:
+            image.draft("RGB", (draft_side, draft_side))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("P", "PA") or (image.mode == "LA"):
+            image = image.convert("RGBA")
+        return image.convert("RGB")

@@ -36,6 +36,11 @@ class RayExecutor:
             )
             self.started_here = True
 
+    def resources(self) -> tuple[float, float]:
+        """(CPUs, GPUs) of the cluster."""
+        total = self._ray.cluster_resources()
+        return float(total.get("CPU", 1)), float(total.get("GPU", 0))
+
     def map(self, fn: Callable[..., Any], blocks: Sequence[Any], *shared: Any) -> Iterator[Any]:
         ray = self._ray
         remote = ray.remote(max_retries=self.max_retries, retry_exceptions=False)(fn)
@@ -47,6 +52,32 @@ class RayExecutor:
             done, pending = ray.wait(pending, num_returns=1)
             pending.extend(remote.remote(block, *shared_refs) for block in islice(queue, 1))
             yield ray.get(done[0])
+
+    def map_actors(self, cls: type, blocks: Sequence[Any], *init: Any, actors: int, num_cpus: float = 1,
+                   num_gpus: float = 0) -> Iterator[Any]:  # fmt: skip
+        """A pool of `actors` instances of `cls(*init)` (one heavy set-up each) fed blocks, two in flight per actor.
+
+        An actor that dies is restarted by Ray and its in-flight calls are retried (`max_retries` times).
+        """
+        ray = self._ray
+        remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=self.max_retries,
+                                max_task_retries=self.max_retries)(cls)  # fmt: skip
+        pool = [remote_cls.remote(*init) for _ in range(actors)]  # by value: a restarted actor can rebuild itself
+        queue = iter(blocks)
+        owner = {}
+        for actor in pool:
+            for block in islice(queue, 2):
+                owner[actor.__call__.remote(block)] = actor
+        try:
+            while owner:
+                done, _ = ray.wait(list(owner), num_returns=1)
+                actor = owner.pop(done[0])
+                for block in islice(queue, 1):
+                    owner[actor.__call__.remote(block)] = actor
+                yield ray.get(done[0])
+        finally:
+            for actor in pool:
+                ray.kill(actor)
 
     def close(self) -> None:
         if self.started_here:

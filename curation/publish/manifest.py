@@ -32,9 +32,11 @@ def file_entry(root: Path, relative: str, kind: str) -> dict[str, Any]:
     return {"path": relative, "sha256": digest, "bytes": size, "kind": kind}
 
 
-def content_sha256(files: list[dict[str, Any]]) -> str:
-    """Identity of a version's content: equal files, equal hash, independent of when or by whom it was made."""
-    canonical = json.dumps(sorted(files, key=lambda item: item["path"]), sort_keys=True, separators=(",", ":"))
+def content_sha256(files: list[dict[str, Any]], lineage: list[dict[str, Any]]) -> str:
+    """Identity of a version's content: equal files made by the same stages (models, thresholds), equal hash,
+    independent of when or by whom it was made."""
+    content = {"files": sorted(files, key=lambda item: item["path"]), "lineage": lineage}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -67,6 +69,7 @@ def build_manifest(
     run_id: str,
     spec: dict[str, Any],
     spec_sha256: str,
+    lineage: list[dict[str, Any]],
     counts: dict[str, int],
     dropped: dict[str, dict[str, int]],
     changes: dict[str, int],
@@ -84,12 +87,13 @@ def build_manifest(
         "code_version": __version__,
         "spec": spec,
         "spec_sha256": spec_sha256,
+        "lineage": lineage,
         "counts": counts,
         "dropped": dropped,
         "changes": changes,
         "files": sorted(files, key=lambda item: item["path"]),
         "shards": shards,
-        "content_sha256": content_sha256(files),
+        "content_sha256": content_sha256(files, lineage),
     }
     validate_manifest(manifest)
     return manifest

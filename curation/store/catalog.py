@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS version_samples (
     name VARCHAR NOT NULL, version INTEGER NOT NULL, image_id VARCHAR NOT NULL, shard VARCHAR NOT NULL,
     part VARCHAR NOT NULL, PRIMARY KEY (name, version, image_id)
 );
+-- Which images have a vector for which model, and where it is (HOME/vectors/FILE, row).
+CREATE TABLE IF NOT EXISTS embeddings (
+    image_id VARCHAR NOT NULL, model_id VARCHAR NOT NULL, file VARCHAR NOT NULL, row INTEGER NOT NULL,
+    run_id VARCHAR NOT NULL, PRIMARY KEY (image_id, model_id)
+);
 CREATE OR REPLACE VIEW outcomes AS
 SELECT p.run_id, p.block, p.position, p.source, p.uri, p.image_id, d.stage, d.status, d.reason, d.detail
 FROM provenance p JOIN (
@@ -197,6 +202,32 @@ class Catalog:
                 [run_id, stage, order],
             )
             db.unregister("staged_decisions")
+
+    # --- embeddings -------------------------------------------------------------------------------------
+    def embedded_ids(self, model_id: str) -> set[str]:
+        rows = self.db.execute("SELECT image_id FROM embeddings WHERE model_id = ?", [model_id]).fetchall()
+        return {row[0] for row in rows}
+
+    def embedding_locations(self, model_id: str, image_ids: list[str]) -> dict[str, tuple[str, int]]:
+        wanted = pa.table({"image_id": pa.array(image_ids, pa.string())})
+        self.db.register("wanted_ids", wanted)
+        rows = self.db.execute(
+            "SELECT e.image_id, e.file, e.row FROM embeddings e JOIN wanted_ids w USING (image_id) "
+            "WHERE e.model_id = ?",
+            [model_id],
+        ).fetchall()
+        self.db.unregister("wanted_ids")
+        return {image_id: (file, row) for image_id, file, row in rows}
+
+    def commit_embeddings(self, model_id: str, run_id: str, rows: pa.Table) -> None:
+        """Columns image_id, file, row of successfully embedded images (idempotent per image and model)."""
+        with self.transaction() as db:
+            db.register("staged_embeddings", rows)
+            db.execute(
+                "INSERT INTO embeddings SELECT image_id, ?, file, row, ? FROM staged_embeddings ON CONFLICT DO NOTHING",
+                [model_id, run_id],
+            )
+            db.unregister("staged_embeddings")
 
     # --- versions ---------------------------------------------------------------------------------------
     def register_version(self, manifest: dict, uri: str, manifest_sha256: str) -> None:

@@ -29,6 +29,10 @@ class Home:
     def runs(self) -> LocalStore:
         return LocalStore(self.root / "runs")
 
+    @property
+    def vectors(self) -> LocalStore:
+        return LocalStore(self.root / "vectors")
+
     def blobs(self, spec: PipelineSpec) -> BlobStore:
         return BlobStore(open_store(spec.storage.blobs or self.root / "blobs", spec.s3))
 

@@ -16,10 +16,13 @@ FILES = [
 ]
 
 
+LINEAGE = [{"stage": "ingest", "params": {"min_side": 32}}]
+
+
 def manifest(**overrides):
     arguments = dict(
         name="demo", version=2, parent={"ref": "demo@v1", "version": 1, "manifest_sha256": "c" * 64},
-        run_id="demo-1", spec={"name": "demo"}, spec_sha256="d" * 64,
+        run_id="demo-1", spec={"name": "demo"}, spec_sha256="d" * 64, lineage=LINEAGE,
         counts={"inputs": 5, "kept_inputs": 4, "rejected_inputs": 1}, dropped={"decode": {"truncated": 1}},
         changes={"added": 1, "removed": 0}, files=FILES,
         shards=[{"tar": "shards/shard-000000.tar", "index": "shards/shard-000000.parquet", "samples": 4}],
@@ -32,7 +35,7 @@ def manifest(**overrides):
 def test_a_built_manifest_validates_and_lists_files_sorted():
     built = manifest()
     assert [item["path"] for item in built["files"]] == ["provenance.parquet", "shards/shard-000000.tar"]
-    assert built["ref"] == "demo@v2" and built["content_sha256"] == content_sha256(FILES)
+    assert built["ref"] == "demo@v2" and built["content_sha256"] == content_sha256(FILES, LINEAGE)
 
 
 @pytest.mark.parametrize(
@@ -54,9 +57,11 @@ def test_malformed_manifests_are_refused(mutate, where):
 
 
 def test_content_hash_ignores_order_but_not_content():
-    assert content_sha256(FILES) == content_sha256(list(reversed(FILES)))
+    assert content_sha256(FILES, LINEAGE) == content_sha256(list(reversed(FILES)), LINEAGE)
     changed = [dict(FILES[0], bytes=1), FILES[1]]
-    assert content_sha256(changed) != content_sha256(FILES)
+    assert content_sha256(changed, LINEAGE) != content_sha256(FILES, LINEAGE)
+    other_model = [*LINEAGE, {"stage": "embed", "params": {}, "model_id": "builtin:thumb16@wx-py"}]
+    assert content_sha256(FILES, other_model) != content_sha256(FILES, LINEAGE)
 
 
 def test_source_date_epoch_fixes_the_creation_time(monkeypatch):

@@ -1,0 +1,262 @@
+"""Torch embedders: open_clip, timm and the bundled backbone format, behind one batched decode+forward path.
+
+CPU path: Pillow decode (EXIF applied) -> shortest-side resize -> centre crop -> normalise, fp32 forward.
+CUDA path: JPEGs decoded in one batched nvjpeg call on the device (anything it refuses falls back to Pillow),
+resize/crop/normalise on the GPU, pinned-memory copies, channels_last, bf16 autocast, optional torch.compile.
+Weights never download at import time; a weights path that does not exist is a SpecError naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from curation.config import EmbedStage
+from curation.decode.safe import open_rgb
+from curation.embed.registry import Embedder, model_id_for, register_embedder
+from curation.errors import SpecError
+
+log = logging.getLogger(__name__)
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shortest side to `size`, centre-crop `crop` x `crop`, normalise with mean/std (0-1 scale)."""
+
+    size: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while piece := handle.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def sha256_state(module) -> str:
+    """Hash of a module's tensors (names, shapes, dtypes, bytes): the identity of random-init or in-memory weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy())
+    return digest.hexdigest()
+
+
+def existing_weights(path: str | None, what: str) -> Path | None:
+    """A local weights path must exist; returns None for None. Raises a SpecError naming the path."""
+    if path is None:
+        return None
+    candidate = Path(path).expanduser()
+    if not candidate.is_file():
+        raise SpecError(f"stages.embed.pretrained: {what} weights file not found: {candidate}")
+    return candidate
+
+
+class TorchEmbedder(Embedder):
+    def __init__(
+        self, name: str, model, forward: Callable, preprocess: Preprocess, weights_sha256: str, stage: EmbedStage
+    ):
+        import torch
+
+        self.torch = torch
+        self.stage = stage
+        wants_cuda = stage.device == "cuda" or (stage.device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if wants_cuda else "cpu")
+        self.cuda = self.device.type == "cuda"
+        self.preprocess = preprocess
+        self.model_id = model_id_for(name, weights_sha256, preprocess.as_dict())
+        model = model.eval().to(self.device)
+        if self.cuda:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.forward = torch.compile(forward) if stage.compile and self.cuda else forward
+        self.mean = torch.tensor(preprocess.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocess.std, device=self.device).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, preprocess.crop, preprocess.crop, device=self.device)
+            self.dim = int(forward(probe).shape[-1])
+
+    # --- decode + preprocess ---------------------------------------------------------------------------
+    def _cpu_pixels(self, data: bytes):
+        """uint8 [3, crop, crop] via Pillow: shortest side to `size`, centre crop."""
+        image = open_rgb(data, self.preprocess.size)
+        scale = self.preprocess.size / min(image.size)
+        resized = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            Image.Resampling[self.preprocess.interpolation.upper()],
+        )
+        crop = self.preprocess.crop
+        left, top = (resized.width - crop) // 2, (resized.height - crop) // 2
+        pixels = np.asarray(resized.crop((left, top, left + crop, top + crop)), np.uint8)
+        return self.torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+    def _gpu_pixels(self, images: Sequence[bytes]) -> dict[int, Any]:
+        """Batched nvjpeg decode of the JPEGs; returns {index: uint8 [3, crop, crop] on the GPU}; others omitted."""
+        import torchvision
+        from torchvision.io import ImageReadMode
+
+        torch = self.torch
+        indices = [i for i, data in enumerate(images) if data[:3] == b"\xff\xd8\xff"]
+        if not indices:
+            return {}
+        encoded = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in indices]
+        try:
+            decoded = torchvision.io.decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device,
+                                                 apply_exif_orientation=True)  # fmt: skip
+        except RuntimeError:  # one bad JPEG fails the batched call: decode one by one, keep what works
+            decoded = []
+            for tensor in encoded:
+                try:
+                    decoded.append(torchvision.io.decode_jpeg(tensor, mode=ImageReadMode.RGB, device=self.device,
+                                                              apply_exif_orientation=True))  # fmt: skip
+                except RuntimeError:
+                    decoded.append(None)
+        result = {}
+        for index, image in zip(indices, decoded):
+            if image is not None:
+                result[index] = self._resize_crop_gpu(image)
+        return result
+
+    def _resize_crop_gpu(self, image):
+        torch = self.torch
+        height, width = image.shape[-2:]
+        scale = self.preprocess.size / min(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        resized = torch.nn.functional.interpolate(image[None].float(), size=size, mode=self.preprocess.interpolation,
+                                                  antialias=True, align_corners=False)[0]  # fmt: skip
+        crop = self.preprocess.crop
+        top, left = (size[0] - crop) // 2, (size[1] - crop) // 2
+        return resized[:, top : top + crop, left : left + crop].clamp_(0, 255)
+
+    # --- forward ---------------------------------------------------------------------------------------
+    def embed(self, images: Sequence[bytes]) -> tuple[np.ndarray, list[str | None]]:
+        torch = self.torch
+        errors: list[str | None] = [None] * len(images)
+        on_device = self._gpu_pixels(images) if self.cuda and self.stage.gpu_decode else {}
+        cpu_pixels = {}
+        for index, data in enumerate(images):
+            if index in on_device:
+                continue
+            try:
+                cpu_pixels[index] = self._cpu_pixels(data)
+            except Exception as error:  # noqa: BLE001 - one bad image must not lose the batch
+                errors[index] = f"{type(error).__name__}: {error}"[:300]
+        vectors = np.zeros((len(images), self.dim), np.float32)
+        order = sorted([*on_device, *cpu_pixels])
+        if not order:
+            return vectors, errors
+        parts = []
+        if cpu_pixels:
+            batch = torch.stack([cpu_pixels[i] for i in order if i in cpu_pixels])
+            if self.cuda:
+                batch = batch.pin_memory()
+            parts.append(batch.to(self.device, non_blocking=True).float())
+        if on_device:
+            parts.append(torch.stack([on_device[i] for i in order if i in on_device]))
+        rows = [i for i in order if i in cpu_pixels] + [i for i in order if i in on_device]
+        batch = torch.cat(parts) if len(parts) > 1 else parts[0]
+        batch = ((batch / 255.0) - self.mean) / self.std
+        if self.cuda:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        autocast = self.cuda and self.stage.precision == "bf16"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            features = self.forward(batch)
+        features = torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+        vectors[rows] = features
+        return vectors, errors
+
+
+def _timm_preprocess(model) -> Preprocess:
+    import timm
+
+    config = timm.data.resolve_data_config(model=model)
+    crop = int(config["input_size"][-1])
+    size = int(math.floor(crop / config.get("crop_pct", 1.0)))
+    return Preprocess(size, crop, tuple(config["mean"]), tuple(config["std"]), config.get("interpolation", "bicubic"))
+
+
+def load_state_dict_file(path: Path) -> dict[str, Any]:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "teacher"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def load_strict(model, state: dict[str, Any], path: Path) -> None:
+    """Load weights exactly; classifier heads the feature model does not have are dropped first."""
+    own = model.state_dict()
+    state = {key: value for key, value in state.items() if key in own or not key.startswith(("head.", "fc."))}
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise SpecError(f"{path}: weights do not fit the model: missing {sorted(missing)[:5]}, "
+                        f"unexpected {sorted(unexpected)[:5]}")  # fmt: skip
+    model.load_state_dict(state, strict=True)
+
+
+def build_timm(name: str, weights: Path | None, stage: EmbedStage, *, label: str | None = None, kwargs=None):
+    import timm
+    import torch
+
+    try:
+        torch.manual_seed(0)  # random init (no weights) is then reproducible, hence one model id
+        model = timm.create_model(name, pretrained=False, num_classes=0, **(kwargs or {}))
+    except RuntimeError as error:
+        raise SpecError(f"stages.embed.model: timm has no model {name!r} ({error})") from None
+    if weights is not None:
+        load_strict(model, load_state_dict_file(weights), weights)
+    weights_sha = sha256_file(weights) if weights is not None else sha256_state(model)
+    return TorchEmbedder(label or f"timm:{name}", model, model, _timm_preprocess(model), weights_sha, stage)
+
+
+@register_embedder("timm")
+def _create_timm(stage: EmbedStage, name: str) -> Embedder:
+    return build_timm(name, existing_weights(stage.pretrained, "timm"), stage)
+
+
+@register_embedder("open_clip")
+def _create_open_clip(stage: EmbedStage, arch: str) -> Embedder:
+    import open_clip
+    import torch
+
+    pretrained = stage.pretrained
+    weights = None
+    if pretrained is not None and ("/" in pretrained or pretrained.endswith(WEIGHT_SUFFIXES)):
+        weights = existing_weights(pretrained, "open_clip")
+    if arch not in open_clip.list_models():
+        raise SpecError(f"stages.embed.model: open_clip has no architecture {arch!r}")
+    torch.manual_seed(0)
+    model = open_clip.create_model(arch, pretrained=str(weights) if weights else pretrained)
+    config = model.visual.preprocess_cfg
+    crop = int(config["size"][0] if isinstance(config["size"], tuple | list) else config["size"])
+    preprocess = Preprocess(
+        crop, crop, tuple(config["mean"]), tuple(config["std"]), config.get("interpolation", "bicubic")
+    )
+    if weights is not None:
+        weights_sha = sha256_file(weights)
+    else:  # a hub tag or random init: hash what was loaded
+        weights_sha = sha256_state(model)
+    return TorchEmbedder(f"open_clip:{arch}", model, model.encode_image, preprocess, weights_sha, stage)
