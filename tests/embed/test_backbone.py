@@ -1,0 +1,60 @@
+"""The bundled backbone format: export, validate, load; tampering and mismatches are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from curation.config import EmbedStage
+from curation.embed.backbone import export_backbone, read_backbone
+from curation.embed.registry import create_embedder
+from curation.errors import SpecError
+from tests.corpus import image_bytes
+
+ARCH = "vit_tiny_patch16_224"
+
+
+@pytest.fixture
+def exported(tmp_path):
+    reference = create_embedder(EmbedStage(model=f"timm:{ARCH}"))
+    path = export_backbone(reference.model, tmp_path / "tiny", family="timm", name=ARCH,
+                           preprocess=reference.preprocess)  # fmt: skip
+    return reference, path
+
+
+def test_export_then_load_gives_the_same_vectors(exported):
+    reference, path = exported
+    description, weights = read_backbone(path)
+    assert description["format"] == "curation-backbone/1" and weights.suffix == ".safetensors"
+    bundled = create_embedder(EmbedStage(model=f"bundled:{path}"))
+    images = [image_bytes(1, size=(256, 256)), image_bytes(2)]
+    assert np.allclose(bundled.embed(images)[0], reference.embed(images)[0], atol=1e-5)
+    assert bundled.model_id.startswith(f"bundled:{ARCH}@w{description['weights_sha256'][:16]}")
+
+
+def test_tampered_weights_are_refused(exported):
+    _reference, path = exported
+    weights = path.with_suffix(".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SpecError, match="SHA-256 differs"):
+        create_embedder(EmbedStage(model=f"bundled:{path}"))
+
+
+def test_bad_descriptions_are_refused(exported, tmp_path):
+    _reference, path = exported
+    with pytest.raises(SpecError, match="not found"):
+        create_embedder(EmbedStage(model=f"bundled:{tmp_path / 'missing.json'}"))
+    description = json.loads(path.read_text())
+    path.write_text(json.dumps({**description, "format": "other/9"}))
+    with pytest.raises(SpecError, match="not a curation-backbone/1 description"):
+        read_backbone(path)
+    path.write_text(json.dumps({**description, "preprocess": {**description["preprocess"], "crop": 192}}))
+    with pytest.raises(SpecError, match="differs from the architecture"):
+        create_embedder(EmbedStage(model=f"bundled:{path}"))
+    path.write_text(json.dumps({**description, "arch": {**description["arch"], "family": "mystery"}}))
+    with pytest.raises(SpecError, match="unknown backbone family"):
+        create_embedder(EmbedStage(model=f"bundled:{path}"))

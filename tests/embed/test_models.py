@@ -1,0 +1,118 @@
+"""Embedders: unit-norm, finite, deterministic vectors; stable model ids; local weight files give the same
+vectors as the in-memory model; a bad image costs only its own row."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curation.config import EmbedStage
+from curation.embed.registry import create_embedder, list_embedders
+from curation.errors import SpecError
+from tests.corpus import exif_rotated_jpeg, image_bytes, palette_png
+
+TIMM_ARCH = "vit_tiny_patch16_224"  # 5M parameters: quick on 2 CPU cores
+
+
+def resized_jpeg(data: bytes, scale: float, quality: int) -> bytes:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image = image.resize((round(image.width * scale), round(image.height * scale)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def smooth_image(seed: int) -> bytes:
+    """A smooth random image (noise thumbnails are all alike): 8x8 noise upsampled to 256x192."""
+    small = np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(small).resize((256, 192), Image.Resampling.BICUBIC).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_registry_lists_families_and_refuses_unknown_names():
+    assert list_embedders() == ["builtin", "bundled", "open_clip", "timm"]
+    with pytest.raises(SpecError, match="unknown embedder 'clip:x'; known: builtin, bundled, open_clip, timm"):
+        create_embedder(EmbedStage(model="clip:x"))
+    with pytest.raises(SpecError, match="needs a model name"):
+        create_embedder(EmbedStage(model="timm"))
+    with pytest.raises(SpecError, match="timm has no model"):
+        create_embedder(EmbedStage(model="timm:no_such_net"))
+
+
+def test_missing_weight_files_are_named(tmp_path):
+    missing = tmp_path / "nope.pth"
+    for model in (f"timm:{TIMM_ARCH}", "open_clip:ViT-S-16"):
+        with pytest.raises(SpecError, match=str(missing)):
+            create_embedder(EmbedStage(model=model, pretrained=str(missing)))
+
+
+def test_builtin_vectors_are_unit_deterministic_and_copy_robust():
+    embedder = create_embedder(EmbedStage(model="builtin"))
+    original = smooth_image(1)
+    images = [original, resized_jpeg(original, 0.5, 60), smooth_image(2), palette_png(), exif_rotated_jpeg()]
+    vectors, errors = embedder.embed(images)
+    assert errors == [None] * 5 and vectors.shape == (5, 768)
+    assert np.isfinite(vectors).all() and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert vectors[0] @ vectors[1] > 0.95  # a half-size JPEG copy stays close
+    assert vectors[0] @ vectors[2] < 0.8  # a different image does not
+    again, _ = create_embedder(EmbedStage(model="builtin")).embed(images)
+    assert np.array_equal(vectors, again)
+
+
+@pytest.mark.parametrize("model", ["builtin", f"timm:{TIMM_ARCH}"])
+def test_a_corrupt_image_mid_batch_costs_only_its_row(model):
+    embedder = create_embedder(EmbedStage(model=model))
+    good = [image_bytes(1), image_bytes(2)]
+    batch, errors = embedder.embed([good[0], b"\x89PNG\r\n\x1a\n broken", good[1]])
+    alone, _ = embedder.embed(good)
+    assert errors[0] is None and errors[2] is None and errors[1]
+    assert np.allclose(batch[[0, 2]], alone, atol=1e-5)
+    assert not batch[1].any()
+
+
+def test_timm_random_init_is_reproducible_and_weights_file_matches(tmp_path):
+    import torch
+
+    first = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}"))
+    second = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}"))
+    assert first.model_id == second.model_id and first.model_id.startswith(f"timm:{TIMM_ARCH}@w")
+    images = [image_bytes(3, size=(300, 200)), exif_rotated_jpeg()]
+    in_memory, _ = first.embed(images)
+    assert np.isfinite(in_memory).all() and np.allclose(np.linalg.norm(in_memory, axis=1), 1, atol=1e-5)
+
+    path = tmp_path / "weights.pth"
+    state = first.model.state_dict()
+    torch.save({"state_dict": {**state, "head.weight": torch.zeros(10, first.dim)}}, path)  # a classifier head too
+    from_file = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}", pretrained=str(path)))
+    assert np.allclose(from_file.embed(images)[0], in_memory, atol=1e-5)
+    assert from_file.model_id != first.model_id  # the id names the file's bytes, not the architecture alone
+
+    torch.save({key: value + 1 if key.endswith("bias") else value for key, value in state.items()}, path)
+    changed = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}", pretrained=str(path)))
+    assert changed.model_id != from_file.model_id
+
+    torch.save({"blocks.0.bogus": torch.zeros(1)}, path)
+    with pytest.raises(SpecError, match="weights do not fit"):
+        create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}", pretrained=str(path)))
+
+
+def test_open_clip_weights_file_matches_in_memory_model(tmp_path):
+    import torch
+
+    in_memory = create_embedder(EmbedStage(model="open_clip:ViT-S-16"))
+    path = tmp_path / "open_clip.pt"
+    torch.save(in_memory.model.state_dict(), path)
+    from_file = create_embedder(EmbedStage(model="open_clip:ViT-S-16", pretrained=str(path)))
+    images = [image_bytes(4, size=(240, 320)), palette_png()]
+    assert np.allclose(from_file.embed(images)[0], in_memory.embed(images)[0], atol=1e-5)
+    assert in_memory.dim == from_file.dim == 384
+
+
+def test_preprocessing_is_part_of_the_model_id():
+    timm_id = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}")).model_id
+    builtin_id = create_embedder(EmbedStage(model="builtin")).model_id
+    assert timm_id.split("-p")[-1] != builtin_id.split("-p")[-1]
