@@ -17,6 +17,8 @@ from curation.config import DecodeStage
 from curation.types import Reason
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, not decode as grey
+EXIF_ORIENTATION = 0x0112
+ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # transpose, rotate 270, transverse, rotate 90: width and height swap
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +76,8 @@ def _inspect(data: bytes, settings: DecodeStage) -> DecodeResult:
             return DecodeResult(Reason.DECOMPRESSION_BOMB, detail, **known)
         image.seek(0)
         image.load()
-        oriented = ImageOps.exif_transpose(image)
-        width, height = oriented.size
+        if image.getexif().get(EXIF_ORIENTATION, 1) in ROTATED_ORIENTATIONS:  # displayed rotated by 90 degrees
+            width, height = height, width
     known.update(width=width, height=height)
     if min(width, height) < settings.min_side:
         return DecodeResult(Reason.TOO_SMALL, f"{width}x{height}: shorter side < min_side {settings.min_side}", **known)

@@ -32,8 +32,10 @@ def read_files(paths: tuple[str, ...], max_bytes: int) -> Iterator[RawInput]:
                 yield RawInput(name, reason=Reason.TOO_LARGE, detail=f"{info.st_size} bytes > max_bytes {max_bytes}")
                 continue
             with path.open("rb") as handle:
-                data = handle.read(max_bytes + 1)
-            if len(data) > max_bytes:  # it grew after the stat
+                data = handle.read(info.st_size + 1)  # a buffer the file's size, not max_bytes
+                if len(data) > info.st_size:  # it grew after the stat: read on, up to the limit
+                    data += handle.read(max_bytes + 1 - len(data))
+            if len(data) > max_bytes:
                 yield RawInput(name, reason=Reason.TOO_LARGE, detail=f"more than max_bytes {max_bytes}")
                 continue
         except OSError as error:

@@ -13,7 +13,8 @@ def image_id_of(data: bytes) -> str:
 
 
 def blob_key(image_id: str) -> str:
-    return f"{image_id[:2]}/{image_id[2:4]}/{image_id}"
+    """256 fan-out folders (as git does): few enough that a folder rarely needs creating."""
+    return f"{image_id[:2]}/{image_id}"
 
 
 class BlobStore:

@@ -11,7 +11,7 @@ import io
 import os
 import re
 import shutil
-import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -53,20 +53,30 @@ class LocalStore:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.uri = str(self.root)
+        self._folders: set[Path] = set()  # folders known to exist: skips a mkdir per put
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_folders": set()}
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def _folder(self, path: Path) -> None:
+        if path.parent not in self._folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path.parent)
+
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
+        self._folder(path)
+        temporary = path.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}"
+        with open(temporary, "wb") as handle:
             handle.write(data)
-        os.replace(handle.name, path)
+        os.replace(temporary, path)
 
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._folder(target)
         temporary = target.parent / f".tmp-{os.getpid()}-{target.name}"
         shutil.copyfile(path, temporary)
         os.replace(temporary, target)
