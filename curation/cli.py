@@ -82,6 +82,10 @@ def run_command(obj: Context, spec_path: str, fresh: bool, ray_address: str | No
             click.echo(f"resumed: {data['resumed_blocks']} block(s) were already done")
         click.echo(f"run {data['run_id']}: {ingest['inputs']} inputs this session, {rejected} rejected "
                    f"({ingest['inputs_per_s']} inputs/s)")  # fmt: skip
+        embed = data["stats"].get("embed")
+        if embed:
+            click.echo(f"embedded {embed['embedded']} images with {embed['model_id']} "
+                       f"({embed['cached_images']} already had vectors, {embed['failed']} failed)")  # fmt: skip
         verb = "unchanged, still" if data["unchanged"] else "published"
         click.echo(f"{verb} {data['version']} ({kept} samples in {data['stats']['publish']['shards']} shards)")
         click.echo(f"  curate verify {data['version']}   curate rejects {data['run_id']}")

@@ -9,6 +9,7 @@ Weights never download at import time; a weights path that does not exist is a S
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -40,6 +41,14 @@ class Preprocess:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+
+def require(module: str):
+    """Import a library of the `embed` extra, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SpecError(f"stages.embed.model needs {module!r}: pip install 'curation[embed]'") from None
 
 
 def sha256_file(path: Path) -> str:
@@ -218,8 +227,7 @@ def load_strict(model, state: dict[str, Any], path: Path) -> None:
 
 
 def build_timm(name: str, weights: Path | None, stage: EmbedStage, *, label: str | None = None, kwargs=None):
-    import timm
-    import torch
+    timm, torch = require("timm"), require("torch")
 
     try:
         torch.manual_seed(0)  # random init (no weights) is then reproducible, hence one model id
@@ -239,8 +247,7 @@ def _create_timm(stage: EmbedStage, name: str) -> Embedder:
 
 @register_embedder("open_clip")
 def _create_open_clip(stage: EmbedStage, arch: str) -> Embedder:
-    import open_clip
-    import torch
+    open_clip, torch = require("open_clip"), require("torch")
 
     pretrained = stage.pretrained
     weights = None
