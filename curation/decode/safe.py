@@ -85,12 +85,16 @@ def _inspect(data: bytes, settings: DecodeStage) -> DecodeResult:
 
 
 def open_rgb(data: bytes, draft_side: int | None = None) -> Image.Image:
-    """Decoded RGB pixels of the first frame, EXIF orientation applied; palette transparency goes through RGBA
-    (Pillow's advice) and alpha is dropped. `draft_side` lets JPEG decode at a reduced scale when that suffices."""
+    """Decoded RGB pixels of the first frame, EXIF orientation applied. Transparent pixels are composited onto
+    white (dropping alpha would expose whatever colour hides under it, often black, and make unrelated cut-outs
+    look alike). `draft_side` lets JPEG decode at a reduced scale when that suffices."""
     with Image.open(io.BytesIO(data)) as image:
         if draft_side:
             image.draft("RGB", (draft_side, draft_side))
         image = ImageOps.exif_transpose(image)
-        if image.mode in ("P", "PA") or (image.mode == "LA"):
-            image = image.convert("RGBA")
-        return image.convert("RGB")
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        if not has_alpha:
+            return image.convert("RGB")
+        rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")

@@ -81,7 +81,7 @@ def run_embed_stage(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: st
     if missing:
         raise RunError(f"run {run_id}: embed block(s) {missing[:5]} produced no output; run again to resume")
 
-    failures = _commit(catalog, vectors, model_id, run_id, blocks)
+    failures = commit_blocks(catalog, vectors, model_id, run_id, blocks)
     _record_failures(catalog, run_id, kept, failures)
     stats = {
         **model,
@@ -97,7 +97,7 @@ def run_embed_stage(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: st
     return stats, model
 
 
-def _commit(catalog: Catalog, vectors, model_id: str, run_id: str, blocks: list[Block]) -> dict[str, str]:
+def commit_blocks(catalog: Catalog, vectors, model_id: str, run_id: str, blocks: list[Block]) -> dict[str, str]:
     """Record every block's vectors in the catalog; returns {image_id: error} for the images that failed."""
     failures: dict[str, str] = {}
     tables = []

@@ -36,8 +36,13 @@ class Embedder(ABC):
         """Returns ([len(images), dim] float32 unit vectors, per-image error or None)."""
 
 
+# How bytes become RGB before any model-specific step (curation.decode.safe.open_rgb): part of every model id.
+DECODE = {"orientation": "exif", "alpha": "composite-on-white", "frame": "first"}
+
+
 def model_id_for(name: str, weights_sha256: str, preprocess: dict[str, Any]) -> str:
-    preprocess_sha = hashlib.sha256(json.dumps(preprocess, sort_keys=True).encode()).hexdigest()
+    described = {**preprocess, "decode": DECODE}
+    preprocess_sha = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
     return f"{name}@w{weights_sha256[:16]}-p{preprocess_sha[:12]}"
 
 

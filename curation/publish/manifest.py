@@ -75,6 +75,7 @@ def build_manifest(
     changes: dict[str, int],
     files: list[dict[str, Any]],
     shards: list[dict[str, Any]],
+    removed: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     manifest = {
         "schema_version": 1,
@@ -95,5 +96,7 @@ def build_manifest(
         "shards": shards,
         "content_sha256": content_sha256(files, lineage),
     }
+    if removed is not None:  # an opt-out child version: what went, and which request took it
+        manifest["removed"] = removed
     validate_manifest(manifest)
     return manifest

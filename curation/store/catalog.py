@@ -7,6 +7,8 @@ Parquet files that the driver commits here). Readers (CLI listings, audits) open
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -65,6 +67,17 @@ CREATE TABLE IF NOT EXISTS embeddings (
     image_id VARCHAR NOT NULL, model_id VARCHAR NOT NULL, file VARCHAR NOT NULL, row INTEGER NOT NULL,
     run_id VARCHAR NOT NULL, PRIMARY KEY (image_id, model_id)
 );
+-- The opt-out registry: append-only and hash-chained (curation/audit/registry.py).
+CREATE TABLE IF NOT EXISTS optout_requests (
+    request_id VARCHAR PRIMARY KEY, seq BIGINT NOT NULL UNIQUE, kind VARCHAR NOT NULL, value VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL, requester VARCHAR NOT NULL, received_at TIMESTAMPTZ NOT NULL,
+    prev_sha256 VARCHAR NOT NULL, record_sha256 VARCHAR NOT NULL
+);
+-- Which image each opt-out removed from which version, and how it matched.
+CREATE TABLE IF NOT EXISTS optout_removals (
+    name VARCHAR NOT NULL, version INTEGER NOT NULL, image_id VARCHAR NOT NULL, request_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL, similarity DOUBLE, via_image_id VARCHAR, PRIMARY KEY (name, version, image_id)
+);
 CREATE OR REPLACE VIEW outcomes AS
 SELECT p.run_id, p.block, p.position, p.source, p.uri, p.image_id, d.stage, d.status, d.reason, d.detail
 FROM provenance p JOIN (
@@ -82,21 +95,27 @@ class Catalog:
         self.path = path
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False) -> Catalog:
+    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 0.0) -> Catalog:
+        """Open the catalog; with `wait_s`, wait that long for another process's lock (short writers queue)."""
         path = Path(path)
         if read_only and not path.exists():
-            writer = cls.open(path)  # create the schema once so readers of a fresh home see empty tables
+            writer = cls.open(path, wait_s=wait_s)  # create the schema once so readers of a fresh home see tables
             writer.close()
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            connection = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as error:
-            if "lock" not in str(error).lower():
-                raise
-            raise CatalogBusyError(
-                f"{path} is in use by another process (a running `curate run`?): one writer at a time. {error}"
-            ) from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                connection = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    raise CatalogBusyError(
+                        f"{path} is in use by another process (a running `curate run`?): one writer at a time. {error}"
+                    ) from None
+                time.sleep(0.05 + random.random() * 0.1)
         if not read_only:
             connection.execute(SCHEMA)
         return cls(connection, path)
@@ -228,6 +247,24 @@ class Catalog:
                 [model_id, run_id],
             )
             db.unregister("staged_embeddings")
+
+    # --- opt-outs -----------------------------------------------------------------------------------------
+    def record_removals(self, name: str, number: int, matches) -> None:
+        """What an opt-out child version removed (its manifest lists the same)."""
+        with self.transaction() as db:
+            for match in matches:
+                db.execute(
+                    "INSERT INTO optout_removals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        name,
+                        number,
+                        match.image_id,
+                        match.request_id,
+                        match.method,
+                        match.similarity,
+                        match.via_image_id,
+                    ],
+                )
 
     # --- versions ---------------------------------------------------------------------------------------
     def register_version(self, manifest: dict, uri: str, manifest_sha256: str) -> None:

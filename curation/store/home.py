@@ -30,6 +30,11 @@ class Home:
         return LocalStore(self.root / "runs")
 
     @property
+    def uploads(self) -> BlobStore:
+        """Images uploaded with opt-out requests (kept apart from the pools' blobs)."""
+        return BlobStore(LocalStore(self.root / "optout-uploads"))
+
+    @property
     def vectors(self) -> LocalStore:
         return LocalStore(self.root / "vectors")
 

@@ -1,0 +1,219 @@
+"""Opt-outs in force: find what the registry covers, and publish a child version without it.
+
+`apply_optouts(home, NAME)` takes the latest NAME@vN, matches every active request against its samples, and
+publishes NAME@v(N+1): shards that held a removed sample are rewritten (same order, same fixed tar headers),
+every other shard is carried over byte for byte (same SHA-256). The manifest lists each removed image with the
+request that removed it; the parent stays readable and verifiable and is marked `superseded_by_optout`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation.api import s3_settings_of
+from curation.audit.matching import Match, MatchSettings, match_images
+from curation.audit.registry import OptOutRequest, active_requests, list_requests
+from curation.config import EmbedStage
+from curation.dedup.perceptual import phash
+from curation.embed.driver import commit_blocks
+from curation.embed.registry import create_embedder
+from curation.embed.stage import EmbedBlocks
+from curation.embed.vectors import load_matrix
+from curation.ingest.raw import Block
+from curation.publish.manifest import build_manifest, file_entry
+from curation.publish.release import MANIFEST, PROVENANCE, _commit, _register, published_numbers, resolve
+from curation.store.blobs import BlobStore
+from curation.store.catalog import Catalog
+from curation.store.home import Home
+from curation.store.objects import LocalStore, ObjectStore, open_store, read_parquet
+from curation.types import REJECTED, Reason
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    parent: str
+    ref: str  # the new version, or the parent when nothing matched
+    removed: list[Match]
+
+
+def embed_stage_of(lineage: list[dict[str, Any]]) -> EmbedStage:
+    """The embedder a version was made with (its vectors exist already), else the weight-free builtin."""
+    for step in lineage:
+        if step["stage"] == "embed":
+            return EmbedStage(**{**step["params"], "device": "cpu", "compile": False})
+    return EmbedStage(model="builtin")
+
+
+def covered_images(catalog: Catalog, home: Home, blobs: BlobStore, stage: EmbedStage, image_ids: list[str],
+                   uris: list[list[str]], requests: list[OptOutRequest], settings: MatchSettings,
+                   ) -> tuple[list[Match], str | None]:  # fmt: skip
+    """Match active requests against images; vectors come from (and missing ones go into) the embedding cache.
+    Returns the matches and the model id whose vectors were used."""
+    if not requests or not image_ids:
+        return [], None
+    uploads = [request for request in requests if request.kind == "image"]
+    embedder = create_embedder(stage)
+    missing = sorted(set(image_ids) - catalog.embedded_ids(embedder.model_id))
+    if missing:
+        run_id = f"optout-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+        EmbedBlocks(stage, blobs, home.vectors, run_id)(Block(0, "embed", "embed", tuple(missing)))
+        failures = commit_blocks(catalog, home.vectors, embedder.model_id, run_id, [Block(0, "embed", "embed", ())])
+        image_ids_ok = [image_id for image_id in image_ids if image_id not in failures]
+    else:
+        image_ids_ok = image_ids
+    keep = [i for i, image_id in enumerate(image_ids) if image_id in set(image_ids_ok)]
+    image_ids, uris = [image_ids[i] for i in keep], [uris[i] for i in keep]
+    vectors = np.asarray(load_matrix(catalog, home.vectors, embedder.model_id, image_ids), np.float32)
+    request_vectors, request_phashes = {}, {}
+    for request in uploads:
+        data = home.uploads.get(request.value)
+        request_vectors[request.request_id] = embedder.embed([data])[0][0]
+        request_phashes[request.request_id] = phash(data)
+    cache: dict[str, int | None] = {}
+
+    def sample_phash(image_id: str) -> int | None:
+        if image_id not in cache:
+            try:
+                cache[image_id] = phash(blobs.get(image_id))
+            except Exception:  # noqa: BLE001 - an undecodable blob simply has no perceptual hash
+                cache[image_id] = None
+        return cache[image_id]
+
+    matches = match_images(requests, image_ids, uris, vectors=vectors, request_vectors=request_vectors,
+                           phashes=sample_phash if uploads else None, request_phashes=request_phashes,
+                           settings=settings)  # fmt: skip
+    return matches, embedder.model_id
+
+
+def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = None) -> ApplyResult:
+    settings = settings or MatchSettings()
+    with Catalog.open(home.catalog_path, wait_s=60) as catalog:
+        requests = list_requests(catalog)
+        parent = resolve(catalog, name)
+        parent_ref = f"{parent['name']}@v{parent['version']}"
+        run = catalog.rows("SELECT spec_json FROM runs WHERE run_id = ?", [parent["run_id"]])
+        spec_json = json.loads(run[0]["spec_json"])
+        s3 = s3_settings_of(spec_json)
+        root = open_store(parent["uri"], s3)
+        manifest = json.loads(root.get(MANIFEST))
+        samples = pa.concat_tables([read_parquet(root, shard["index"]) for shard in manifest["shards"]])
+        blobs = BlobStore(open_store(spec_json.get("storage", {}).get("blobs") or home.root / "blobs", s3))
+        image_ids = samples["image_id"].to_pylist()
+        uris = [[entry["uri"] for entry in provenance] for provenance in samples["provenance"].to_pylist()]
+        stage = embed_stage_of(manifest["lineage"])
+        active = active_requests(requests)
+        matches, model_id = covered_images(catalog, home, blobs, stage, image_ids, uris, active, settings)
+        if not matches:
+            return ApplyResult(parent_ref, parent_ref, [])
+        target_uri = spec_json.get("publish", {}).get("uri") or home.root / "datasets"
+        target = open_store(target_uri, s3)
+        number = max([parent["version"], *published_numbers(target, parent["name"])]) + 1
+        staging = _staging(home, target, parent["name"], number)
+        child = _write_child(root, staging, manifest, samples, matches)
+        child_manifest = build_manifest(
+            name=parent["name"], version=number,
+            parent={"ref": parent_ref, "version": parent["version"], "manifest_sha256": parent["manifest_sha256"]},
+            run_id=manifest["run_id"], spec=manifest["spec"], spec_sha256=manifest["spec_sha256"],
+            lineage=[*manifest["lineage"], _optout_step(requests, active, matches, model_id, settings)],
+            counts=child["counts"], dropped=child["dropped"],
+            changes={"added": 0, "removed": len(matches)}, files=child["files"], shards=child["shards"],
+            removed=[{"image_id": m.image_id, "request_id": m.request_id, "method": m.method,
+                      "similarity": m.similarity, "via_image_id": m.via_image_id} for m in matches],
+        )  # fmt: skip
+        _commit(target, staging, parent["name"], number, child_manifest)
+        _register(catalog, target, child_manifest)
+        catalog.record_removals(parent["name"], number, matches)
+        catalog.db.execute(
+            "UPDATE versions SET status = 'superseded_by_optout' WHERE name = ? AND version < ?",
+            [parent["name"], number],
+        )
+        return ApplyResult(parent_ref, child_manifest["ref"], matches)
+
+
+def _staging(home: Home, target: ObjectStore, name: str, number: int) -> Path:
+    if isinstance(target, LocalStore):
+        staging = target.root / name / f".staging-optout-v{number}"
+    else:
+        staging = home.root / "tmp" / f"optout-{name}-v{number}"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "shards").mkdir(parents=True)
+    return staging
+
+
+def _write_child(root: ObjectStore, staging: Path, manifest: dict, samples: pa.Table, matches: list[Match]) -> dict:
+    removed = {match.image_id: match for match in matches}
+    files, shards = [], []
+    for shard in manifest["shards"]:
+        index = read_parquet(root, shard["index"])
+        gone = set(index["image_id"].to_pylist()) & set(removed)
+        if not gone:  # carried over unchanged: same bytes, same SHA-256 as in the parent
+            for relative, kind in ((shard["tar"], "shard"), (shard["index"], "shard_index")):
+                (staging / relative).write_bytes(root.get(relative))
+                files.append(file_entry(staging, relative, kind))
+            shards.append(shard)
+            continue
+        survivors = index.filter(pc.invert(pc.is_in(index["image_id"], pa.array(sorted(gone)))))
+        if survivors.num_rows == 0:
+            continue
+        _rewrite_tar(root.get(shard["tar"]), staging / shard["tar"], gone)
+        pq.write_table(survivors, staging / shard["index"])
+        files += [file_entry(staging, shard["tar"], "shard"), file_entry(staging, shard["index"], "shard_index")]
+        shards.append({**shard, "samples": survivors.num_rows})
+    provenance = read_parquet(root, PROVENANCE)
+    provenance = _mark_removed(provenance, removed)
+    pq.write_table(provenance, staging / PROVENANCE)
+    files.append(file_entry(staging, PROVENANCE, "provenance"))
+    opted_out_inputs = sum(1 for row in provenance.to_pylist() if row["stage"] == "optout")
+    dropped = {**manifest["dropped"], "optout": {str(Reason.OPTED_OUT): opted_out_inputs}}
+    counts = {**manifest["counts"], "samples": samples.num_rows - len(removed), "shards": len(shards),
+              "kept_inputs": manifest["counts"]["kept_inputs"] - opted_out_inputs,
+              "rejected_inputs": manifest["counts"]["rejected_inputs"] + opted_out_inputs}  # fmt: skip
+    return {"files": files, "shards": shards, "counts": counts, "dropped": dropped}
+
+
+def _rewrite_tar(data: bytes, path: Path, gone: set[str]) -> None:
+    """The same members in the same order, minus the removed keys; headers copied as written (deterministic)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as source, tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as out:
+        for member in source:
+            if member.name.split(".", 1)[0] in gone:
+                continue
+            out.addfile(member, source.extractfile(member))
+
+
+def _mark_removed(provenance: pa.Table, removed: dict[str, Match]) -> pa.Table:
+    rows = provenance.to_pylist()
+    for row in rows:
+        match = removed.get(row["image_id"])
+        if match and row["status"] == "kept":
+            row.update(status=REJECTED, stage="optout", reason=str(Reason.OPTED_OUT),
+                       detail=f"{match.request_id} ({match.method})")  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=provenance.schema)
+
+
+def _optout_step(requests: list[OptOutRequest], active: list[OptOutRequest], matches: list[Match],
+                 model_id: str | None, settings: MatchSettings) -> dict[str, Any]:  # fmt: skip
+    return {
+        "stage": "optout",
+        "params": {
+            "registry_seq": requests[-1].seq if requests else 0,
+            "registry_head_sha256": requests[-1].record_sha256 if requests else None,
+            "active_requests": [request.request_id for request in active],
+            "applied_requests": sorted({match.request_id for match in matches}),
+            "phash_max_distance": settings.phash_max_distance,
+            "embedding_threshold": settings.embedding_threshold,
+            "as_of": requests[-1].received_at if requests else None,
+        },
+        "model_id": model_id,
+    }

@@ -1,0 +1,111 @@
+"""Which images do opt-out requests cover? Pure matching over (image id, provenance URIs) plus vectors/hashes.
+
+URL kinds match provenance URIs (exact, prefix, host or subdomain); `sha256` matches the content address;
+`image` matches the uploaded image by exact hash, perceptual hash (Hamming distance) and embedding cosine. Then
+every near-duplicate of a matched image (embedding cosine over the threshold) goes too: an opt-out covers the
+picture, not one file of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from curation.audit.registry import OptOutRequest
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    phash_max_distance: int = 4  # of 64 bits; resized/re-encoded copies stay within a few bits
+    embedding_threshold: float = 0.9  # cosine; model-dependent (0.9 suits the builtin descriptor)
+
+
+@dataclass(frozen=True)
+class Match:
+    image_id: str
+    request_id: str
+    method: str  # url | url_prefix | domain | sha256 | exact | phash | embedding | near_duplicate
+    similarity: float | None = None  # cosine, or 64 - Hamming distance for phash
+    via_image_id: str | None = None  # for near_duplicate: the matched image it is a copy of
+
+
+def host_matches(uri: str, domain: str) -> bool:
+    host = (urlsplit(uri).hostname or "").lower()
+    return host == domain or host.endswith("." + domain)
+
+
+def uri_match(request: OptOutRequest, uri: str) -> bool:
+    """Does a URL-kind request (url, url_prefix, domain) cover this URI? Other kinds never match a URI."""
+    if request.kind == "url":
+        return uri == request.value
+    if request.kind == "url_prefix":
+        return uri.startswith(request.value)
+    if request.kind == "domain":
+        return host_matches(uri, request.value)
+    return False
+
+
+def match_images(
+    requests: Iterable[OptOutRequest],
+    image_ids: list[str],
+    uris: list[list[str]],
+    *,
+    vectors: np.ndarray | None = None,
+    request_vectors: dict[str, np.ndarray] | None = None,
+    phashes: Callable[[str], int | None] | None = None,
+    request_phashes: dict[str, int] | None = None,
+    settings: MatchSettings | None = None,
+) -> list[Match]:
+    """One Match per covered image (the first request that covers it, in registry order).
+
+    `vectors` are the images' unit vectors (rows aligned with `image_ids`); `request_vectors` and
+    `request_phashes` hold the uploaded images' vector and hash per request id.
+    """
+    settings = settings or MatchSettings()
+    found: dict[str, Match] = {}
+    index_of = {image_id: i for i, image_id in enumerate(image_ids)}
+    for request in requests:
+        if request.kind in ("url", "url_prefix", "domain"):
+            for image_id, image_uris in zip(image_ids, uris):
+                if image_id not in found and any(uri_match(request, uri) for uri in image_uris):
+                    found[image_id] = Match(image_id, request.request_id, request.kind)
+        elif request.kind == "sha256" and request.value in index_of:
+            found.setdefault(request.value, Match(request.value, request.request_id, "sha256"))
+        elif request.kind == "image":
+            if request.value in index_of:
+                found.setdefault(request.value, Match(request.value, request.request_id, "exact", 1.0))
+            target = (request_phashes or {}).get(request.request_id)
+            if target is not None and phashes is not None:
+                for image_id in image_ids:
+                    value = phashes(image_id)
+                    distance = (value ^ target).bit_count() if value is not None else 65
+                    if image_id not in found and distance <= settings.phash_max_distance:
+                        found[image_id] = Match(image_id, request.request_id, "phash", float(64 - distance))
+            query = (request_vectors or {}).get(request.request_id)
+            if query is not None and vectors is not None and len(image_ids):
+                scores = np.asarray(vectors, np.float32) @ query.astype(np.float32)
+                for position in np.flatnonzero(scores >= settings.embedding_threshold):
+                    image_id = image_ids[position]
+                    score = float(scores[position])
+                    found.setdefault(image_id, Match(image_id, request.request_id, "embedding", score))
+    if vectors is not None and found:
+        _add_near_duplicates(found, image_ids, index_of, np.asarray(vectors, np.float32), settings.embedding_threshold)
+    return sorted(found.values(), key=lambda match: match.image_id)
+
+
+def _add_near_duplicates(found: dict[str, Match], image_ids: list[str], index_of: dict[str, int],
+                         vectors: np.ndarray, threshold: float) -> None:  # fmt: skip
+    """Every image within `threshold` of a matched one goes with it (one hop, in bounded-memory chunks)."""
+    seeds = [match for match in list(found.values()) if match.image_id in index_of]
+    for start in range(0, len(seeds), 64):  # 64 x N scores at a time
+        chunk = seeds[start : start + 64]
+        scores = vectors[[index_of[match.image_id] for match in chunk]] @ vectors.T
+        for row, match in enumerate(chunk):
+            for position in np.flatnonzero(scores[row] >= threshold):
+                image_id = image_ids[position]
+                if image_id not in found:
+                    found[image_id] = Match(image_id, match.request_id, "near_duplicate", float(scores[row, position]),
+                                            match.image_id)  # fmt: skip

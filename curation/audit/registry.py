@@ -1,0 +1,144 @@
+"""The opt-out registry: append-only requests in the catalog, hash-chained so that an edit or a deletion is
+detected the next time the registry is read (and every read checks it).
+
+Kinds: `url` (exact URL), `url_prefix`, `domain` (the host and its subdomains), `sha256` (content hash), `image`
+(an uploaded image, kept in the blob store; matched by exact hash, perceptual hash and embedding near-duplicate),
+and `withdraw` (a later request that withdraws an earlier one: requests themselves never change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from curation.errors import CurationError
+from curation.store.catalog import Catalog
+
+KINDS = ("url", "url_prefix", "domain", "sha256", "image", "withdraw")
+GENESIS = "0" * 64
+
+
+class RegistryTamperedError(CurationError):
+    """A stored opt-out request no longer matches its hash chain: the append-only log was edited."""
+
+
+class RequestError(CurationError):
+    """An opt-out request is malformed (unknown kind, bad URL, domain or hash, unknown request to withdraw)."""
+
+
+@dataclass(frozen=True)
+class OptOutRequest:
+    request_id: str
+    seq: int
+    kind: str
+    value: str
+    reason: str
+    requester: str
+    received_at: str
+    prev_sha256: str
+    record_sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _normalise(kind: str, value: str) -> str:
+    value = value.strip()
+    if kind not in KINDS:
+        raise RequestError(f"unknown opt-out kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if kind in ("url", "url_prefix"):
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https", "s3", "file") or not (parts.netloc or parts.scheme == "file"):
+            raise RequestError(f"{kind}: not a URL: {value!r}")
+        return value
+    if kind == "domain":
+        domain = value.lower().removeprefix("www.").strip(".")
+        if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
+            raise RequestError(f"domain: not a domain name: {value!r}")
+        return domain
+    if kind in ("sha256", "image"):
+        if not re.fullmatch(r"[0-9a-f]{64}", value.lower()):
+            raise RequestError(f"{kind}: not a SHA-256 hex digest: {value!r}")
+        return value.lower()
+    return value  # withdraw: checked against the registry by the caller
+
+
+def _record_hash(fields: dict[str, Any]) -> str:
+    canonical = json.dumps({key: fields[key] for key in sorted(fields) if key != "record_sha256"}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def list_requests(catalog: Catalog) -> list[OptOutRequest]:
+    """Every request in order, after checking the hash chain (raises RegistryTamperedError if broken)."""
+    rows = catalog.rows("SELECT * FROM optout_requests ORDER BY seq")
+    previous = GENESIS
+    requests = []
+    for expected_seq, row in enumerate(rows, start=1):
+        row["received_at"] = row["received_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        request = OptOutRequest(**row)
+        if request.seq != expected_seq or request.prev_sha256 != previous or _record_hash(row) != request.record_sha256:
+            raise RegistryTamperedError(
+                f"opt-out registry in {catalog.path} was altered at request seq {expected_seq} "
+                f"({row['request_id']}): requests are append-only"
+            )
+        previous = request.record_sha256
+        requests.append(request)
+    return requests
+
+
+def add_request(catalog: Catalog, *, kind: str, value: str, reason: str = "", requester: str = "") -> OptOutRequest:
+    """Append one request (in a transaction, after verifying the chain); returns it with its id."""
+    value = _normalise(kind, value)
+    with catalog.transaction():
+        existing = list_requests(catalog)
+        if kind == "withdraw" and value not in {request.request_id for request in existing}:
+            raise RequestError(f"withdraw: no request {value!r}")
+        seq = len(existing) + 1
+        fields = {
+            "seq": seq,
+            "kind": kind,
+            "value": value,
+            "reason": reason,
+            "requester": requester,
+            "received_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "prev_sha256": existing[-1].record_sha256 if existing else GENESIS,
+        }
+        fields["request_id"] = f"opt-{seq:06d}-{_record_hash(fields)[:8]}"
+        fields["record_sha256"] = _record_hash(fields)
+        catalog.db.execute(
+            "INSERT INTO optout_requests (request_id, seq, kind, value, reason, requester, received_at, prev_sha256, "
+            "record_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [fields[key] for key in ("request_id", "seq", "kind", "value", "reason", "requester", "received_at",
+                                     "prev_sha256", "record_sha256")],
+        )  # fmt: skip
+    return OptOutRequest(**fields)
+
+
+def active_requests(requests: list[OptOutRequest]) -> list[OptOutRequest]:
+    """Requests in force: not withdrawals themselves, and not withdrawn by a later request."""
+    withdrawn = {request.value for request in requests if request.kind == "withdraw"}
+    return [request for request in requests if request.kind != "withdraw" and request.request_id not in withdrawn]
+
+
+def request_status(catalog: Catalog, requests: list[OptOutRequest]) -> dict[str, str]:
+    """received | applied (NAME@vN, ...) | withdrawn, per request id: derived, never stored."""
+    withdrawn = {request.value for request in requests if request.kind == "withdraw"}
+    applied: dict[str, list[str]] = {}
+    for row in catalog.rows("SELECT DISTINCT request_id, name, version FROM optout_removals ORDER BY name, version"):
+        applied.setdefault(row["request_id"], []).append(f"{row['name']}@v{row['version']}")
+    status = {}
+    for request in requests:
+        if request.request_id in withdrawn:
+            status[request.request_id] = "withdrawn"
+        elif request.kind == "withdraw":
+            status[request.request_id] = "recorded"
+        elif request.request_id in applied:
+            status[request.request_id] = "applied in " + ", ".join(applied[request.request_id])
+        else:
+            status[request.request_id] = "received"
+    return status
