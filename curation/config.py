@@ -112,9 +112,26 @@ class EmbedStage(Strict):
     gpu_decode: bool = True  # decode JPEGs with nvjpeg on the GPU; anything it refuses falls back to Pillow
 
 
+class LicenseStage(Strict):
+    """Licence policy. Licences compare case-insensitively; an image with no licence is its own category."""
+
+    allow: tuple[str, ...] | None = None  # None: every licence not denied; a list: only these
+    deny: tuple[str, ...] = ()  # always dropped (license_denied)
+    unknown: Literal["keep", "drop"] = "keep"  # no licence at all: keep (and report), or drop (license_unknown)
+
+
+class OptOutStage(Strict):
+    """How uploaded-image opt-outs match (docs/optouts.md). URL, domain and hash requests match exactly."""
+
+    phash_max_distance: int = Field(default=4, ge=0, le=32)  # Hamming bits of 64
+    embedding_threshold: float = Field(default=0.9, gt=0, le=1)  # cosine with the run's embedder (builtin if none)
+
+
 class Stages(Strict):
     decode: DecodeStage = DecodeStage()
+    license: LicenseStage = LicenseStage()
     embed: EmbedStage | None = None  # no embedding unless configured
+    optout: OptOutStage = OptOutStage()
     select: SelectStage = SelectStage()
 
 

@@ -1,8 +1,8 @@
 """Provenance audit and opt-outs: the registry, its enforcement, audit queries and data statements.
 
-    >>> from curation import audit
-    >>> request = audit.add_optout("curation-home", kind="domain", value="example.com", reason="site owner")  # doctest: +SKIP
-    >>> audit.apply_optouts("curation-home", "quickstart")                                                     # doctest: +SKIP
+>>> from curation import audit
+>>> audit.add_optout("curation-home", kind="domain", value="example.com", reason="owner")  # doctest: +SKIP
+>>> audit.apply_optouts("curation-home", "quickstart")                                      # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from curation.audit.registry import OptOutRequest
+from curation.ingest.exclusions import Exclusions
+
+
+def exclusions_of(requests: Iterable[OptOutRequest]) -> Exclusions:
+    """The URL, prefix, domain and hash requests as ingest-time exclusions."""
+    by_kind: dict[str, list[tuple[str, str]]] = {"url": [], "url_prefix": [], "domain": [], "sha256": []}
+    for request in requests:
+        if request.kind in by_kind:
+            by_kind[request.kind].append((request.request_id, request.value))
+    return Exclusions(tuple(by_kind["url"]), tuple(by_kind["url_prefix"]), tuple(by_kind["domain"]),
+                      tuple(by_kind["sha256"]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -30,22 +40,6 @@ class Match:
     method: str  # url | url_prefix | domain | sha256 | exact | phash | embedding | near_duplicate
     similarity: float | None = None  # cosine, or 64 - Hamming distance for phash
     via_image_id: str | None = None  # for near_duplicate: the matched image it is a copy of
-
-
-def host_matches(uri: str, domain: str) -> bool:
-    host = (urlsplit(uri).hostname or "").lower()
-    return host == domain or host.endswith("." + domain)
-
-
-def uri_match(request: OptOutRequest, uri: str) -> bool:
-    """Does a URL-kind request (url, url_prefix, domain) cover this URI? Other kinds never match a URI."""
-    if request.kind == "url":
-        return uri == request.value
-    if request.kind == "url_prefix":
-        return uri.startswith(request.value)
-    if request.kind == "domain":
-        return host_matches(uri, request.value)
-    return False
 
 
 def match_images(
@@ -69,8 +63,9 @@ def match_images(
     index_of = {image_id: i for i, image_id in enumerate(image_ids)}
     for request in requests:
         if request.kind in ("url", "url_prefix", "domain"):
+            single = exclusions_of([request])
             for image_id, image_uris in zip(image_ids, uris):
-                if image_id not in found and any(uri_match(request, uri) for uri in image_uris):
+                if image_id not in found and any(single.covering_uri(uri) for uri in image_uris):
                     found[image_id] = Match(image_id, request.request_id, request.kind)
         elif request.kind == "sha256" and request.value in index_of:
             found.setdefault(request.value, Match(request.value, request.request_id, "sha256"))

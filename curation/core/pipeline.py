@@ -20,7 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from curation.config import PipelineSpec
+from curation.audit.apply import covered_images
+from curation.audit.matching import MatchSettings, exclusions_of
+from curation.audit.policy import license_verdict
+from curation.audit.registry import active_requests, list_requests
+from curation.config import EmbedStage, PipelineSpec
 from curation.embed.driver import run_embed_stage
 from curation.errors import RunError
 from curation.executors import make_executor
@@ -30,7 +34,7 @@ from curation.publish.release import publish
 from curation.store.catalog import Catalog
 from curation.store.home import Home
 from curation.store.objects import read_parquet
-from curation.types import INPUT_SCHEMA, KEPT, REJECTED
+from curation.types import INPUT_SCHEMA, KEPT, REJECTED, Reason
 
 log = logging.getLogger("curation")
 
@@ -112,15 +116,18 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
     stats["plan"] = {"blocks": len(blocks), "seconds": round(time.perf_counter() - started, 3)}
     done = {block.index for block in blocks if home.runs.exists(block_output_key(run_id, block.index))}
     pending = [block for block in blocks if block.index not in done]
+    requests = active_requests(list_requests(catalog))  # every run checks the opt-out registry
     executor = _Executor(spec, ray_address)
     try:
-        stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, executor, progress)
+        stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, executor, exclusions_of(requests), progress)
         stats["ingest"]["resumed_blocks"] = len(done)
         inputs = _read_inputs(home, run_id, blocks)
         sources = [source.model_dump(mode="json") for source in spec.sources]
         catalog.commit_inputs(run_id, inputs, sources)
         kept = inputs.filter(pc.equal(inputs["status"], KEPT))
         lineage = [{"stage": "ingest", "params": spec.stages.decode.model_dump(mode="json")}]
+        kept = _license_stage(catalog, run_id, kept, spec.stages.license)
+        lineage.append({"stage": "license", "params": spec.stages.license.model_dump(mode="json")})
         if spec.stages.embed is not None:
             embed_stats, model = run_embed_stage(spec, home, catalog, run_id, kept, executor.get, progress)
             stats["embed"] = embed_stats
@@ -129,6 +136,9 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         stats["startup_seconds"] = executor.startup_seconds
     finally:
         executor.close()
+    kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, requests)
+    if optout_step:
+        lineage.append(optout_step)
     catalog.record_stage(run_id, "select", 9, _decisions(kept, KEPT))  # keep_all: later issues plug in here
     lineage.append({"stage": "select", "params": spec.stages.select.model_dump(mode="json")})
 
@@ -176,7 +186,40 @@ def _surviving(catalog: Catalog, run_id: str, kept: pa.Table) -> pa.Table:
     return kept.filter(pa.array(mask, pa.bool_()))
 
 
-def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, progress) -> dict[str, Any]:
+def _license_stage(catalog: Catalog, run_id: str, kept: pa.Table, policy) -> pa.Table:
+    verdicts = [license_verdict(license_, policy) for license_ in kept["license"].to_pylist()]
+    rejected = [i for i, verdict in enumerate(verdicts) if verdict]
+    catalog.record_stage(
+        run_id,
+        "license",
+        1,
+        _decisions(kept.take(pa.array(rejected, pa.int64())), REJECTED, [verdicts[i] for i in rejected]),
+    )
+    return kept.filter(pa.array([verdict is None for verdict in verdicts], pa.bool_()))
+
+
+def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, requests):
+    """Uploaded-image opt-outs (and near-duplicates of what they match) need pixels: they apply after ingest."""
+    if not any(request.kind == "image" for request in requests) or kept.num_rows == 0:
+        return kept, None
+    by_image: dict[str, list[str]] = {}
+    for image_id, uri in zip(kept["image_id"].to_pylist(), kept["uri"].to_pylist()):
+        by_image.setdefault(image_id, []).append(uri)
+    stage = spec.stages.embed or EmbedStage(model="builtin")
+    settings = MatchSettings(spec.stages.optout.phash_max_distance, spec.stages.optout.embedding_threshold)
+    matches, model_id = covered_images(catalog, home, home.blobs(spec), stage.model_copy(update={"device": "cpu"}),
+                                       list(by_image), list(by_image.values()), requests, settings)  # fmt: skip
+    by_id = {match.image_id: match for match in matches}
+    hit = [i for i, image_id in enumerate(kept["image_id"].to_pylist()) if image_id in by_id]
+    verdicts = [(Reason.OPTED_OUT, f"{by_id[image_id].request_id} ({by_id[image_id].method})")
+                for image_id in kept.take(pa.array(hit, pa.int64()))["image_id"].to_pylist()]  # fmt: skip
+    catalog.record_stage(run_id, "optout", 3, _decisions(kept.take(pa.array(hit, pa.int64())), REJECTED, verdicts))
+    params = {**spec.stages.optout.model_dump(mode="json"), "active_requests": [r.request_id for r in requests]}
+    step = {"stage": "optout", "params": params, "model_id": model_id}
+    return kept.filter(pa.array([image_id not in by_id for image_id in kept["image_id"].to_pylist()])), step
+
+
+def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, exclusions, progress) -> dict[str, Any]:
     """Run the pending blocks; the rate excludes executor start-up (Ray takes seconds), reported on its own."""
     totals = Counter()
     seconds = 0.0
@@ -187,7 +230,7 @@ def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, progress) 
                    disable=not progress, dynamic_ncols=True)  # fmt: skip
         try:
             summary: BlockSummary
-            for summary in runner.map(ingest_block, pending, spec, home.blobs(spec), home.runs, run_id):
+            for summary in runner.map(ingest_block, pending, spec, home.blobs(spec), home.runs, run_id, exclusions):
                 totals.update(inputs=summary.inputs, kept=summary.kept)
                 rate = totals["inputs"] / max(time.perf_counter() - started, 1e-9)
                 rejected = totals["inputs"] - totals["kept"]
@@ -216,14 +259,16 @@ def _read_inputs(home: Home, run_id: str, blocks: list[Block]) -> pa.Table:
     return pa.concat_tables(tables).cast(INPUT_SCHEMA).sort_by([("block", "ascending"), ("position", "ascending")])
 
 
-def _decisions(rows: pa.Table, status: str) -> pa.Table:
+def _decisions(rows: pa.Table, status: str, verdicts: list[tuple[str, str]] | None = None) -> pa.Table:
+    """Decision rows for `rows`; `verdicts` gives (reason, detail) per row for rejections."""
+    verdicts = verdicts or [(None, None)] * rows.num_rows
     return pa.table(
         {
             "block": rows["block"],
             "position": rows["position"],
             "status": pa.array([status] * rows.num_rows, pa.string()),
-            "reason": pa.nulls(rows.num_rows, pa.string()),
-            "detail": pa.nulls(rows.num_rows, pa.string()),
+            "reason": pa.array([None if reason is None else str(reason) for reason, _ in verdicts], pa.string()),
+            "detail": pa.array([detail for _, detail in verdicts], pa.string()),
         }
     )
 

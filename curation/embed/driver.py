@@ -127,4 +127,4 @@ def _record_failures(catalog: Catalog, run_id: str, kept: pa.Table, failures: di
             "detail": pa.array([failures[ids[i]] for i in rows], pa.string()),
         }
     )
-    catalog.record_stage(run_id, "embed", 1, decisions)
+    catalog.record_stage(run_id, "embed", 2, decisions)

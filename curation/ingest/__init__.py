@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from curation.config import FolderSource, PipelineSpec, S3Source, UrlListSource, WebDatasetSource
+from curation.ingest.exclusions import NO_EXCLUSIONS, Exclusions
 from curation.ingest.folder import list_folder, read_files
 from curation.ingest.raw import Block, RawInput, chunk
 from curation.ingest.s3 import list_prefix, read_objects
 from curation.ingest.tars import expand_shards, read_shard
 from curation.ingest.urls import fetch_urls, read_url_table
+from curation.types import Reason
 
 __all__ = ["Block", "RawInput", "plan_blocks", "read_block"]
 
@@ -38,8 +40,9 @@ def plan_blocks(spec: PipelineSpec) -> list[Block]:
     return blocks
 
 
-def read_block(block: Block, spec: PipelineSpec) -> Iterator[RawInput]:
-    """The block's inputs in a stable order, each with bytes or a reject reason, plus its source's default licence."""
+def read_block(block: Block, spec: PipelineSpec, exclusions: Exclusions = NO_EXCLUSIONS) -> Iterator[RawInput]:
+    """The block's inputs in a stable order, each with bytes or a reject reason, plus its source's default licence.
+    URLs covered by an opt-out are not fetched at all."""
     source = next(source for source in spec.sources if source.name == block.source)
     max_bytes = spec.stages.decode.max_bytes
     if block.kind == "folder":
@@ -47,10 +50,22 @@ def read_block(block: Block, spec: PipelineSpec) -> Iterator[RawInput]:
     elif block.kind == "s3":
         inputs = read_objects(block.items, spec.s3, max_bytes)
     elif block.kind == "urls":
-        inputs = fetch_urls(block.items, spec.fetch, max_bytes)
+        inputs = _fetch_unless_excluded(block.items, spec, exclusions)
     else:
         inputs = (item for shard in block.items for item in read_shard(shard, spec.s3, max_bytes))
     for raw in inputs:
         if source.license and not raw.meta.get("license"):
             raw.meta["license"] = source.license
         yield raw
+
+
+def _fetch_unless_excluded(rows, spec: PipelineSpec, exclusions: Exclusions) -> Iterator[RawInput]:
+    covered = [exclusions.covering_uri(str(row[0])) if exclusions else None for row in rows]
+    fetched = fetch_urls(tuple(row for row, request in zip(rows, covered) if not request), spec.fetch,
+                         spec.stages.decode.max_bytes)  # fmt: skip
+    for row, request in zip(rows, covered):
+        if request:
+            meta = {"license": row[1], "caption": row[2], "attribution": row[3]}
+            yield RawInput(str(row[0]), reason=Reason.OPTED_OUT, detail=f"{request} (url, not fetched)", meta=meta)
+        else:
+            yield next(fetched)

@@ -17,9 +17,11 @@ import pyarrow.parquet as pq
 from curation.config import PipelineSpec
 from curation.decode.safe import inspect_image
 from curation.ingest import Block, read_block
+from curation.ingest.exclusions import NO_EXCLUSIONS, Exclusions
+from curation.ingest.raw import RawInput
 from curation.store.blobs import BlobStore, image_id_of
 from curation.store.objects import ObjectStore
-from curation.types import INPUT_SCHEMA, KEPT, REJECTED
+from curation.types import INPUT_SCHEMA, KEPT, REJECTED, Reason
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,12 @@ def block_output_key(run_id: str, block: int) -> str:
     return f"{run_id}/ingest/block-{block:06d}.parquet"
 
 
-def ingest_block(block: Block, spec: PipelineSpec, blobs: BlobStore, work: ObjectStore, run_id: str) -> BlockSummary:
+def ingest_block(block: Block, spec: PipelineSpec, blobs: BlobStore, work: ObjectStore, run_id: str,
+                 exclusions: Exclusions = NO_EXCLUSIONS) -> BlockSummary:  # fmt: skip
     started = time.perf_counter()
     seen_at = datetime.now(UTC)
     rows = []
-    for position, raw in enumerate(read_block(block, spec)):
+    for position, raw in enumerate(read_block(block, spec, exclusions)):
         row = {
             "block": block.index,
             "position": position,
@@ -48,6 +51,10 @@ def ingest_block(block: Block, spec: PipelineSpec, blobs: BlobStore, work: Objec
             "detail": raw.detail,
             **{key: raw.meta.get(key) for key in ("license", "attribution", "caption")},
         }
+        if raw.data is not None and exclusions:
+            request = exclusions.covering_uri(raw.uri) or exclusions.covering_hash(image_id_of(raw.data))
+            if request:  # opted out: the bytes are not stored, the row names the request
+                raw = RawInput(raw.uri, reason=Reason.OPTED_OUT, detail=request, meta=raw.meta)
         if raw.data is not None:
             image_id = image_id_of(raw.data)
             decoded = inspect_image(raw.data, spec.stages.decode)

@@ -53,7 +53,8 @@ def test_run_embeds_every_image_once_and_caches_by_model(ray_local, tmp_path, ho
     assert stats["embedded"] == 10 and stats["failed"] == 0 and stats["cached_images"] == 0
     model_id = create_embedder(EmbedStage(model="builtin")).model_id
     version = curation.open_version(result.version, home=home)
-    assert {"stage": "embed", "model_id": model_id, "dim": 768}.items() <= version.manifest["lineage"][1].items()
+    embed_step = next(step for step in version.manifest["lineage"] if step["stage"] == "embed")
+    assert embed_step["model_id"] == model_id and embed_step["dim"] == 768
     ids = sorted(version.samples()["image_id"].to_pylist())
     matrix = vectors_of(home, model_id, ids)
     assert matrix.shape == (10, 768) and np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=2e-3)
