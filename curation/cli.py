@@ -218,6 +218,170 @@ def rejects_command(obj: Context, run_id: str, as_json: bool, summary: bool) -> 
     _emit(rows, as_json, lambda rows: _table(rows, columns))
 
 
+@cli.group("optout")
+def optout_group() -> None:
+    """The opt-out registry: add requests, list them, export them, apply them to a dataset."""
+
+
+@optout_group.command("add")
+@click.option("--url", help="An exact URL.")
+@click.option("--prefix", "url_prefix", help="Every URL starting with this.")
+@click.option("--domain", help="A host and all its subdomains.")
+@click.option("--sha256", help="A content hash (image id).")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="An image file: it and its copies.")
+@click.option("--withdraw", help="Withdraw an earlier request (by id).")
+@click.option("--reason", default="", help="Why (free text, stored with the request).")
+@click.option("--requester", default="", help="Who asks (stored with the request).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def optout_add(obj: Context, url, url_prefix, domain, sha256, image, withdraw, reason, requester, as_json) -> None:
+    """Register one request (append-only). Exactly one of the kind options."""
+    from pathlib import Path
+
+    from curation import audit
+
+    given = {kind: value for kind, value in (("url", url), ("url_prefix", url_prefix), ("domain", domain),
+             ("sha256", sha256), ("image", image), ("withdraw", withdraw)) if value}  # fmt: skip
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --url, --prefix, --domain, --sha256, --image, --withdraw")
+    ((kind, value),) = given.items()
+    if kind == "image":
+        request = audit.add_optout(obj.home.root, kind=kind, image=Path(value).read_bytes(), reason=reason,
+                                   requester=requester)  # fmt: skip
+    else:
+        request = audit.add_optout(obj.home.root, kind=kind, value=value, reason=reason, requester=requester)
+    data = {**request.to_json(), "status": "received"}
+    _emit(data, as_json, lambda d: click.echo(f"{d['request_id']} {d['kind']} {d['value']}: received"))
+
+
+@optout_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def optout_list(obj: Context, as_json: bool) -> None:
+    """Every request, oldest first, with its status (received, applied in NAME@vN, withdrawn)."""
+    from curation import audit
+
+    rows = audit.optouts(obj.home.root)
+    _emit(rows, as_json, lambda rows: _table(rows, ["request_id", "kind", "value", "received_at", "status"]))
+
+
+@optout_group.command("export")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.pass_obj
+def optout_export(obj: Context, path: str) -> None:
+    """Write the registry as JSON Lines (one request per line, in order, with its chain hashes)."""
+    from curation import audit
+
+    rows = audit.optouts(obj.home.root)
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, sort_keys=True, default=_default) + "\n")
+    click.echo(f"{len(rows)} requests -> {path}")
+
+
+@optout_group.command("apply")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def optout_apply(obj: Context, name: str, as_json: bool) -> None:
+    """Publish a child of NAME's latest version without every image the active requests cover."""
+    from curation import audit
+
+    result = audit.apply_optouts(obj.home.root, name)
+    data = {"parent": result.parent, "version": result.ref, "removed": [vars(match) for match in result.removed]}
+
+    def render(data: dict) -> None:
+        if data["version"] == data["parent"]:
+            click.echo(f"nothing to remove: {data['parent']} holds no image any active request covers")
+            return
+        click.echo(f"published {data['version']} (parent {data['parent']}): {len(data['removed'])} images removed")
+        for match in data["removed"]:
+            click.echo(f"  - {match['image_id']}  {match['request_id']}  {match['method']}")
+
+    _emit(data, as_json, render)
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """Where an image came from and went; what a version is made of."""
+
+
+@audit_group.command("image")
+@click.argument("query", metavar="PATH|SHA256|URI")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def audit_image_command(obj: Context, query: str, as_json: bool) -> None:
+    """Every pool, provenance row, decision, version and opt-out that concerns an image."""
+    from curation.audit.queries import audit_image
+
+    report = audit_image(obj.home.root, query)
+
+    def render(report: dict) -> None:
+        if not report["found"]:
+            click.echo(f"nothing known about {query}")
+            return
+        click.echo(f"image {', '.join(report['image_ids'])}")
+        click.echo("seen at:")
+        _table(report["provenance"], ["source", "uri", "license", "seen_at"])
+        click.echo("decisions:")
+        _table(report["decisions"], ["run_id", "stage", "status", "reason", "detail"])
+        click.echo("in versions:")
+        _table(report["versions"], ["ref", "status", "shard"])
+        if report["removed_from"]:
+            click.echo("removed by opt-out:")
+            _table(report["removed_from"], ["ref", "request_id", "method"])
+            _table(report["requests"], ["request_id", "kind", "reason", "requester", "received_at"])
+
+    _emit(report, as_json, render)
+
+
+@audit_group.command("version")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def audit_version_command(obj: Context, ref: str, as_json: bool) -> None:
+    """Composition by source, licence, domain and part; drops; opt-outs applied."""
+    from curation.audit.queries import audit_version
+
+    report = audit_version(obj.home.root, ref)
+
+    def render(report: dict) -> None:
+        click.echo(f"{report['ref']} ({report['status']}): {report['samples']} samples")
+        for key in ("by_source", "by_license", "by_domain", "by_part", "optouts_applied"):
+            click.echo(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in report[key].items()))
+        for stage, reasons in report["dropped"].items():
+            click.echo(f"dropped at {stage}: " + ", ".join(f"{reason} {count}" for reason, count in reasons.items()))
+
+    _emit(report, as_json, render)
+
+
+@cli.command("sql")
+@click.argument("query")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sql_command(obj: Context, query: str, as_json: bool) -> None:
+    """Read-only SQL over the catalog (DuckDB): tables runs, sources, images, provenance, decisions, versions,
+    shards, version_samples, embeddings, optout_requests, optout_removals; view outcomes."""
+    from curation.audit.queries import read_only_sql
+
+    columns, rows = read_only_sql(obj.home.root, query)
+    data = [dict(zip(columns, row)) for row in rows]
+    _emit(data, as_json, lambda data: _table(data, columns))
+
+
+@cli.command("statement")
+@click.argument("ref")
+@click.option("--out", "out_dir", default=".", show_default=True, help="Folder for NAME-vN.statement.{md,json}.")
+@click.option("--json", "as_json", is_flag=True, help="Also print the statement as JSON.")
+@click.pass_obj
+def statement_command(obj: Context, ref: str, out_dir: str, as_json: bool) -> None:
+    """Write a data statement (Markdown and JSON) for a version."""
+    from curation.audit.statement import write_statement
+
+    markdown, json_path, statement = write_statement(obj.home.root, ref, out_dir)
+    _emit(statement, as_json, lambda _: click.echo(f"wrote {markdown} and {json_path}"))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

@@ -98,13 +98,14 @@ def covered_images(catalog: Catalog, home: Home, blobs: BlobStore, stage: EmbedS
 
 
 def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = None) -> ApplyResult:
-    settings = settings or MatchSettings()
+    """Thresholds default to the version's own spec (`stages.optout`)."""
     with Catalog.open(home.catalog_path, wait_s=60) as catalog:
         requests = list_requests(catalog)
         parent = resolve(catalog, name)
         parent_ref = f"{parent['name']}@v{parent['version']}"
         run = catalog.rows("SELECT spec_json FROM runs WHERE run_id = ?", [parent["run_id"]])
         spec_json = json.loads(run[0]["spec_json"])
+        settings = settings or MatchSettings(**spec_json.get("stages", {}).get("optout", {}))
         s3 = s3_settings_of(spec_json)
         root = open_store(parent["uri"], s3)
         manifest = json.loads(root.get(MANIFEST))

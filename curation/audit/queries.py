@@ -1,0 +1,127 @@
+"""Audit queries: where an image came from and where it went; what a version is made of; read-only SQL."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from curation.api import open_version
+from curation.errors import CurationError
+from curation.store.catalog import Catalog
+from curation.store.home import Home
+
+
+class QueryError(CurationError):
+    """A read-only SQL query failed (syntax, unknown table, or an attempt to write)."""
+
+
+def domain_of(uri: str, source: str) -> str:
+    """The host of a URL; local paths and other schemes are grouped by source (e.g. 'local:openclipart')."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        return (parts.hostname or "").lower()
+    if parts.scheme == "s3":
+        return f"s3:{parts.netloc}"
+    return f"local:{source}"
+
+
+def _image_ids_for(catalog: Catalog, query: str) -> list[str]:
+    if re.fullmatch(r"[0-9a-fA-F]{64}", query):
+        return [query.lower()]
+    path = Path(query).expanduser()
+    if path.is_file():  # an image file someone holds: its content address
+        return [hashlib.sha256(path.read_bytes()).hexdigest()]
+    rows = catalog.rows("SELECT DISTINCT image_id FROM provenance WHERE uri = ? AND image_id IS NOT NULL", [query])
+    return [row["image_id"] for row in rows]
+
+
+def audit_image(home: str | Path, query: str) -> dict[str, Any]:
+    """Every pool, provenance row, run decision and version that holds an image (given as a file path, a SHA-256
+    or a URI), the versions that removed it and the requests that did."""
+    with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
+        image_ids = _image_ids_for(catalog, query)
+        by_uri = [] if image_ids else catalog.rows("SELECT * FROM outcomes WHERE uri = ?", [query])
+        report: dict[str, Any] = {"query": query, "image_ids": image_ids}
+        if not image_ids:
+            report.update(found=bool(by_uri), decisions=by_uri, provenance=[], versions=[], removed_from=[],
+                          requests=[], images=[], checkpoints=[])  # fmt: skip
+            return report
+        marks = ", ".join("?" * len(image_ids))
+        report["images"] = catalog.rows(f"SELECT * FROM images WHERE image_id IN ({marks})", image_ids)
+        report["provenance"] = catalog.rows(
+            f"SELECT run_id, source, uri, license, attribution, caption, seen_at FROM provenance "
+            f"WHERE image_id IN ({marks}) ORDER BY seen_at, source, uri",
+            image_ids,
+        )
+        report["decisions"] = catalog.rows(
+            f"SELECT run_id, source, uri, stage, status, reason, detail FROM outcomes WHERE image_id IN ({marks}) "
+            "ORDER BY run_id, source, uri",
+            image_ids,
+        )
+        report["versions"] = catalog.rows(
+            f"SELECT s.name || '@v' || s.version AS ref, s.shard, v.status FROM version_samples s "
+            f"JOIN versions v USING (name, version) WHERE s.image_id IN ({marks}) ORDER BY s.name, s.version",
+            image_ids,
+        )
+        report["removed_from"] = catalog.rows(
+            f"SELECT name || '@v' || version AS ref, request_id, method, similarity, via_image_id FROM optout_removals "
+            f"WHERE image_id IN ({marks}) ORDER BY name, version",
+            image_ids,
+        )
+        request_ids = sorted({row["request_id"] for row in report["removed_from"]} | {
+            match for row in report["decisions"] if row["reason"] == "opted_out"
+            for match in re.findall(r"opt-\d{6}-[0-9a-f]{8}", row["detail"] or "")})  # fmt: skip
+        report["requests"] = [
+            row for request_id in request_ids
+            for row in catalog.rows("SELECT request_id, kind, value, reason, requester, received_at FROM "
+                                    "optout_requests WHERE request_id = ?", [request_id])
+        ]  # fmt: skip
+        report["checkpoints"] = []  # filled once the bundled trainer records what it read
+        report["found"] = bool(report["provenance"] or report["versions"])
+        return report
+
+
+def audit_version(home: str | Path, ref: str) -> dict[str, Any]:
+    """Composition by source, licence, domain and part; what was dropped and why; opt-outs applied."""
+    version = open_version(ref, home=home)
+    samples = version.samples().to_pylist()
+    manifest = version.manifest
+    by_source, by_license, by_domain, by_part = Counter(), Counter(), Counter(), Counter()
+    for sample in samples:
+        by_source.update(sample["sources"])
+        by_license[sample["license"] or "unknown"] += 1
+        by_domain.update({domain_of(entry["uri"], entry["source"]) for entry in sample["provenance"]})
+        by_part[sample["part"]] += 1
+    removed = Counter(item["request_id"] for item in manifest.get("removed", []))
+    with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
+        status = catalog.version(manifest["name"], manifest["version"])["status"]
+    return {
+        "ref": version.ref,
+        "status": status,
+        "samples": len(samples),
+        "counts": manifest["counts"],
+        "by_source": dict(by_source.most_common()),
+        "by_license": dict(by_license.most_common()),
+        "by_domain": dict(by_domain.most_common()),
+        "by_part": dict(by_part.most_common()),
+        "dropped": manifest["dropped"],
+        "optouts_applied": dict(removed),
+        "lineage": manifest["lineage"],
+    }
+
+
+def read_only_sql(home: str | Path, query: str) -> tuple[list[str], list[tuple]]:
+    """Run SQL on a read-only connection to the catalog: writes fail there, loudly."""
+    import duckdb
+
+    with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
+        try:
+            cursor = catalog.db.execute(query)
+            columns = [column[0] for column in cursor.description] if cursor.description else []
+            return columns, cursor.fetchall()
+        except duckdb.Error as error:
+            raise QueryError(f"query failed: {error}") from None
