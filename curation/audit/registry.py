@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -73,8 +74,14 @@ def _record_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def journal_path(catalog: Catalog):
+    """The registry's append-only JSON Lines mirror beside the catalog: a deleted newest record (which leaves a
+    valid shorter chain) still disagrees with it."""
+    return catalog.path.parent / "optouts.jsonl"
+
+
 def list_requests(catalog: Catalog) -> list[OptOutRequest]:
-    """Every request in order, after checking the hash chain (raises RegistryTamperedError if broken)."""
+    """Every request in order, after checking the hash chain and the journal (raises RegistryTamperedError)."""
     rows = catalog.rows("SELECT * FROM optout_requests ORDER BY seq")
     previous = GENESIS
     requests = []
@@ -88,6 +95,15 @@ def list_requests(catalog: Catalog) -> list[OptOutRequest]:
             )
         previous = request.record_sha256
         requests.append(request)
+    journal = journal_path(catalog)
+    logged = (
+        [json.loads(line)["record_sha256"] for line in journal.read_text().splitlines()] if journal.exists() else []
+    )
+    if logged != [request.record_sha256 for request in requests]:
+        raise RegistryTamperedError(
+            f"opt-out registry in {catalog.path} disagrees with its journal {journal} "
+            f"({len(requests)} vs {len(logged)} requests): requests are append-only"
+        )
     return requests
 
 
@@ -116,6 +132,10 @@ def add_request(catalog: Catalog, *, kind: str, value: str, reason: str = "", re
             [fields[key] for key in ("request_id", "seq", "kind", "value", "reason", "requester", "received_at",
                                      "prev_sha256", "record_sha256")],
         )  # fmt: skip
+        with journal_path(catalog).open("a") as journal:  # under the catalog's writer lock, before the commit
+            journal.write(json.dumps(fields, sort_keys=True) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
     return OptOutRequest(**fields)
 
 

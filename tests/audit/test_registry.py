@@ -1,0 +1,111 @@
+"""The opt-out registry is append-only: edits and deletions are detected, writes through SQL are refused,
+and concurrent additions from several processes all land."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from curation import audit
+from curation.audit.registry import RegistryTamperedError, RequestError, active_requests, add_request, list_requests
+from curation.store.catalog import Catalog
+from tests.corpus import image_bytes
+
+
+@pytest.fixture
+def catalog(home):
+    with Catalog.open(home / "catalog.duckdb") as catalog:
+        yield catalog
+
+
+def test_requests_are_normalised_and_validated(catalog):
+    assert add_request(catalog, kind="domain", value="WWW.Example.COM").value == "example.com"
+    assert add_request(catalog, kind="sha256", value="AB" * 32).value == "ab" * 32
+    assert add_request(catalog, kind="url_prefix", value="https://cdn.example.org/u/42/").kind == "url_prefix"
+    for kind, value in (("domain", "not a domain"), ("sha256", "123"), ("url", "example.com/x"), ("color", "x"),
+                        ("withdraw", "opt-999999-deadbeef")):  # fmt: skip
+        with pytest.raises(RequestError):
+            add_request(catalog, kind=kind, value=value)
+    assert [request.seq for request in list_requests(catalog)] == [1, 2, 3]  # refused requests left no trace
+
+
+def test_withdrawal_is_a_new_request(catalog):
+    first = add_request(catalog, kind="domain", value="example.com", reason="owner", requester="a@example.com")
+    add_request(catalog, kind="withdraw", value=first.request_id, reason="changed mind")
+    requests = list_requests(catalog)
+    assert [request.kind for request in requests] == ["domain", "withdraw"]
+    assert requests[0] == first  # the original is untouched
+    assert active_requests(requests) == []
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "UPDATE optout_requests SET reason = 'edited' WHERE seq = 1",
+        "UPDATE optout_requests SET value = 'other.org' WHERE seq = 2",
+        "DELETE FROM optout_requests WHERE seq = 2",
+        "DELETE FROM optout_requests WHERE seq = 3",
+    ],
+)
+def test_an_edit_or_deletion_fails_loudly(catalog, tamper):
+    for domain in ("a.example.com", "b.example.com", "c.example.com"):
+        add_request(catalog, kind="domain", value=domain)
+    catalog.db.execute(tamper)  # the newest record's deletion leaves a valid chain: the journal catches it
+    with pytest.raises(RegistryTamperedError, match="append-only"):
+        list_requests(catalog)
+    with pytest.raises(RegistryTamperedError):
+        add_request(catalog, kind="domain", value="d.example.com")
+
+
+def test_the_journal_mirrors_the_registry_and_is_checked(catalog):
+    import json
+
+    from curation.audit.registry import journal_path
+
+    for domain in ("a.example.com", "b.example.com"):
+        add_request(catalog, kind="domain", value=domain)
+    lines = journal_path(catalog).read_text().splitlines()
+    assert [json.loads(line)["value"] for line in lines] == ["a.example.com", "b.example.com"]
+    journal_path(catalog).write_text(lines[0] + "\n")  # a truncated journal
+    with pytest.raises(RegistryTamperedError, match="journal"):
+        list_requests(catalog)
+
+
+def test_sql_cannot_write_the_catalog(home):
+    audit.add_optout(home, kind="domain", value="example.com")
+    from curation.audit.queries import QueryError, read_only_sql
+
+    with pytest.raises(QueryError, match="read-only"):
+        read_only_sql(home, "DELETE FROM optout_requests")
+    columns, rows = read_only_sql(home, "SELECT kind, value FROM optout_requests")
+    assert columns == ["kind", "value"] and rows == [("domain", "example.com")]
+
+
+def test_image_uploads_go_through_the_safe_decoder(home):
+    with pytest.raises(RequestError, match="not a usable image"):
+        audit.add_optout(home, kind="image", image=b"<html>not an image</html>")
+    request = audit.add_optout(home, kind="image", image=image_bytes(5))
+    assert (Path(home) / "optout-uploads").exists() and request.kind == "image"
+
+
+def test_concurrent_adds_from_many_processes_lose_nothing(home):
+    curate = str(Path(sys.executable).parent / "curate")
+    processes = [
+        subprocess.Popen(
+            [curate, "--home", str(home), "optout", "add", "--domain", f"site{i}.example.com", "--requester", f"p{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ},
+        )  # fmt: skip
+        for i in range(6)
+    ]
+    results = [process.communicate(timeout=120) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [err.decode()[-500:] for _, err in results]
+    with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
+        requests = list_requests(catalog)  # the chain verifies
+    assert sorted(request.value for request in requests) == sorted(f"site{i}.example.com" for i in range(6))
+    assert [request.seq for request in requests] == [1, 2, 3, 4, 5, 6]
