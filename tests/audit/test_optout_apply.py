@@ -193,9 +193,7 @@ def test_statement_figures_agree_with_the_catalog(published, home, tmp_path):
     inputs = db.execute("SELECT count(*) FROM provenance WHERE run_id = ?", [published["result"].run_id]).fetchone()[0]
     assert statement["inputs"]["total"] == inputs
     licences = dict(
-        duckdb.sql(
-            f"SELECT coalesce(license, 'unknown'), count(*) FROM read_parquet('{shards}') GROUP BY 1"
-        ).fetchall()
+        duckdb.sql(f"SELECT coalesce(license, 'unknown'), count(*) FROM read_parquet('{shards}') GROUP BY 1").fetchall()
     )
     assert statement["licenses"] == licences
     assert statement["known_gaps"]["samples_without_license"] == licences.get("unknown", 0)
