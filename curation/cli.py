@@ -39,6 +39,11 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
 
 
+def _echo_dropped(dropped: dict[str, dict[str, int]]) -> None:
+    for stage, reasons in dropped.items():
+        click.echo(f"dropped at {stage}: " + ", ".join(f"{reason} {count}" for reason, count in reasons.items()))
+
+
 class Context:
     def __init__(self, home: str):
         self.home = Home(home)
@@ -135,8 +140,7 @@ def show_command(obj: Context, ref: str, as_json: bool) -> None:
         click.echo(f"samples {counts['samples']} in {counts['shards']} shards; inputs {counts['inputs']}, "
                    f"kept {counts['kept_inputs']}, rejected {counts['rejected_inputs']}")  # fmt: skip
         click.echo(f"changes vs parent: +{manifest['changes']['added']} -{manifest['changes']['removed']}")
-        for stage, reasons in manifest["dropped"].items():
-            click.echo(f"dropped at {stage}: " + ", ".join(f"{reason} {count}" for reason, count in reasons.items()))
+        _echo_dropped(manifest["dropped"])
         click.echo(f"content sha256 {manifest['content_sha256']}")
 
     _emit(manifest, as_json, render)
@@ -349,8 +353,7 @@ def audit_version_command(obj: Context, ref: str, as_json: bool) -> None:
         click.echo(f"{report['ref']} ({report['status']}): {report['samples']} samples")
         for key in ("by_source", "by_license", "by_domain", "by_part", "optouts_applied"):
             click.echo(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in report[key].items()))
-        for stage, reasons in report["dropped"].items():
-            click.echo(f"dropped at {stage}: " + ", ".join(f"{reason} {count}" for reason, count in reasons.items()))
+        _echo_dropped(report["dropped"])
 
     _emit(report, as_json, render)
 

@@ -211,16 +211,24 @@ class Catalog:
                 )
             db.unregister("staged_inputs")
 
+    def _insert_staged(self, rows: pa.Table, delete: tuple[str, list[Any]] | None, insert: str,
+                       parameters: list[Any]) -> None:  # fmt: skip
+        """In one transaction: optionally DELETE (sql, params), then run `insert`, which reads `rows` as `staged`."""
+        with self.transaction() as db:
+            db.register("staged", rows)
+            if delete:
+                db.execute(*delete)
+            db.execute(insert, parameters)
+            db.unregister("staged")
+
     def record_stage(self, run_id: str, stage: str, order: int, decisions: pa.Table) -> None:
         """Decisions of a stage over some inputs: columns block, position, status, reason, detail."""
-        with self.transaction() as db:
-            db.register("staged_decisions", decisions)
-            db.execute("DELETE FROM decisions WHERE run_id = ? AND stage = ?", [run_id, stage])
-            db.execute(
-                "INSERT INTO decisions SELECT ?, block, position, ?, ?, status, reason, detail FROM staged_decisions",
-                [run_id, stage, order],
-            )
-            db.unregister("staged_decisions")
+        self._insert_staged(
+            decisions,
+            ("DELETE FROM decisions WHERE run_id = ? AND stage = ?", [run_id, stage]),
+            "INSERT INTO decisions SELECT ?, block, position, ?, ?, status, reason, detail FROM staged",
+            [run_id, stage, order],
+        )
 
     # --- embeddings -------------------------------------------------------------------------------------
     def embedded_ids(self, model_id: str) -> set[str]:
@@ -240,13 +248,12 @@ class Catalog:
 
     def commit_embeddings(self, model_id: str, run_id: str, rows: pa.Table) -> None:
         """Columns image_id, file, row of successfully embedded images (idempotent per image and model)."""
-        with self.transaction() as db:
-            db.register("staged_embeddings", rows)
-            db.execute(
-                "INSERT INTO embeddings SELECT image_id, ?, file, row, ? FROM staged_embeddings ON CONFLICT DO NOTHING",
-                [model_id, run_id],
-            )
-            db.unregister("staged_embeddings")
+        self._insert_staged(
+            rows,
+            None,
+            "INSERT INTO embeddings SELECT image_id, ?, file, row, ? FROM staged ON CONFLICT DO NOTHING",
+            [model_id, run_id],
+        )
 
     # --- opt-outs -----------------------------------------------------------------------------------------
     def record_removals(self, name: str, number: int, matches) -> None:
@@ -297,13 +304,9 @@ class Catalog:
 
     def record_version_samples(self, name: str, number: int, samples: pa.Table) -> None:
         """Columns image_id, shard, part: which image sits in which shard of the version."""
-        with self.transaction() as db:
-            db.register("staged_samples", samples)
-            db.execute(
-                "INSERT INTO version_samples SELECT ?, ?, image_id, shard, part FROM staged_samples",
-                [name, number],
-            )
-            db.unregister("staged_samples")
+        self._insert_staged(
+            samples, None, "INSERT INTO version_samples SELECT ?, ?, image_id, shard, part FROM staged", [name, number]
+        )
 
     def versions(self, name: str | None = None) -> list[dict[str, Any]]:
         where, parameters = ("WHERE name = ?", [name]) if name else ("", [])
