@@ -127,10 +127,33 @@ class OptOutStage(Strict):
     embedding_threshold: float = Field(default=0.9, gt=0, le=1)  # cosine with the run's embedder (builtin if none)
 
 
+class DedupStage(Strict):
+    """Near-duplicate removal (docs/dedup.md). Exact copies are one image already (content address)."""
+
+    perceptual: bool = True  # pHash groups: resized / re-encoded copies, cheap
+    phash_max_distance: int = Field(default=4, ge=0, le=12)  # Hamming bits of 64
+    copy_detection: bool = True  # k-NN graph on the embed stage's vectors (needs stages.embed)
+    k: int = Field(default=64, ge=1, le=2048)  # neighbours per image
+    threshold: float = Field(default=0.9, gt=0, le=1)  # cosine; DINOv2 used 0.6 with SSCD descriptors
+    index: Literal["auto", "flat", "ivf"] = "auto"  # auto: exact flat search below ivf_min_size images
+    ivf_min_size: int = Field(default=200_000, ge=1)
+    nprobe: int = Field(default=16, ge=1)  # IVF lists searched per query
+    batch_size: int = Field(default=16_384, ge=1)  # query rows per search call: bounds memory
+
+
+class DecontaminateStage(Strict):
+    """Drop every pool image whose duplicate group touches an evaluation image (DINOv2's relative dedup)."""
+
+    sets: tuple[Source, ...] = Field(min_length=1)  # evaluation sets, any source kind; never published
+    threshold: float = Field(default=0.45, gt=0, le=1)  # cosine; stricter (lower) than dedup's
+
+
 class Stages(Strict):
     decode: DecodeStage = DecodeStage()
     license: LicenseStage = LicenseStage()
     embed: EmbedStage | None = None  # no embedding unless configured
+    dedup: DedupStage | None = None  # no dedup unless configured
+    decontaminate: DecontaminateStage | None = None  # needs stages.embed
     optout: OptOutStage = OptOutStage()
     select: SelectStage = SelectStage()
 
@@ -183,6 +206,14 @@ class PipelineSpec(Strict):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"source names must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+    @model_validator(mode="after")
+    def _stages_have_their_inputs(self) -> PipelineSpec:
+        if self.stages.dedup and self.stages.dedup.copy_detection and self.stages.embed is None:
+            raise ValueError("stages.dedup.copy_detection needs stages.embed (or set copy_detection: false)")
+        if self.stages.decontaminate and self.stages.embed is None:
+            raise ValueError("stages.decontaminate needs stages.embed")
         return self
 
     def public_dict(self) -> dict[str, Any]:

@@ -31,6 +31,9 @@ class Reason(StrEnum):
     ROBOTS_OPT_OUT = "robots_opt_out"  # X-Robots-Tag (noai, noimageai, ...) forbids taking it
     INVALID_URL = "invalid_url"  # not an http(s) URL
     EMBED_FAILED = "embed_failed"  # the embedder could not decode or process an image that ingest accepted
+    NEAR_DUPLICATE = "near_duplicate"  # copy-detection duplicate of the group's kept representative
+    PERCEPTUAL_DUPLICATE = "perceptual_duplicate"  # pHash duplicate of the group's kept representative
+    CONTAMINATION = "contamination"  # its duplicate group touches an evaluation image
     OPTED_OUT = "opted_out"  # an opt-out request covers it (detail: the request id and how it matched)
     LICENSE_DENIED = "license_denied"  # its licence is on policy.licenses.deny, or not on a given allow list
     LICENSE_UNKNOWN = "license_unknown"  # no licence known, and policy.licenses.unknown is drop

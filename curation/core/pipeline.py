@@ -25,6 +25,7 @@ from curation.audit.matching import MatchSettings, exclusions_of
 from curation.audit.policy import license_verdict
 from curation.audit.registry import active_requests, list_requests
 from curation.config import EmbedStage, PipelineSpec
+from curation.dedup.driver import dedup_verdicts, run_decontaminate, run_dedup
 from curation.embed.driver import run_embed_stage
 from curation.errors import RunError
 from curation.executors import make_executor
@@ -128,11 +129,25 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         lineage = [{"stage": "ingest", "params": spec.stages.decode.model_dump(mode="json")}]
         kept = _license_stage(catalog, run_id, kept, spec.stages.license)
         lineage.append({"stage": "license", "params": spec.stages.license.model_dump(mode="json")})
+        model_id = None
         if spec.stages.embed is not None:
             embed_stats, model = run_embed_stage(spec, home, catalog, run_id, kept, executor.get, progress)
             stats["embed"] = embed_stats
+            model_id = model["model_id"]
             lineage.append({"stage": "embed", "params": spec.stages.embed.model_dump(mode="json"), **model})
             kept = _surviving(catalog, run_id, kept)
+        if spec.stages.dedup is not None:
+            stats["dedup"], members = run_dedup(spec, home, catalog, run_id, kept, model_id, executor.get)
+            kept = _drop_images(catalog, run_id, "dedup", 3, kept, dedup_verdicts(members))
+            lineage.append(
+                {"stage": "dedup", "params": spec.stages.dedup.model_dump(mode="json"), "model_id": model_id}
+            )
+        if spec.stages.decontaminate is not None:
+            stats["decontaminate"], verdicts = run_decontaminate(spec, home, catalog, run_id, kept, model_id,
+                                                                 executor.get, progress)  # fmt: skip
+            kept = _drop_images(catalog, run_id, "decontaminate", 4, kept, verdicts)
+            params = spec.stages.decontaminate.model_dump(mode="json")
+            lineage.append({"stage": "decontaminate", "params": params, "model_id": model_id})
         stats["startup_seconds"] = executor.startup_seconds
     finally:
         executor.close()
@@ -198,6 +213,16 @@ def _license_stage(catalog: Catalog, run_id: str, kept: pa.Table, policy) -> pa.
     return kept.filter(pa.array([verdict is None for verdict in verdicts], pa.bool_()))
 
 
+def _drop_images(catalog: Catalog, run_id: str, stage: str, order: int, kept: pa.Table,
+                 verdicts: dict[str, tuple[Reason, str]]) -> pa.Table:  # fmt: skip
+    """Record a stage's per-image verdicts for every input of those images; returns the inputs still kept."""
+    image_ids = kept["image_id"].to_pylist()
+    hit = [i for i, image_id in enumerate(image_ids) if image_id in verdicts]
+    rows = kept.take(pa.array(hit, pa.int64()))
+    catalog.record_stage(run_id, stage, order, _decisions(rows, REJECTED, [verdicts[image_ids[i]] for i in hit]))
+    return kept.filter(pa.array([image_id not in verdicts for image_id in image_ids], pa.bool_()))
+
+
 def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, requests):
     """Uploaded-image opt-outs (and near-duplicates of what they match) need pixels: they apply after ingest."""
     if not any(request.kind == "image" for request in requests) or kept.num_rows == 0:
@@ -209,14 +234,10 @@ def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Tabl
     settings = MatchSettings(spec.stages.optout.phash_max_distance, spec.stages.optout.embedding_threshold)
     matches, model_id = covered_images(catalog, home, home.blobs(spec), stage.model_copy(update={"device": "cpu"}),
                                        list(by_image), list(by_image.values()), requests, settings)  # fmt: skip
-    by_id = {match.image_id: match for match in matches}
-    hit = [i for i, image_id in enumerate(kept["image_id"].to_pylist()) if image_id in by_id]
-    verdicts = [(Reason.OPTED_OUT, f"{by_id[image_id].request_id} ({by_id[image_id].method})")
-                for image_id in kept.take(pa.array(hit, pa.int64()))["image_id"].to_pylist()]  # fmt: skip
-    catalog.record_stage(run_id, "optout", 3, _decisions(kept.take(pa.array(hit, pa.int64())), REJECTED, verdicts))
+    verdicts = {m.image_id: (Reason.OPTED_OUT, f"{m.request_id} ({m.method})") for m in matches}
     params = {**spec.stages.optout.model_dump(mode="json"), "active_requests": [r.request_id for r in requests]}
     step = {"stage": "optout", "params": params, "model_id": model_id}
-    return kept.filter(pa.array([image_id not in by_id for image_id in kept["image_id"].to_pylist()])), step
+    return _drop_images(catalog, run_id, "optout", 5, kept, verdicts), step
 
 
 def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, exclusions, progress) -> dict[str, Any]:

@@ -37,3 +37,29 @@ def phash(data: bytes) -> int:
 
 def hamming(first: int, second: int) -> int:
     return (first ^ second).bit_count()
+
+
+def near_pairs(hashes: list[int], max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance), i < j, for hash pairs within `max_distance` bits, without comparing all pairs.
+
+    Pigeonhole: split the 64 bits into max_distance + 1 chunks; two hashes within max_distance bits agree exactly
+    on at least one chunk, so only hashes sharing a chunk value are compared.
+    """
+    chunks = max_distance + 1
+    bounds = [int(bound) for bound in np.linspace(0, 64, chunks + 1)]
+    found: set[tuple[int, int]] = set()
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        mask = (1 << (high - low)) - 1
+        buckets: dict[int, list[int]] = {}
+        for index, value in enumerate(hashes):
+            buckets.setdefault((value >> low) & mask, []).append(index)
+        for members in buckets.values():
+            for a in range(len(members)):
+                for b in range(a + 1, len(members)):
+                    found.add((members[a], members[b]))
+    pairs = sorted((i, j, hamming(hashes[i], hashes[j])) for i, j in found)
+    pairs = [pair for pair in pairs if pair[2] <= max_distance]
+    if not pairs:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+    i, j, d = (np.array(column, np.int64) for column in zip(*pairs))
+    return i, j, d

@@ -44,18 +44,28 @@ def _actor_shape(stage: EmbedStage, cpus: float, gpus: float) -> tuple[int, floa
 
 def run_embed_stage(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
                     executor: Callable[[], Any], progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    stage = spec.stages.embed
+    """Embed the run's kept images; the ones the embedder cannot process are dropped at the embed stage."""
+    stats, model, failures = embed_images(spec.stages.embed, home, catalog, run_id, kept["image_id"].to_pylist(),
+                                          home.blobs(spec), executor, progress)  # fmt: skip
+    _record_failures(catalog, run_id, kept, failures)
+    return stats, model
+
+
+def embed_images(stage: EmbedStage, home: Home, catalog: Catalog, plan_id: str, image_ids: list[str],
+                 blobs, executor: Callable[[], Any], progress: bool, label: str = "embed"):  # fmt: skip
+    """Vectors for `image_ids` under `stage`'s model, embedding only those the cache lacks. Resumable per
+    `plan_id` (a run id). Returns (stats, {model_id, dim}, {image_id: error} for failures)."""
     model = describe_model(stage)
     model_id = model["model_id"]
-    plan_key = f"{run_id}/embed-plan.json"
+    plan_key = f"{plan_id}/embed-plan.json"
     if home.runs.exists(plan_key):
         blocks = [Block.from_json(item) for item in json.loads(home.runs.get(plan_key))]
     else:
-        wanted = sorted(set(kept["image_id"].to_pylist()) - catalog.embedded_ids(model_id))
+        wanted = sorted(set(image_ids) - catalog.embedded_ids(model_id))
         blocks = [Block(i, "embed", "embed", tuple(ids)) for i, ids in enumerate(chunk(wanted, stage.block_size))]
         home.runs.put(plan_key, json.dumps([block.to_json() for block in blocks]).encode())
     vectors = home.vectors
-    pending = [block for block in blocks if not vectors.exists(block_keys(model_id, run_id, block.index)[1])]
+    pending = [block for block in blocks if not vectors.exists(block_keys(model_id, plan_id, block.index)[1])]
 
     started = time.perf_counter()
     images = embedded = 0
@@ -64,11 +74,11 @@ def run_embed_stage(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: st
         actors, cpus_each, gpus_each = _actor_shape(stage, *runner.resources())
         total = sum(len(block.items) for block in blocks)
         remaining = sum(len(block.items) for block in pending)
-        bar = tqdm(total=total, initial=total - remaining, desc="embed", unit="img", disable=not progress,
+        bar = tqdm(total=total, initial=total - remaining, desc=label, unit="img", disable=not progress,
                    dynamic_ncols=True)  # fmt: skip
         try:
             summary: EmbedSummary
-            for summary in runner.map_actors(EmbedBlocks, pending, stage, home.blobs(spec), vectors, run_id,
+            for summary in runner.map_actors(EmbedBlocks, pending, stage, blobs, vectors, plan_id,
                                              actors=actors, num_cpus=cpus_each, num_gpus=gpus_each):  # fmt: skip
                 images += summary.images
                 embedded += summary.embedded
@@ -77,24 +87,23 @@ def run_embed_stage(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: st
         finally:
             bar.close()
     seconds = time.perf_counter() - started
-    missing = [block.index for block in pending if not vectors.exists(block_keys(model_id, run_id, block.index)[1])]
+    missing = [block.index for block in pending if not vectors.exists(block_keys(model_id, plan_id, block.index)[1])]
     if missing:
-        raise RunError(f"run {run_id}: embed block(s) {missing[:5]} produced no output; run again to resume")
+        raise RunError(f"run {plan_id}: embed block(s) {missing[:5]} produced no output; run again to resume")
 
-    failures = commit_blocks(catalog, vectors, model_id, run_id, blocks)
-    _record_failures(catalog, run_id, kept, failures)
+    failures = commit_blocks(catalog, vectors, model_id, plan_id, blocks)
     stats = {
         **model,
         "blocks": len(pending),
         "resumed_blocks": len(blocks) - len(pending),
-        "cached_images": len(set(kept["image_id"].to_pylist())) - sum(len(block.items) for block in blocks),
+        "cached_images": len(set(image_ids)) - sum(len(block.items) for block in blocks),
         "images": images,
         "embedded": embedded,
         "failed": len(failures),
         "seconds": round(seconds, 3),
         "images_per_s": round(images / seconds, 1) if images and seconds > 0 else 0.0,
     }
-    return stats, model
+    return stats, model, failures
 
 
 def commit_blocks(catalog: Catalog, vectors, model_id: str, run_id: str, blocks: list[Block]) -> dict[str, str]:

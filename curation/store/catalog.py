@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS embeddings (
     image_id VARCHAR NOT NULL, model_id VARCHAR NOT NULL, file VARCHAR NOT NULL, row INTEGER NOT NULL,
     run_id VARCHAR NOT NULL, PRIMARY KEY (image_id, model_id)
 );
+-- Perceptual hashes, computed once per image (signed 64-bit; -1 when the image has none).
+CREATE TABLE IF NOT EXISTS phashes (image_id VARCHAR PRIMARY KEY, phash BIGINT NOT NULL);
+-- Duplicate and contamination groups of a run: every non-kept member, its representative and why.
+CREATE TABLE IF NOT EXISTS duplicates (
+    run_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, image_id VARCHAR NOT NULL, group_id VARCHAR NOT NULL,
+    representative VARCHAR NOT NULL, method VARCHAR NOT NULL, similarity DOUBLE, threshold DOUBLE,
+    neighbour VARCHAR, model_id VARCHAR, PRIMARY KEY (run_id, stage, image_id)
+);
 -- The opt-out registry: append-only and hash-chained (curation/audit/registry.py).
 CREATE TABLE IF NOT EXISTS optout_requests (
     request_id VARCHAR PRIMARY KEY, seq BIGINT NOT NULL UNIQUE, kind VARCHAR NOT NULL, value VARCHAR NOT NULL,
@@ -253,6 +261,39 @@ class Catalog:
             None,
             "INSERT INTO embeddings SELECT image_id, ?, file, row, ? FROM staged ON CONFLICT DO NOTHING",
             [model_id, run_id],
+        )
+
+    # --- dedup ---------------------------------------------------------------------------------------------
+    def phashes(self, image_ids: list[str]) -> dict[str, int | None]:
+        wanted = pa.table({"image_id": pa.array(image_ids, pa.string())})
+        self.db.register("wanted_phashes", wanted)
+        rows = self.db.execute(
+            "SELECT p.image_id, p.phash FROM phashes p JOIN wanted_phashes USING (image_id)"
+        ).fetchall()
+        self.db.unregister("wanted_phashes")
+        return {image_id: None if value == -1 else value % (1 << 64) for image_id, value in rows}
+
+    def record_phashes(self, pairs: list[tuple[str, int | None]]) -> None:
+        signed = [-1 if value is None else (value - (1 << 64) if value >= 1 << 63 else value) for _, value in pairs]
+        rows = pa.table({"image_id": [image_id for image_id, _ in pairs], "phash": pa.array(signed, pa.int64())})
+        self._insert_staged(
+            rows, None, "INSERT INTO phashes SELECT image_id, phash FROM staged ON CONFLICT DO NOTHING", []
+        )
+
+    def record_duplicates(self, run_id: str, stage: str, members, model_id: str | None) -> None:
+        rows = pa.Table.from_pylist(
+            [{"image_id": m.image_id, "group_id": m.group_id, "representative": m.representative, "method": m.method,
+              "similarity": m.similarity, "threshold": m.threshold, "neighbour": m.neighbour} for m in members],
+            schema=pa.schema([("image_id", pa.string()), ("group_id", pa.string()), ("representative", pa.string()),
+                              ("method", pa.string()), ("similarity", pa.float64()), ("threshold", pa.float64()),
+                              ("neighbour", pa.string())]),
+        )  # fmt: skip
+        self._insert_staged(
+            rows,
+            ("DELETE FROM duplicates WHERE run_id = ? AND stage = ?", [run_id, stage]),
+            "INSERT INTO duplicates SELECT ?, ?, image_id, group_id, representative, method, similarity, threshold, "
+            "neighbour, ? FROM staged",
+            [run_id, stage, model_id],
         )
 
     # --- opt-outs -----------------------------------------------------------------------------------------

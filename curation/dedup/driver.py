@@ -1,0 +1,169 @@
+"""The driver's side of dedup and decontamination: gather hashes and vectors, build edges, group, record.
+
+Dedup keeps one representative per group and drops the rest (`near_duplicate` or `perceptual_duplicate`, the
+detail naming the representative, group, method, similarity and threshold). Decontamination drops every pool
+image whose component (pool-pool and pool-evaluation edges at its stricter threshold) holds an evaluation image
+(`contamination`, the detail naming that evaluation image).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curation.config import PipelineSpec
+from curation.dedup.graph import cross_edges, knn_edges
+from curation.dedup.groups import Edges, Member, components, group_duplicates
+from curation.dedup.perceptual import near_pairs, phash
+from curation.embed.driver import embed_images
+from curation.embed.vectors import load_matrix
+from curation.ingest import Block, plan_blocks
+from curation.ingest.raw import chunk
+from curation.ingest.stage import block_output_key, ingest_block
+from curation.store.blobs import BlobStore
+from curation.store.catalog import Catalog
+from curation.store.home import Home
+from curation.store.objects import read_parquet
+from curation.types import KEPT, Reason
+
+
+def phash_block(block: Block, blobs: BlobStore) -> list[tuple[str, int | None]]:
+    """Perceptual hashes of a block of image ids (a Ray task)."""
+    result = []
+    for image_id in block.items:
+        try:
+            result.append((image_id, phash(blobs.get(image_id))))
+        except Exception:  # noqa: BLE001 - an image ingest accepted but pHash cannot read: no perceptual edges
+            result.append((image_id, None))
+    return result
+
+
+def phashes_for(catalog: Catalog, blobs: BlobStore, image_ids: list[str], executor: Callable[[], Any]) -> list[int]:
+    """Hashes in `image_ids` order, computed once per image (cached in the catalog)."""
+    known = catalog.phashes(image_ids)
+    missing = [image_id for image_id in image_ids if image_id not in known]
+    if missing:
+        blocks = [Block(i, "phash", "phash", tuple(ids)) for i, ids in enumerate(chunk(missing, 512))]
+        computed = [pair for result in executor().map(phash_block, blocks, blobs) for pair in result]
+        catalog.record_phashes(computed)
+        known.update({image_id: value for image_id, value in computed})
+    return [known[image_id] if known[image_id] is not None else -1 for image_id in image_ids]
+
+
+def _pixels(kept: pa.Table) -> tuple[list[str], list[int]]:
+    by_image: dict[str, int] = {}
+    for image_id, width, height in zip(kept["image_id"].to_pylist(), kept["width"].to_pylist(),
+                                       kept["height"].to_pylist()):  # fmt: skip
+        by_image.setdefault(image_id, int(width or 0) * int(height or 0))
+    image_ids = sorted(by_image)
+    return image_ids, [by_image[image_id] for image_id in image_ids]
+
+
+def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
+              model_id: str | None, executor: Callable[[], Any]) -> tuple[dict[str, Any], list[Member]]:  # fmt: skip
+    settings = spec.stages.dedup
+    image_ids, pixels = _pixels(kept)
+    edges = []
+    if settings.perceptual and image_ids:
+        hashes = phashes_for(catalog, home.blobs(spec), image_ids, executor)
+        i, j, distance = near_pairs(hashes, settings.phash_max_distance)
+        valid = (np.asarray(hashes)[i] >= 0) & (np.asarray(hashes)[j] >= 0) if len(i) else np.zeros(0, bool)
+        edges.append(Edges("perceptual", i[valid], j[valid], 1 - distance[valid] / 64,
+                           1 - settings.phash_max_distance / 64))  # fmt: skip
+    if settings.copy_detection and image_ids:
+        vectors = np.asarray(load_matrix(catalog, home.vectors, model_id, image_ids), np.float32)
+        i, j, similarity = knn_edges(vectors, settings.threshold, settings)
+        edges.append(Edges("copy_detection", i, j, similarity, settings.threshold))
+    members = group_duplicates(image_ids, pixels, edges)
+    catalog.record_duplicates(run_id, "dedup", members, model_id)
+    stats = {
+        "images": len(image_ids),
+        "perceptual_edges": int(sum(len(e.i) for e in edges if e.method == "perceptual")),
+        "copy_edges": int(sum(len(e.i) for e in edges if e.method == "copy_detection")),
+        "groups": len({member.group_id for member in members}),
+        "dropped_images": len(members),
+    }
+    return stats, members
+
+
+def dedup_verdicts(members: list[Member]) -> dict[str, tuple[Reason, str]]:
+    verdicts = {}
+    for member in members:
+        reason = Reason.PERCEPTUAL_DUPLICATE if member.method == "perceptual" else Reason.NEAR_DUPLICATE
+        detail = {"group": member.group_id, "kept": member.representative, "method": member.method,
+                  "similarity": member.similarity, "threshold": member.threshold,
+                  "neighbour": member.neighbour}  # fmt: skip
+        verdicts[member.image_id] = (reason, json.dumps(detail, sort_keys=True))
+    return verdicts
+
+
+def _evaluation_images(spec: PipelineSpec, home: Home, run_id: str, executor: Callable[[], Any]) -> pa.Table:
+    """Ingest the evaluation sets (safe decode, blobs) without publishing them; their rows stay in the run dir."""
+    evaluation = spec.model_copy(update={"sources": spec.stages.decontaminate.sets})
+    plan_id = f"{run_id}-evaluation"
+    key = f"{plan_id}/plan.json"
+    if home.runs.exists(key):
+        blocks = [Block.from_json(item) for item in json.loads(home.runs.get(key))]
+    else:
+        blocks = plan_blocks(evaluation)
+        home.runs.put(key, json.dumps([block.to_json() for block in blocks]).encode())
+    pending = [block for block in blocks if not home.runs.exists(block_output_key(plan_id, block.index))]
+    if pending:
+        list(executor().map(ingest_block, pending, evaluation, home.blobs(spec), home.runs, plan_id))
+    tables = [read_parquet(home.runs, block_output_key(plan_id, block.index)) for block in blocks]
+    rows = pa.concat_tables(tables)
+    return rows.filter(pa.compute.equal(rows["status"], KEPT))
+
+
+def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
+                      model_id: str, executor: Callable[[], Any], progress: bool):  # fmt: skip
+    """Returns (stats, {pool image id: (Reason, detail)})."""
+    settings = spec.stages.decontaminate
+    evaluation = _evaluation_images(spec, home, run_id, executor)
+    eval_ids = sorted(set(evaluation["image_id"].to_pylist()))
+    eval_uri = dict(zip(evaluation["image_id"].to_pylist(), evaluation["uri"].to_pylist()))
+    _stats, _model, failures = embed_images(spec.stages.embed, home, catalog, f"{run_id}-evaluation", eval_ids,
+                                            home.blobs(spec), executor, progress, label="embed evaluation")  # fmt: skip
+    eval_ids = [image_id for image_id in eval_ids if image_id not in failures]
+    pool_ids = sorted(set(kept["image_id"].to_pylist()))
+    if not eval_ids or not pool_ids:
+        return {"evaluation_images": len(eval_ids), "dropped_images": 0}, {}
+    pool = np.asarray(load_matrix(catalog, home.vectors, model_id, pool_ids), np.float32)
+    references = np.asarray(load_matrix(catalog, home.vectors, model_id, eval_ids), np.float32)
+    hits_i, hits_j, hits_s = cross_edges(pool, references, settings.threshold, spec.stages.dedup or _default_dedup())
+    pool_i, pool_j, pool_s = knn_edges(pool, settings.threshold, spec.stages.dedup or _default_dedup())
+    count = len(pool_ids)
+    graph = [
+        Edges("pool", pool_i, pool_j, pool_s, settings.threshold),
+        Edges("contamination", hits_i, hits_j + count, hits_s, settings.threshold),
+    ]
+    labels = components(count + len(eval_ids), graph)
+    touched: dict[int, tuple[float, str]] = {}
+    for i, j, score in zip(hits_i.tolist(), hits_j.tolist(), hits_s.tolist()):
+        label = int(labels[i])
+        if label not in touched or score > touched[label][0]:
+            touched[label] = (score, eval_ids[j])
+    verdicts = {}
+    members = []
+    for node, image_id in enumerate(pool_ids):
+        label = int(labels[node])
+        if label in touched:
+            score, eval_id = touched[label]
+            detail = {"evaluation_image": eval_id, "evaluation_uri": eval_uri.get(eval_id),
+                      "similarity": round(score, 6), "threshold": settings.threshold,
+                      "group": f"contamination-{label}"}  # fmt: skip
+            verdicts[image_id] = (Reason.CONTAMINATION, json.dumps(detail, sort_keys=True))
+            members.append(Member(image_id, f"contamination-{label}", eval_id, "contamination", round(score, 6),
+                                  settings.threshold, eval_id))  # fmt: skip
+    catalog.record_duplicates(run_id, "decontaminate", members, model_id)
+    return {"evaluation_images": len(eval_ids), "dropped_images": len(verdicts)}, verdicts
+
+
+def _default_dedup():
+    from curation.config import DedupStage
+
+    return DedupStage()
