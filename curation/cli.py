@@ -222,6 +222,36 @@ def rejects_command(obj: Context, run_id: str, as_json: bool, summary: bool) -> 
     _emit(rows, as_json, lambda rows: _table(rows, columns))
 
 
+@cli.command("dups")
+@click.argument("run_id", metavar="RUN", default="latest")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def dups_command(obj: Context, run_id: str, as_json: bool) -> None:
+    """Duplicate and contamination groups of a run, with paths: what was kept, what went and why."""
+    with obj.reader() as catalog:
+        run_id = catalog.run(run_id)["run_id"]
+        rows = catalog.rows(
+            "SELECT d.stage, d.group_id, d.representative, d.image_id, d.method, d.similarity, d.threshold, "
+            "d.model_id, (SELECT min(uri) FROM provenance p WHERE p.run_id = d.run_id AND p.image_id = d.image_id) "
+            "AS uri, (SELECT min(uri) FROM provenance p WHERE p.run_id = d.run_id AND p.image_id = d.representative) "
+            "AS kept_uri FROM duplicates d WHERE d.run_id = ? ORDER BY d.stage, d.group_id, d.image_id",
+            [run_id],
+        )
+
+    def render(rows: list[dict]) -> None:
+        group = None
+        for row in rows:
+            if (row["stage"], row["group_id"]) != group:
+                group = (row["stage"], row["group_id"])
+                click.echo(
+                    f"{row['stage']} group {row['group_id'][:16]}: kept {row['kept_uri'] or row['representative']}"
+                )
+            click.echo(f"  - {row['uri']}  {row['method']} {row['similarity']:.3f} (threshold {row['threshold']})")
+        click.echo(f"{len({(r['stage'], r['group_id']) for r in rows})} groups, {len(rows)} images dropped")
+
+    _emit(rows, as_json, render)
+
+
 @cli.group("optout")
 def optout_group() -> None:
     """The opt-out registry: add requests, list them, export them, apply them to a dataset."""

@@ -1,0 +1,175 @@
+"""Dedup and decontamination: exact pairs/edges against brute force, transitive groups, a deterministic
+representative, bounded memory, and end-to-end runs with planted copies and an evaluation set."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import curation
+from curation.cli import cli
+from curation.config import DedupStage
+from curation.dedup.graph import knn_edges
+from curation.dedup.groups import Edges, group_duplicates
+from curation.dedup.perceptual import hamming, near_pairs
+from tests.audit.test_optout_apply import transformed
+from tests.conftest import FIXTURE_IMAGES
+
+
+def test_perceptual_pairs_equal_brute_force():
+    rng = random.Random(1)
+    hashes = [rng.getrandbits(64) for _ in range(300)]
+    for index in range(0, 60, 3):  # planted near copies: flip 0..5 bits
+        flipped = hashes[index]
+        for bit in rng.sample(range(64), index % 6):
+            flipped ^= 1 << bit
+        hashes.append(flipped)
+    for distance in (0, 2, 4):
+        i, j, d = near_pairs(hashes, distance)
+        brute = {(a, b) for a in range(len(hashes)) for b in range(a + 1, len(hashes))
+                 if hamming(hashes[a], hashes[b]) <= distance}  # fmt: skip
+        assert set(zip(i.tolist(), j.tolist())) == brute and all(d <= distance)
+
+
+def clustered(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(count // 20, dim))
+    points = centres[rng.integers(0, len(centres), count)] + 0.15 * rng.normal(size=(count, dim))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_knn_edges_match_brute_force(index):
+    vectors = clustered(2000, 32)
+    settings = DedupStage(k=8, index=index, nprobe=64, batch_size=300)
+    i, j, s = knn_edges(vectors, 0.95, settings)
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -1)
+    top = np.argsort(-scores, axis=1)[:, :8]
+    brute = {(min(a, b), max(a, b)) for a in range(len(vectors)) for b in top[a] if scores[a, b] >= 0.95}
+    found = set(zip(i.tolist(), j.tolist()))
+    assert np.all(i < j) and np.all(s >= 0.95)
+    recall = len(found & brute) / len(brute)
+    assert recall == 1.0 if index == "flat" else recall >= 0.95
+    assert found <= {(a, b) for a, b in zip(*np.nonzero(np.triu(scores >= 0.95, 1)))}  # no false edges
+
+
+def test_groups_are_transitive_and_deterministic():
+    ids = [f"{n:064x}" for n in range(6)]
+    pixels = [100, 400, 400, 50, 10, 10]
+    chain = Edges("copy_detection", np.array([0, 1]), np.array([1, 2]), np.array([0.95, 0.92]), 0.9)  # 0~1, 1~2
+    pair = Edges("perceptual", np.array([4]), np.array([5]), np.array([1.0]), 0.94)
+    members = group_duplicates(ids, pixels, [chain, pair])
+    assert {m.image_id: m.representative for m in members} == {ids[0]: ids[1], ids[2]: ids[1], ids[5]: ids[4]}
+    # ties on pixels go to the smallest id; node 3 is in no group
+    shuffled = Edges("copy_detection", np.array([1, 0]), np.array([2, 1]), np.array([0.92, 0.95]), 0.9)
+    assert group_duplicates(ids, pixels, [pair, shuffled]) == members
+
+
+def test_memory_stays_bounded_on_a_pool_no_dense_matrix_could_hold(tmp_path):
+    """200k vectors under a 6 GiB address-space cap (torch and faiss reserve ~3 GiB of it at import): a dense
+    200k x 200k float32 matrix would need 160 GB."""
+    script = (
+        "import resource, numpy as np\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
+        "from curation.config import DedupStage\n"
+        "from curation.dedup.graph import knn_edges\n"
+        "from tests.dedup.test_dedup import clustered\n"
+        "v = clustered(200_000, 16, seed=3)\n"
+        "v[1] = v[0]\n"
+        "i, j, s = knn_edges(v, 0.999, DedupStage(k=4, index='auto', ivf_min_size=100_000, nprobe=4))\n"
+        "assert (0, 1) in set(zip(i.tolist(), j.tolist())), 'the planted copy was missed'\n"
+        "print('edges', len(i))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("edges")
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """20 real clip-art images; resized/re-encoded copies of 3 of them; an evaluation set holding a copy of one."""
+    pool, evaluation = tmp_path / "pool", tmp_path / "eval"
+    pool.mkdir()
+    evaluation.mkdir()
+    files = sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:20]
+    for path in files:
+        shutil.copyfile(path, pool / path.name)
+    for n, path in enumerate(files[:3]):
+        (pool / f"copy-{n}.jpg").write_bytes(transformed(path.read_bytes(), 0.7, 70))
+    (pool / "copy-of-10.jpg").write_bytes(transformed(files[10].read_bytes(), 0.85, 85))  # joins 10's group
+    (evaluation / "test-image.jpg").write_bytes(transformed(files[10].read_bytes(), 0.8, 80))
+    return {"pool": pool, "evaluation": evaluation, "files": files}
+
+
+def dedup_spec(planted: dict, **stages) -> dict:
+    return {
+        "name": "dd",
+        "sources": [{"kind": "folder", "name": "pool", "path": str(planted["pool"])}],
+        "stages": {"decode": {"min_side": 16}, "embed": {"model": "builtin"}, "dedup": {"threshold": 0.9}, **stages},
+        "execution": {"executor": "ray", "block_size": 8},
+    }
+
+
+def test_planted_copies_leave_one_per_group_with_reasons(ray_local, planted, home):
+    result = curation.run(dedup_spec(planted), home=home)
+    version = curation.open_version(result.version, home=home)
+    kept_uris = {s["provenance"][0]["uri"].rsplit("/", 1)[1] for s in version.samples().to_pylist()}
+    assert kept_uris == {path.name for path in planted["files"]}  # every original kept, no distinct image merged
+    dropped = {row["uri"].rsplit("/", 1)[1]: row for row in version.provenance().to_pylist() if row["stage"] == "dedup"}
+    assert set(dropped) == {"copy-0.jpg", "copy-1.jpg", "copy-2.jpg", "copy-of-10.jpg"}
+    for row in dropped.values():
+        detail = json.loads(row["detail"])
+        assert row["reason"] in ("near_duplicate", "perceptual_duplicate")
+        assert detail["kept"] == detail["group"] and detail["similarity"] >= detail["threshold"]
+    assert sum(version.manifest["dropped"]["dedup"].values()) == 4
+
+    listing = CliRunner().invoke(cli, ["--home", str(home), "dups", result.run_id, "--json"])
+    groups = {(row["group_id"], row["uri"].rsplit("/", 1)[1]) for row in json.loads(listing.output)}
+    assert len({group for group, _ in groups}) == 4 and {uri for _, uri in groups} == set(dropped)
+
+
+def test_same_inputs_same_groups(ray_local, planted, tmp_path):
+    first = curation.run(dedup_spec(planted), home=tmp_path / "h1")
+    second = curation.run(dedup_spec(planted), home=tmp_path / "h2")
+    runs = []
+    for result, name in ((first, "h1"), (second, "h2")):
+        output = CliRunner().invoke(cli, ["--home", str(tmp_path / name), "dups", result.run_id, "--json"]).output
+        runs.append([(row["group_id"], row["image_id"], row["representative"]) for row in json.loads(output)])
+    assert runs[0] == runs[1]
+    content = [curation.open_version(r.version, home=tmp_path / h).manifest["content_sha256"]
+               for r, h in ((first, "h1"), (second, "h2"))]  # fmt: skip
+    assert content[0] == content[1]
+
+
+def test_decontamination_drops_the_whole_component_and_nothing_else(ray_local, planted, home):
+    test_set = {"kind": "folder", "name": "test-set", "path": str(planted["evaluation"])}
+    spec = dedup_spec(planted, decontaminate={"sets": [test_set], "threshold": 0.8})
+    spec["stages"]["dedup"] = None  # decontamination alone: the copy of image 10 must go with image 10
+    version = curation.open_version(curation.run(spec, home=home).version, home=home)
+    contaminated = {row["uri"].rsplit("/", 1)[1]: json.loads(row["detail"]) for row in version.provenance().to_pylist()
+                    if row["reason"] == "contamination"}  # fmt: skip
+    assert set(contaminated) == {planted["files"][10].name, "copy-of-10.jpg"}
+    assert all(d["evaluation_uri"].endswith("test-image.jpg") for d in contaminated.values())
+    assert version.samples().num_rows == 24 - 2  # 20 originals + 4 copies, minus the contaminated component
+    eval_uris = [entry["uri"] for s in version.samples().to_pylist() for entry in s["provenance"]]
+    assert not any("test-image" in uri for uri in eval_uris)  # evaluation images are never published
+
+
+def test_copy_detection_needs_an_embedder():
+    from curation.config import parse_spec
+    from curation.errors import SpecError
+
+    with pytest.raises(SpecError, match="needs stages.embed"):
+        parse_spec({"name": "x", "sources": [{"kind": "folder", "name": "a", "path": "."}], "stages": {"dedup": {}}})
+    parse_spec({"name": "x", "sources": [{"kind": "folder", "name": "a", "path": "."}],
+                "stages": {"dedup": {"copy_detection": False}}})  # fmt: skip
