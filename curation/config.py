@@ -139,6 +139,7 @@ class DedupStage(Strict):
     ivf_min_size: int = Field(default=200_000, ge=1)
     nprobe: int = Field(default=16, ge=1)  # IVF lists searched per query
     batch_size: int = Field(default=16_384, ge=1)  # query rows per search call: bounds memory
+    against: tuple[str, ...] = ()  # published versions (NAME@vN or NAME) whose images win: incremental dedup
 
 
 class DecontaminateStage(Strict):

@@ -25,7 +25,7 @@ from curation.audit.matching import MatchSettings, exclusions_of
 from curation.audit.policy import license_verdict
 from curation.audit.registry import active_requests, list_requests
 from curation.config import EmbedStage, PipelineSpec
-from curation.dedup.driver import dedup_verdicts, run_decontaminate, run_dedup
+from curation.dedup.driver import run_decontaminate, run_dedup
 from curation.embed.driver import run_embed_stage
 from curation.errors import RunError
 from curation.executors import make_executor
@@ -137,8 +137,8 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             lineage.append({"stage": "embed", "params": spec.stages.embed.model_dump(mode="json"), **model})
             kept = _surviving(catalog, run_id, kept)
         if spec.stages.dedup is not None:
-            stats["dedup"], members = run_dedup(spec, home, catalog, run_id, kept, model_id, executor.get)
-            kept = _drop_images(catalog, run_id, "dedup", 3, kept, dedup_verdicts(members))
+            stats["dedup"], verdicts = run_dedup(spec, home, catalog, run_id, kept, model_id, executor.get)
+            kept = _drop_images(catalog, run_id, "dedup", 3, kept, verdicts)
             lineage.append(
                 {"stage": "dedup", "params": spec.stages.dedup.model_dump(mode="json"), "model_id": model_id}
             )

@@ -63,10 +63,36 @@ def _pixels(kept: pa.Table) -> tuple[list[str], list[int]]:
     return image_ids, [by_image[image_id] for image_id in image_ids]
 
 
+def _published_images(catalog: Catalog, refs: tuple[str, ...], pool: set[str]) -> dict[str, int]:
+    """{image id: pixel count} of the images in the given versions that are not in this pool."""
+    from curation.publish.release import resolve
+
+    found: dict[str, int] = {}
+    for ref in refs:
+        row = resolve(catalog, ref)
+        for image_id, width, height in catalog.db.execute(
+            "SELECT s.image_id, i.width, i.height FROM version_samples s JOIN images i USING (image_id) "
+            "WHERE s.name = ? AND s.version = ?",
+            [row["name"], row["version"]],
+        ).fetchall():
+            if image_id not in pool:
+                found[image_id] = int(width or 0) * int(height or 0)
+    return found
+
+
 def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
-              model_id: str | None, executor: Callable[[], Any]) -> tuple[dict[str, Any], list[Member]]:  # fmt: skip
+              model_id: str | None, executor: Callable[[], Any]) -> tuple[dict[str, Any], dict]:  # fmt: skip
+    """Returns (stats, {dropped image id: (Reason, detail)})."""
     settings = spec.stages.dedup
     image_ids, pixels = _pixels(kept)
+    published = _published_images(catalog, settings.against, set(image_ids))
+    if published:  # incremental: the past takes part in the graph and always wins representation
+        image_ids = sorted([*image_ids, *published])
+        sizes = {**dict(zip(_pixels(kept)[0], pixels)), **published}
+        pixels = [sizes[image_id] for image_id in image_ids]
+        if settings.copy_detection:
+            embed_images(spec.stages.embed, home, catalog, f"{run_id}-published", list(published), home.blobs(spec),
+                         executor, False)  # fmt: skip
     edges = []
     if settings.perceptual and image_ids:
         hashes = phashes_for(catalog, home.blobs(spec), image_ids, executor)
@@ -78,25 +104,28 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
         vectors = np.asarray(load_matrix(catalog, home.vectors, model_id, image_ids), np.float32)
         i, j, similarity = knn_edges(vectors, settings.threshold, settings)
         edges.append(Edges("copy_detection", i, j, similarity, settings.threshold))
-    members = group_duplicates(image_ids, pixels, edges)
+    members = [
+        m for m in group_duplicates(image_ids, pixels, edges, frozenset(published)) if m.image_id not in published
+    ]
     catalog.record_duplicates(run_id, "dedup", members, model_id)
     stats = {
         "images": len(image_ids),
         "perceptual_edges": int(sum(len(e.i) for e in edges if e.method == "perceptual")),
         "copy_edges": int(sum(len(e.i) for e in edges if e.method == "copy_detection")),
+        "published_images": len(published),
         "groups": len({member.group_id for member in members}),
         "dropped_images": len(members),
     }
-    return stats, members
+    return stats, dedup_verdicts(members, frozenset(published))
 
 
-def dedup_verdicts(members: list[Member]) -> dict[str, tuple[Reason, str]]:
+def dedup_verdicts(members: list[Member], published: frozenset[str]) -> dict[str, tuple[Reason, str]]:
     verdicts = {}
     for member in members:
         reason = Reason.PERCEPTUAL_DUPLICATE if member.method == "perceptual" else Reason.NEAR_DUPLICATE
         detail = {"group": member.group_id, "kept": member.representative, "method": member.method,
                   "similarity": member.similarity, "threshold": member.threshold,
-                  "neighbour": member.neighbour}  # fmt: skip
+                  "neighbour": member.neighbour, "kept_is_published": member.representative in published}  # fmt: skip
         verdicts[member.image_id] = (reason, json.dumps(detail, sort_keys=True))
     return verdicts
 

@@ -1,6 +1,7 @@
 """Duplicate groups: connected components of the union of all duplicate edges, one representative kept per group.
 
-Representative rule (deterministic, documented): the most pixels (width x height), then the smallest image id.
+Representative rule (deterministic, documented): an image of an already published version (incremental dedup),
+then the most pixels (width x height), then the smallest image id.
 (Curated sources first arrives with selection's composition parts.) A group's id is its representative's id.
 """
 
@@ -45,7 +46,9 @@ def components(count: int, edges: list[Edges]) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def group_duplicates(image_ids: list[str], pixels: list[int], edges: list[Edges]) -> list[Member]:
+def group_duplicates(image_ids: list[str], pixels: list[int], edges: list[Edges],
+                     preferred: frozenset[str] = frozenset()) -> list[Member]:  # fmt: skip
+    """Non-representative members of every group. `preferred` images (already published) win representation."""
     labels = components(len(image_ids), edges)
     members: dict[int, list[int]] = {}
     for node, label in enumerate(labels):
@@ -60,7 +63,7 @@ def group_duplicates(image_ids: list[str], pixels: list[int], edges: list[Edges]
     for nodes in members.values():
         if len(nodes) < 2:
             continue
-        keeper = min(nodes, key=lambda node: (-pixels[node], image_ids[node]))
+        keeper = min(nodes, key=lambda node: (image_ids[node] not in preferred, -pixels[node], image_ids[node]))
         for node in sorted(nodes, key=lambda node: image_ids[node]):
             if node == keeper:
                 continue

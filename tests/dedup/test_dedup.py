@@ -165,6 +165,34 @@ def test_decontamination_drops_the_whole_component_and_nothing_else(ray_local, p
     assert not any("test-image" in uri for uri in eval_uris)  # evaluation images are never published
 
 
+def test_incremental_dedup_against_a_published_version(ray_local, planted, tmp_path, home):
+    first_pool = tmp_path / "first"
+    first_pool.mkdir()
+    for path in planted["files"][:10]:
+        shutil.copyfile(path, first_pool / path.name)
+    base = dedup_spec(planted)
+    base["name"] = "crawl"
+    base["sources"] = [{"kind": "folder", "name": "crawl-1", "path": str(first_pool)}]
+    assert curation.run(base, home=home).version == "crawl@v1"
+    # The next crawl: new copies of two published images, plus ten images never seen.
+    second_pool = tmp_path / "second"
+    second_pool.mkdir()
+    for path in planted["files"][10:]:
+        shutil.copyfile(path, second_pool / path.name)
+    (second_pool / "again-0.jpg").write_bytes(transformed(planted["files"][0].read_bytes(), 0.6, 75))
+    (second_pool / "again-1.jpg").write_bytes(transformed(planted["files"][1].read_bytes(), 0.8, 65))
+    later = dedup_spec(planted, dedup={"threshold": 0.9, "against": ["crawl@v1"]})
+    later["name"] = "crawl-2"
+    later["sources"] = [{"kind": "folder", "name": "crawl-2", "path": str(second_pool)}]
+    result = curation.run(later, home=home)
+    version = curation.open_version(result.version, home=home)
+    dropped = {row["uri"].rsplit("/", 1)[1]: json.loads(row["detail"]) for row in version.provenance().to_pylist()
+               if row["stage"] == "dedup"}  # fmt: skip
+    assert set(dropped) == {"again-0.jpg", "again-1.jpg"}
+    assert all(detail["kept_is_published"] for detail in dropped.values())
+    assert version.samples().num_rows == 10 and result.stats["dedup"]["published_images"] == 10
+
+
 def test_copy_detection_needs_an_embedder():
     from curation.config import parse_spec
     from curation.errors import SpecError
