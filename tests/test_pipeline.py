@@ -246,7 +246,7 @@ def test_versions_are_never_overwritten(ray_local, fixture_pool, home, tmp_path)
     staging.mkdir()
     manifest = json.loads(v1_manifest)
     with pytest.raises(VersionExistsError):
-        release._commit(LocalStore(home / "datasets"), staging, "demo", 1, manifest)
+        release.commit_version(LocalStore(home / "datasets"), staging, "demo", 1, manifest)
 
 
 def test_local_executor_gives_the_same_version_as_ray(ray_local, fixture_pool, tmp_path):

@@ -33,7 +33,7 @@ from curation.embed.stage import EmbedBlocks
 from curation.embed.vectors import load_matrix
 from curation.ingest.raw import Block
 from curation.publish.manifest import build_manifest, file_entry
-from curation.publish.release import MANIFEST, PROVENANCE, _commit, _register, published_numbers, resolve
+from curation.publish.release import MANIFEST, PROVENANCE, commit_version, published_numbers, register_version, resolve
 from curation.store.blobs import BlobStore
 from curation.store.catalog import Catalog
 from curation.store.home import Home
@@ -133,8 +133,8 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
             removed=[{"image_id": m.image_id, "request_id": m.request_id, "method": m.method,
                       "similarity": m.similarity, "via_image_id": m.via_image_id} for m in matches],
         )  # fmt: skip
-        _commit(target, staging, parent["name"], number, child_manifest)
-        _register(catalog, target, child_manifest)
+        commit_version(target, staging, parent["name"], number, child_manifest)
+        register_version(catalog, target, child_manifest)
         catalog.record_removals(parent["name"], number, matches)
         catalog.db.execute(
             "UPDATE versions SET status = 'superseded_by_optout' WHERE name = ? AND version < ?",

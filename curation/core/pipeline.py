@@ -131,11 +131,10 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         lineage.append({"stage": "license", "params": spec.stages.license.model_dump(mode="json")})
         model_id = None
         if spec.stages.embed is not None:
-            embed_stats, model = run_embed_stage(spec, home, catalog, run_id, kept, executor.get, progress)
-            stats["embed"] = embed_stats
+            stats["embed"], model, verdicts = run_embed_stage(spec, home, catalog, run_id, kept, executor.get, progress)
             model_id = model["model_id"]
             lineage.append({"stage": "embed", "params": spec.stages.embed.model_dump(mode="json"), **model})
-            kept = _surviving(catalog, run_id, kept)
+            kept = _drop_images(catalog, run_id, "embed", 2, kept, verdicts)
         if spec.stages.dedup is not None:
             stats["dedup"], verdicts = run_dedup(spec, home, catalog, run_id, kept, model_id, executor.get)
             kept = _drop_images(catalog, run_id, "dedup", 3, kept, verdicts)
@@ -187,18 +186,6 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         "unchanged": release.unchanged,
     }
     return RunResult(run_id, release.ref, release.unchanged, len(done), stats)
-
-
-def _surviving(catalog: Catalog, run_id: str, kept: pa.Table) -> pa.Table:
-    """The kept inputs whose latest decision (after the stages so far) is still `kept`."""
-    rows = catalog.db.execute(
-        "SELECT block, position FROM outcomes WHERE run_id = ? AND status = 'kept'", [run_id]
-    ).fetchall()
-    alive = {(block, position) for block, position in rows}
-    mask = [
-        (block, position) in alive for block, position in zip(kept["block"].to_pylist(), kept["position"].to_pylist())
-    ]
-    return kept.filter(pa.array(mask, pa.bool_()))
 
 
 def _license_stage(catalog: Catalog, run_id: str, kept: pa.Table, policy) -> pa.Table:

@@ -25,7 +25,7 @@ from curation.errors import RunError
 from curation.ingest.raw import Block, chunk
 from curation.store.catalog import Catalog
 from curation.store.home import Home
-from curation.types import REJECTED, Reason
+from curation.types import Reason
 
 
 def describe_model(stage: EmbedStage) -> dict[str, Any]:
@@ -43,12 +43,12 @@ def _actor_shape(stage: EmbedStage, cpus: float, gpus: float) -> tuple[int, floa
 
 
 def run_embed_stage(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
-                    executor: Callable[[], Any], progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """Embed the run's kept images; the ones the embedder cannot process are dropped at the embed stage."""
+                    executor: Callable[[], Any], progress: bool):  # fmt: skip
+    """Embed the run's kept images. Returns (stats, {model_id, dim}, {image id: (Reason, detail)}) where the
+    verdicts drop the images the embedder could not process."""
     stats, model, failures = embed_images(spec.stages.embed, home, catalog, run_id, kept["image_id"].to_pylist(),
                                           home.blobs(spec), executor, progress)  # fmt: skip
-    _record_failures(catalog, run_id, kept, failures)
-    return stats, model
+    return stats, model, {image_id: (Reason.EMBED_FAILED, error) for image_id, error in failures.items()}
 
 
 def embed_images(stage: EmbedStage, home: Home, catalog: Catalog, plan_id: str, image_ids: list[str],
@@ -121,19 +121,3 @@ def commit_blocks(catalog: Catalog, vectors, model_id: str, run_id: str, blocks:
     if tables:
         catalog.commit_embeddings(model_id, run_id, pa.concat_tables(tables))
     return failures
-
-
-def _record_failures(catalog: Catalog, run_id: str, kept: pa.Table, failures: dict[str, str]) -> None:
-    """Every input whose image failed to embed is dropped at the embed stage with the embedder's message."""
-    ids = kept["image_id"].to_pylist()
-    rows = [i for i, image_id in enumerate(ids) if image_id in failures]
-    decisions = pa.table(
-        {
-            "block": pa.array([kept["block"][i].as_py() for i in rows], pa.int32()),
-            "position": pa.array([kept["position"][i].as_py() for i in rows], pa.int32()),
-            "status": pa.array([REJECTED] * len(rows), pa.string()),
-            "reason": pa.array([str(Reason.EMBED_FAILED)] * len(rows), pa.string()),
-            "detail": pa.array([failures[ids[i]] for i in rows], pa.string()),
-        }
-    )
-    catalog.record_stage(run_id, "embed", 2, decisions)

@@ -136,12 +136,12 @@ def publish(
     if parent_row and parent_row["content_sha256"] == manifest["content_sha256"]:
         shutil.rmtree(staging, ignore_errors=True)
         return Release(parent["ref"], _read_manifest(target, name, parent_row["version"]), unchanged=True)
-    _commit(target, staging, name, number, manifest)
-    _register(catalog, target, manifest)
+    commit_version(target, staging, name, number, manifest)
+    register_version(catalog, target, manifest)
     return Release(manifest["ref"], manifest, unchanged=False)
 
 
-def _commit(target: ObjectStore, staging: Path, name: str, number: int, manifest: dict[str, Any]) -> None:
+def commit_version(target: ObjectStore, staging: Path, name: str, number: int, manifest: dict[str, Any]) -> None:
     if target.exists(version_key(name, number, MANIFEST)):
         raise VersionExistsError(f"{name}@v{number} already exists; versions are immutable")
     write_manifest(staging, manifest)
@@ -160,7 +160,7 @@ def write_manifest(staging: Path, manifest: dict[str, Any]) -> None:
     (staging / MANIFEST).write_bytes(manifest_bytes(manifest))
 
 
-def _register(catalog: Catalog, target: ObjectStore, manifest: dict[str, Any]) -> None:
+def register_version(catalog: Catalog, target: ObjectStore, manifest: dict[str, Any]) -> None:
     name, number = manifest["name"], manifest["version"]
     raw = target.get(version_key(name, number, MANIFEST))
     catalog.register_version(manifest, target.url(f"{name}/v{number}"), hashlib.sha256(raw).hexdigest())
@@ -178,7 +178,7 @@ def _sync_catalog(catalog: Catalog, target: ObjectStore, name: str) -> None:
     known = {row["version"] for row in catalog.versions(name)}
     for number in published_numbers(target, name):
         if number not in known:
-            _register(catalog, target, _read_manifest(target, name, number))
+            register_version(catalog, target, _read_manifest(target, name, number))
 
 
 def _read_manifest(target: ObjectStore, name: str, number: int) -> dict[str, Any]:
