@@ -1,0 +1,137 @@
+"""k-means (k-means++ initialisation, Lloyd iterations) and Vo et al.'s hierarchical k-means with resampling.
+
+Assignment runs in chunks (FAISS on CPU; a torch matmul on CUDA), so memory is O(chunk x k), never N x k at once
+beyond the assignment vector. Each level and resampling step of the hierarchy writes its centroids and
+assignments under a work folder, so a rerun skips what is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 65_536
+
+
+def assign(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid index, squared distance) per point, in chunks."""
+    import faiss
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    labels = np.empty(len(points), np.int64)
+    distances = np.empty(len(points), np.float32)
+    for start in range(0, len(points), CHUNK):
+        d, i = index.search(np.ascontiguousarray(points[start : start + CHUNK], np.float32), 1)
+        labels[start : start + CHUNK], distances[start : start + CHUNK] = i[:, 0], d[:, 0]
+    return labels, distances
+
+
+def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, sample: int = 64) -> np.ndarray:
+    """k-means++ seeding on a random subsample of at most `sample` x k points (exact seeding is O(N k d))."""
+    pool = points[rng.choice(len(points), min(len(points), sample * k), replace=False)].astype(np.float32)
+    chosen = [int(rng.integers(len(pool)))]
+    nearest = ((pool - pool[chosen[0]]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        total = nearest.sum()
+        pick = int(rng.choice(len(pool), p=nearest / total)) if total > 0 else int(rng.integers(len(pool)))
+        chosen.append(pick)
+        nearest = np.minimum(nearest, ((pool - pool[pick]) ** 2).sum(axis=1))
+    return pool[chosen].copy()
+
+
+def kmeans(points: np.ndarray, k: int, *, iterations: int = 20, seed: int = 0,
+           init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(centroids [k, d], labels [n]). Empty clusters are re-seeded with the points farthest from their centroid."""
+    rng = np.random.default_rng(seed)
+    points = np.asarray(points, np.float32)
+    k = min(k, len(points))
+    centroids = init.astype(np.float32).copy() if init is not None else kmeans_plus_plus(points, k, rng)
+    labels = np.zeros(len(points), np.int64)
+    for _ in range(iterations):
+        labels, distances = assign(points, centroids)
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, labels, points)
+        empty = np.flatnonzero(counts == 0)
+        centroids = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids)
+        if len(empty):
+            centroids[empty] = points[np.argsort(-distances)[: len(empty)]]
+    labels, _ = assign(points, centroids)
+    return centroids, labels
+
+
+@dataclass(frozen=True)
+class Level:
+    clusters: int  # k at this level
+    resampling_steps: int = 0  # Vo et al.: re-run k-means on points resampled from every cluster
+    sample_size: int = 10  # points taken per cluster at each resampling step
+    selection: str = "closest"  # closest (to the centroid) | random
+
+
+def resample(points: np.ndarray, centroids: np.ndarray, level: Level, rng: np.random.Generator) -> np.ndarray:
+    """One resampling step: take `sample_size` points per cluster and re-cluster their union, starting from the
+    current centroids. Dense modes contribute no more points than sparse ones, so centroids spread out over the
+    support of the data instead of piling into its modes."""
+    labels, distances = assign(points, centroids)
+    picked = []
+    for cluster in range(len(centroids)):
+        members = np.flatnonzero(labels == cluster)
+        if len(members) == 0:
+            continue
+        if level.selection == "closest":
+            members = members[np.argsort(distances[members], kind="stable")]
+        else:
+            members = rng.permutation(members)
+        picked.append(members[: level.sample_size])
+    subset = points[np.concatenate(picked)]
+    centroids, _ = kmeans(subset, len(centroids), iterations=10, seed=int(rng.integers(1 << 31)), init=centroids)
+    return centroids
+
+
+def hierarchical_kmeans(points: np.ndarray, levels: list[Level], *, seed: int = 0, iterations: int = 20,
+                        workdir: Path | None = None) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+    """Cluster paths [n, len(levels)] (coarsest level first) and the centroids of each level (finest first).
+
+    Level 1 clusters the points; level l+1 clusters the centroids of level l. With `workdir`, every level's and
+    resampling step's result is saved there and reused by a rerun.
+    """
+    current = np.asarray(points, np.float32)
+    all_centroids, labels_per_level = [], []
+    for number, level in enumerate(levels, start=1):
+        first = partial(kmeans, current, level.clusters, iterations=iterations, seed=seed + number)
+        centroids = _cached(workdir, f"level-{number}-step-0", lambda first=first: first()[0])
+        for step in range(1, level.resampling_steps + 1):
+            previous = centroids
+            rng = np.random.default_rng([seed, number, step])  # per step: a resumed run draws the same numbers
+            centroids = _cached(
+                workdir, f"level-{number}-step-{step}", partial(resample, current, previous, level, rng)
+            )
+        labels, _ = assign(current, centroids)
+        all_centroids.append(centroids)
+        labels_per_level.append(labels)
+        current = centroids
+    paths = np.empty((len(points), len(levels)), np.int64)
+    node = labels_per_level[0]
+    for depth, labels in enumerate(labels_per_level):
+        if depth > 0:
+            node = labels[node]
+        paths[:, len(levels) - 1 - depth] = node
+    return paths, all_centroids
+
+
+def _cached(workdir: Path | None, name: str, compute) -> np.ndarray:
+    if workdir is None:
+        return compute()
+    path = Path(workdir) / f"{name}.npy"
+    if path.exists():
+        return np.load(path)
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npy")
+    np.save(temporary, result)
+    temporary.replace(path)
+    return result

@@ -1,0 +1,134 @@
+"""Selection math: water-filling, balanced hierarchical sampling, hierarchical k-means with resampling (and its
+resume), seed retrieval against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curation.select.balance import hierarchical_sample, water_fill
+from curation.select.kmeans import Level, hierarchical_kmeans, kmeans
+from curation.select.retrieval import cluster_based, sample_based
+
+
+@pytest.mark.parametrize("target", [0, 1, 37, 100, 137, 138, 500])
+def test_water_fill_sums_to_target_and_never_overdraws(target):
+    sizes = np.array([100, 5, 30, 2, 1])
+    take = water_fill(sizes, target, np.random.default_rng(0))
+    assert take.sum() == min(target, sizes.sum()) and np.all(take <= sizes) and np.all(take >= 0)
+    if 0 < target < sizes.sum():  # as equal as possible: no group gives 2+ more than a group that still has items
+        open_groups = take < sizes
+        assert take.max() - take[open_groups].min() <= 1 if open_groups.any() else True
+
+
+def test_water_fill_remainder_is_deterministic_by_seed():
+    sizes = np.array([10] * 7)
+    first = water_fill(sizes, 11, np.random.default_rng(3))
+    assert np.array_equal(first, water_fill(sizes, 11, np.random.default_rng(3)))
+    assert sorted(first.tolist()) == [1, 1, 1, 2, 2, 2, 2]
+
+
+def zipf_labels(classes: int = 10, largest: int = 2000, exponent: float = 1.5) -> np.ndarray:
+    sizes = np.maximum(2, (largest / np.arange(1, classes + 1) ** exponent).astype(int))
+    return np.repeat(np.arange(classes), sizes)
+
+
+def test_balanced_sampling_flattens_a_long_tail():
+    labels = zipf_labels()  # 2000, 707, 384, ... 63
+    rng = np.random.default_rng(0)
+    leaves = rng.integers(0, 4, len(labels))  # each class split into up to 4 leaf clusters
+    paths = np.stack([labels, labels * 4 + leaves], axis=1)
+    selected = hierarchical_sample(paths, 500, seed=1)
+    counts = np.bincount(labels[selected], minlength=10)
+    random_counts = np.bincount(labels[rng.choice(len(labels), 500, replace=False)], minlength=10)
+    assert len(selected) == 500 and len(set(selected.tolist())) == 500
+    assert counts.max() / counts.min() <= 1.1  # 50 each: every class has at least 63 images
+    assert random_counts.max() / max(random_counts.min(), 1) >= 10  # what random sampling does instead
+    assert np.array_equal(selected, hierarchical_sample(paths, 500, seed=1))
+
+
+def test_closest_rule_takes_the_points_nearest_their_leaf_centroid():
+    paths = np.zeros((6, 1), np.int64)
+    distances = np.array([5.0, 0.1, 3.0, 0.2, 9.0, 0.3])
+    assert hierarchical_sample(paths, 3, rule="closest", distances=distances).tolist() == [1, 3, 5]
+    with pytest.raises(ValueError, match="needs the distances"):
+        hierarchical_sample(paths, 3, rule="closest")
+
+
+def long_tailed_toy(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One dense mode (10,000 points) at the origin and 9 sparse modes (50 points each) on a circle of radius 6."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[6 * np.cos(a), 6 * np.sin(a)] for a in np.linspace(0, 2 * np.pi, 9, endpoint=False)])
+    points = np.concatenate([rng.normal(0, 0.3, (10_000, 2))] + [c + rng.normal(0, 0.3, (50, 2)) for c in centres])
+    return points.astype(np.float32), centres
+
+
+def coverage(centroids: np.ndarray, centres: np.ndarray) -> tuple[int, int]:
+    """(centroids inside the dense mode, sparse modes with a centroid nearby)."""
+    dense = int((np.linalg.norm(centroids, axis=1) < 2).sum())
+    covered = int(sum((np.linalg.norm(centroids - centre, axis=1) < 1.5).any() for centre in centres))
+    return dense, covered
+
+
+def test_resampling_moves_centroids_from_the_dense_mode_to_the_sparse_ones():
+    points, centres = long_tailed_toy()
+    _, plain = hierarchical_kmeans(points, [Level(10)], seed=0)
+    _, resampled = hierarchical_kmeans(points, [Level(10, resampling_steps=10, sample_size=5)], seed=0)
+    plain_dense, plain_covered = coverage(plain[0], centres)
+    dense, covered = coverage(resampled[0], centres)
+    assert plain_covered <= 4 and covered >= plain_covered + 2  # measured: 3 -> 6 sparse modes reached
+    assert dense <= plain_dense
+
+
+def test_hierarchy_balances_where_flat_kmeans_piles_into_the_mode():
+    points, centres = long_tailed_toy()
+    flat_dense, flat_covered = coverage(kmeans(points, 10, seed=0)[0], centres)
+    paths, centroids = hierarchical_kmeans(points, [Level(100), Level(10, resampling_steps=2, sample_size=3)], seed=0)
+    dense, covered = coverage(centroids[1], centres)
+    assert flat_dense >= 4 and flat_covered <= 3  # measured: 5 centroids in the mode, 1 sparse mode reached
+    assert dense <= 2 and covered >= 8
+    assert paths.shape == (len(points), 2) and paths[:, 0].max() < 10 and paths[:, 1].max() < 100
+
+
+def test_hierarchical_kmeans_resumes_from_its_artefacts(tmp_path):
+    points, _ = long_tailed_toy(1)
+    levels = [Level(40, resampling_steps=2, sample_size=5), Level(8, resampling_steps=2, sample_size=3)]
+    paths, centroids = hierarchical_kmeans(points, levels, seed=4, workdir=tmp_path)
+    saved = {path.name: path.stat().st_mtime_ns for path in tmp_path.glob("*.npy")}
+    assert sorted(saved) == [f"level-{level}-step-{step}.npy" for level in (1, 2) for step in (0, 1, 2)]
+    for name in ("level-2-step-1.npy", "level-2-step-2.npy"):  # "killed" after level 2's first k-means
+        (tmp_path / name).unlink()
+    again, again_centroids = hierarchical_kmeans(points, levels, seed=4, workdir=tmp_path)
+    assert np.array_equal(paths, again) and all(np.array_equal(a, b) for a, b in zip(centroids, again_centroids))
+    for name in ("level-1-step-0.npy", "level-1-step-2.npy", "level-2-step-0.npy"):
+        assert (tmp_path / name).stat().st_mtime_ns == saved[name]  # reused, not recomputed
+    fresh, _ = hierarchical_kmeans(points, levels, seed=4)
+    assert np.array_equal(fresh, paths)  # same seed, same clustering, with or without the cache
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_sample_based_retrieval_is_exact_and_capped():
+    rng = np.random.default_rng(0)
+    pool, seeds = unit(rng.normal(size=(500, 16))), unit(rng.normal(size=(7, 16)))
+    pulls = sample_based(seeds, pool, k=4, floor=0.2)
+    scores = seeds @ pool.T
+    expected = {(int(p), s) for s in range(7) for p in np.argsort(-scores[s])[:4] if scores[s, p] >= 0.2}
+    assert {(pull.pool_index, pull.seed_index) for pull in pulls} == expected
+    assert all(pull.rank == 1 + list(np.argsort(-scores[pull.seed_index])).index(pull.pool_index) for pull in pulls)
+    capped = sample_based(seeds, pool, k=4, floor=0.2, cap=5)
+    assert len({pull.pool_index for pull in capped}) == 5
+    best = sorted({p for p, _ in expected}, key=lambda p: -max(scores[:, p]))[:5]
+    assert {pull.pool_index for pull in capped} == set(best)
+
+
+def test_cluster_based_retrieval_respects_min_seeds_and_caps():
+    pool_labels = np.repeat(np.arange(5), 20)
+    seed_labels = np.array([0, 0, 0, 0, 1, 1, 1, 2])  # cluster 0 holds 4 seeds, 1 holds 3, 2 holds 1
+    pulls = cluster_based(pool_labels, seed_labels, min_seeds=2, per_cluster=6)
+    clusters = pool_labels[[pull.pool_index for pull in pulls]]
+    assert sorted(np.unique(clusters).tolist()) == [0, 1] and np.bincount(clusters).tolist() == [6, 6]
+    assert len(cluster_based(pool_labels, seed_labels, min_seeds=2, per_cluster=6, cap=8)) == 8
+    assert cluster_based(pool_labels, seed_labels, min_seeds=4, per_cluster=6) == []
