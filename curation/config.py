@@ -90,10 +90,69 @@ class DecodeStage(Strict):
     formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
 
 
-class SelectStage(Strict):
-    """Selection. Only `keep_all` exists in the foundation; retrieval and balancing plug in here later."""
+class LevelSpec(Strict):
+    """One level of hierarchical k-means (Vo et al. 2024); the first level clusters images, the next its centroids."""
 
-    mode: Literal["keep_all"] = "keep_all"
+    clusters: int = Field(ge=1)
+    resampling_steps: int = Field(default=0, ge=0)  # re-cluster points resampled from every cluster
+    sample_size: int = Field(default=10, ge=1)  # points per cluster at each resampling step
+    selection: Literal["closest", "random"] = "closest"  # which points a resampling step takes
+
+
+class SourcePart(Strict):
+    """A curated dataset as it is: the images of the named sources (DINOv3 mixes ImageNet-1k in whole)."""
+
+    kind: Literal["source"]
+    name: str = Field(pattern=NAME_PATTERN)
+    sources: tuple[str, ...] = Field(min_length=1)
+    target: int | None = Field(default=None, ge=1)  # a random subset of this size; None: all
+
+
+class RetrievalPart(Strict):
+    """DINOv2 retrieval: the seed sources' images pull look-alikes from the pool (the other sources)."""
+
+    kind: Literal["retrieval"]
+    name: str = Field(pattern=NAME_PATTERN)
+    seeds: tuple[str, ...] = Field(min_length=1)  # sources whose images are the seeds
+    method: Literal["sample", "cluster"] = "sample"
+    k: int = Field(default=4, ge=1)  # sample: neighbours per seed image (DINOv2: 4, or 32 for ImageNet-1k)
+    floor: float = Field(default=-1.0, ge=-1, le=1)  # sample: minimum cosine
+    cap: int | None = Field(default=None, ge=1)  # at most this many images from this part (DINOv2: 1M)
+    clusters: int = Field(default=100, ge=1)  # cluster: k-means clusters of the pool (DINOv2: 100k)
+    min_seeds: int = Field(default=3, ge=0)  # cluster: a cluster contributes if it holds more seeds than this
+    per_cluster: int = Field(default=10_000, ge=1)  # cluster: images per contributing cluster
+
+
+class BalancedPart(Strict):
+    """Hierarchical k-means with resampling, then balanced hierarchical sampling of `target` images."""
+
+    kind: Literal["balanced"]
+    name: str = Field(pattern=NAME_PATTERN)
+    target: int = Field(ge=1)
+    levels: tuple[LevelSpec, ...] = Field(min_length=1)  # finest first, e.g. 10k -> 1k -> 100 -> 10 clusters
+    rule: Literal["random", "closest"] = "random"  # how points are taken inside a leaf cluster
+    sources: tuple[str, ...] = ()  # the pool; empty: every source that is no other part's seed or curated set
+    iterations: int = Field(default=20, ge=1)  # Lloyd iterations per k-means
+
+
+Part = Annotated[SourcePart | RetrievalPart | BalancedPart, Field(discriminator="kind")]
+
+
+class SelectStage(Strict):
+    """Selection: keep every image, or compose the version from named parts (docs/selection.md)."""
+
+    mode: Literal["keep_all", "compose"] = "keep_all"
+    parts: tuple[Part, ...] = ()  # compose: the parts, in priority order (an image's first part names it)
+    seed: int = 0  # every random choice of the selection derives from it
+
+    @model_validator(mode="after")
+    def _parts_for_compose(self) -> SelectStage:
+        if self.mode == "compose" and not self.parts:
+            raise ValueError("mode compose needs at least one part")
+        names = [part.name for part in self.parts]
+        if len(set(names)) != len(names):
+            raise ValueError("part names must be unique")
+        return self
 
 
 class EmbedStage(Strict):
@@ -215,6 +274,14 @@ class PipelineSpec(Strict):
             raise ValueError("stages.dedup.copy_detection needs stages.embed (or set copy_detection: false)")
         if self.stages.decontaminate and self.stages.embed is None:
             raise ValueError("stages.decontaminate needs stages.embed")
+        if self.stages.select.mode == "compose":
+            if self.stages.embed is None and any(part.kind != "source" for part in self.stages.select.parts):
+                raise ValueError("stages.select: retrieval and balanced parts need stages.embed")
+            known = {source.name for source in self.sources}
+            for part in self.stages.select.parts:
+                named = set(getattr(part, "sources", ())) | set(getattr(part, "seeds", ()))
+                if named - known:
+                    raise ValueError(f"stages.select part {part.name!r} names unknown sources {sorted(named - known)}")
         return self
 
     def public_dict(self) -> dict[str, Any]:

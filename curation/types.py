@@ -34,6 +34,7 @@ class Reason(StrEnum):
     NEAR_DUPLICATE = "near_duplicate"  # copy-detection duplicate of the group's kept representative
     PERCEPTUAL_DUPLICATE = "perceptual_duplicate"  # pHash duplicate of the group's kept representative
     CONTAMINATION = "contamination"  # its duplicate group touches an evaluation image
+    NOT_SELECTED = "not_selected"  # composition: in no part (not retrieved by a seed, not drawn by balancing)
     OPTED_OUT = "opted_out"  # an opt-out request covers it (detail: the request id and how it matched)
     LICENSE_DENIED = "license_denied"  # its licence is on policy.licenses.deny, or not on a given allow list
     LICENSE_UNKNOWN = "license_unknown"  # no licence known, and policy.licenses.unknown is drop

@@ -216,5 +216,5 @@ def _optout_step(requests: list[OptOutRequest], active: list[OptOutRequest], mat
             "embedding_threshold": settings.embedding_threshold,
             "as_of": requests[-1].received_at if requests else None,
         },
-        "model_id": model_id,
+        **({"model_id": model_id} if model_id else {}),
     }

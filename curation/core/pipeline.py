@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
@@ -27,11 +28,13 @@ from curation.audit.registry import active_requests, list_requests
 from curation.config import EmbedStage, PipelineSpec
 from curation.dedup.driver import run_decontaminate, run_dedup
 from curation.embed.driver import run_embed_stage
+from curation.embed.vectors import load_matrix
 from curation.errors import RunError
 from curation.executors import make_executor
 from curation.ingest import Block, plan_blocks
 from curation.ingest.stage import BlockSummary, block_output_key, ingest_block
 from curation.publish.release import publish
+from curation.select.compose import compose
 from curation.store.catalog import Catalog
 from curation.store.home import Home
 from curation.store.objects import read_parquet
@@ -118,6 +121,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
     done = {block.index for block in blocks if home.runs.exists(block_output_key(run_id, block.index))}
     pending = [block for block in blocks if block.index not in done]
     requests = active_requests(list_requests(catalog))  # every run checks the opt-out registry
+    model_id = None
     executor = _Executor(spec, ray_address)
     try:
         stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, executor, exclusions_of(requests), progress)
@@ -129,7 +133,6 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         lineage = [{"stage": "ingest", "params": spec.stages.decode.model_dump(mode="json")}]
         kept = _license_stage(catalog, run_id, kept, spec.stages.license)
         lineage.append({"stage": "license", "params": spec.stages.license.model_dump(mode="json")})
-        model_id = None
         if spec.stages.embed is not None:
             stats["embed"], model, verdicts = run_embed_stage(spec, home, catalog, run_id, kept, executor.get, progress)
             model_id = model["model_id"]
@@ -146,15 +149,20 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
                                                                  executor.get, progress)  # fmt: skip
             kept = _drop_images(catalog, run_id, "decontaminate", 4, kept, verdicts)
             params = spec.stages.decontaminate.model_dump(mode="json")
-            lineage.append({"stage": "decontaminate", "params": params, "model_id": model_id})
+            lineage.append({"stage": "decontaminate", "params": params, **_model(model_id)})
         stats["startup_seconds"] = executor.startup_seconds
     finally:
         executor.close()
     kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, requests)
     if optout_step:
         lineage.append(optout_step)
-    catalog.record_stage(run_id, "select", 9, _decisions(kept, KEPT))  # keep_all: later issues plug in here
-    lineage.append({"stage": "select", "params": spec.stages.select.model_dump(mode="json")})
+    selection = None
+    if spec.stages.select.mode == "compose":
+        selection, stats["select"] = _compose(spec, home, catalog, run_id, kept, model_id)
+    _select_stage(catalog, run_id, kept, selection)
+    if selection is not None:
+        kept = kept.filter(pa.array([image_id in selection for image_id in kept["image_id"].to_pylist()], pa.bool_()))
+    lineage.append({"stage": "select", "params": spec.stages.select.model_dump(mode="json"), **_model(model_id)})
 
     started = time.perf_counter()
     release = publish(
@@ -162,7 +170,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         target=home.datasets(spec),
         staging=home.staging(spec, run_id),
         blobs=home.blobs(spec),
-        samples=_samples(kept),
+        samples=_samples(kept, selection),
         provenance=_version_provenance(catalog, run_id),
         name=spec.name,
         run_id=run_id,
@@ -281,8 +289,43 @@ def _decisions(rows: pa.Table, status: str, verdicts: list[tuple[str, str]] | No
     )
 
 
-def _samples(kept: pa.Table) -> list[dict[str, Any]]:
-    """One sample per distinct image id, carrying every place it was seen (sorted for determinism)."""
+def _model(model_id: str | None) -> dict[str, str]:
+    """The lineage field naming the vectors a stage used, when it used any."""
+    return {"model_id": model_id} if model_id else {}
+
+
+def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, model_id: str | None):
+    """Selection by composition over the distinct kept images; returns ({image id: reasons}, stats)."""
+    sources: dict[str, set[str]] = {}
+    for image_id, source in zip(kept["image_id"].to_pylist(), kept["source"].to_pylist()):
+        sources.setdefault(image_id, set()).add(source)
+    image_ids = sorted(sources)
+    vectors = None
+    if model_id is not None and image_ids:
+        vectors = np.asarray(load_matrix(catalog, home.vectors, model_id, image_ids), np.float32)
+    selection = compose(spec.stages.select, image_ids, [sources[i] for i in image_ids], vectors,
+                        workdir=home.runs.root / run_id / "select")  # fmt: skip
+    by_part = Counter(reason["part"] for reasons in selection.values() for reason in reasons)
+    first_part = Counter(reasons[0]["part"] for reasons in selection.values())
+    return selection, {"images": len(image_ids), "selected": len(selection), "pulls_by_part": dict(by_part),
+                       "samples_by_part": dict(first_part)}  # fmt: skip
+
+
+def _select_stage(catalog: Catalog, run_id: str, kept: pa.Table, selection: dict | None) -> None:
+    """Every still-kept input gets its select decision: kept, or not_selected under composition."""
+    image_ids = kept["image_id"].to_pylist()
+    chosen = [selection is None or image_id in selection for image_id in image_ids]
+    rejected = [i for i, ok in enumerate(chosen) if not ok]
+    decisions = [_decisions(kept.filter(pa.array(chosen, pa.bool_())), KEPT)]
+    if rejected:
+        verdicts = [(Reason.NOT_SELECTED, "in no part of the composition")] * len(rejected)
+        decisions.append(_decisions(kept.take(pa.array(rejected, pa.int64())), REJECTED, verdicts))
+    catalog.record_stage(run_id, "select", 9, pa.concat_tables(decisions))
+
+
+def _samples(kept: pa.Table, selection: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """One sample per distinct image id, carrying every place it was seen (sorted for determinism) and, under
+    composition, every reason it was selected."""
     by_image: dict[str, dict[str, Any]] = {}
     for row in kept.to_pylist():
         sample = by_image.setdefault(
@@ -290,7 +333,6 @@ def _samples(kept: pa.Table) -> list[dict[str, Any]]:
             {
                 "key": row["image_id"],
                 "image_id": row["image_id"],
-                "part": "pool",
                 **{name: row[name] for name in ("format", "width", "height", "bytes", "mode", "frames")},
                 "provenance": [],
             },
@@ -305,6 +347,10 @@ def _samples(kept: pa.Table) -> list[dict[str, Any]]:
         sample["sources"] = sorted({entry["source"] for entry in sample["provenance"]})
         for name in ("license", "attribution", "caption"):
             sample[name] = next((entry[name] for entry in sample["provenance"] if entry[name]), None)
+        reasons = selection.get(image_id) if selection is not None else None
+        sample["parts"] = list(dict.fromkeys(reason["part"] for reason in reasons)) if reasons else ["pool"]
+        sample["part"] = sample["parts"][0]
+        sample["selection"] = json.dumps(reasons, sort_keys=True) if reasons else None
         samples.append(sample)
     return samples
 

@@ -46,6 +46,8 @@ SAMPLE_SCHEMA = pa.schema(
         ("shard", pa.string()),
         ("member", pa.string()),  # the image's member name inside the tar
         ("part", pa.string()),  # composition part (the trainer draws homogeneous batches from one part)
+        ("parts", pa.list_(pa.string())),  # every part that selected it, in priority order
+        ("selection", pa.string()),  # JSON list of the reasons: part, rule, seed image/rank/similarity, cluster path
         ("format", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),

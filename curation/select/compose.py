@@ -1,0 +1,80 @@
+"""Composition (DINOv3): the version is a mix of named parts — curated sets as they are, retrieved sets, the
+balanced set. Returns, per selected image, every reason it was selected (part, and seed/rank/similarity or
+cluster path/rule), in part order, so an image in several parts is published once with all its reasons.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curation.config import BalancedPart, RetrievalPart, SelectStage, SourcePart
+from curation.select.balance import hierarchical_sample
+from curation.select.kmeans import Level, assign, hierarchical_kmeans, kmeans
+from curation.select.retrieval import cluster_based, sample_based
+
+
+def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], vectors: np.ndarray | None,
+            workdir: Path | None = None) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """{image id: [reason, ...]} for the selected images. `sources[i]` are the sources image i came from;
+    `vectors[i]` its unit vector (needed by retrieval and balanced parts)."""
+    rng = np.random.default_rng(stage.seed)
+    reserved = set()  # sources that are some part's seeds or curated set: not part of "the pool"
+    for part in stage.parts:
+        reserved |= set(part.seeds if isinstance(part, RetrievalPart) else ())
+        reserved |= set(part.sources if isinstance(part, SourcePart) else ())
+    pool = [i for i, came_from in enumerate(sources) if not came_from & reserved]
+    reasons: dict[str, list[dict[str, Any]]] = {}
+
+    def add(index: int, reason: dict[str, Any]) -> None:
+        reasons.setdefault(image_ids[index], []).append(reason)
+
+    for number, part in enumerate(stage.parts):
+        if isinstance(part, SourcePart):
+            members = [i for i, came_from in enumerate(sources) if came_from & set(part.sources)]
+            if part.target is not None and part.target < len(members):
+                members = sorted(rng.choice(members, part.target, replace=False).tolist())
+            for index in members:
+                add(index, {"part": part.name, "rule": "source"})
+        elif isinstance(part, RetrievalPart):
+            _retrieve(part, image_ids, sources, vectors, pool, stage.seed + number, add)
+        elif isinstance(part, BalancedPart):
+            members = pool if not part.sources else [i for i, c in enumerate(sources) if c & set(part.sources)]
+            _balance(part, members, vectors, stage.seed + number, workdir, add)
+    return reasons
+
+
+def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add) -> None:
+    seeds = [i for i, came_from in enumerate(sources) if came_from & set(part.seeds)]
+    if not seeds or not pool:
+        return
+    pool_vectors, seed_vectors = vectors[pool], vectors[seeds]
+    if part.method == "sample":
+        pulls = sample_based(seed_vectors, pool_vectors, k=part.k, floor=part.floor, cap=part.cap)
+    else:
+        centroids, pool_labels = kmeans(pool_vectors, part.clusters, seed=seed)
+        seed_labels, _ = assign(seed_vectors, centroids)
+        pulls = cluster_based(pool_labels, seed_labels, min_seeds=part.min_seeds, per_cluster=part.per_cluster,
+                              cap=part.cap, seed=seed)  # fmt: skip
+    for pull in pulls:
+        reason = {"part": part.name, "rule": f"retrieval-{part.method}", "rank": pull.rank}
+        if pull.seed_index >= 0:
+            reason.update(seed_image=image_ids[seeds[pull.seed_index]], similarity=round(pull.similarity, 6))
+        add(pool[pull.pool_index], reason)
+
+
+def _balance(part: BalancedPart, members: list[int], vectors, seed, workdir, add) -> None:
+    if not members:
+        return
+    levels = [
+        Level(level.clusters, level.resampling_steps, level.sample_size, level.selection) for level in part.levels
+    ]
+    points = np.asarray(vectors[members], np.float32)
+    folder = None if workdir is None else Path(workdir) / part.name
+    paths, centroids = hierarchical_kmeans(points, levels, seed=seed, iterations=part.iterations, workdir=folder)
+    distances = assign(points, centroids[0])[1] if part.rule == "closest" else None
+    for position in hierarchical_sample(paths, part.target, seed=seed, rule=part.rule, distances=distances):
+        add(members[position], {"part": part.name, "rule": f"balanced-{part.rule}",
+                                "cluster_path": paths[position].tolist()})  # fmt: skip
