@@ -131,7 +131,10 @@ def show_command(obj: Context, ref: str, as_json: bool) -> None:
     """Show a version's manifest summary."""
     from curation.api import open_version
 
-    manifest = open_version(ref, home=obj.home.root).manifest
+    version = open_version(ref, home=obj.home.root)
+    manifest = version.manifest
+    has_report = any(item["path"] == "reports/selection.json" for item in manifest["files"])
+    report = json.loads(version.root.get("reports/selection.json")) if has_report else None
 
     def render(manifest: dict) -> None:
         parent = manifest["parent"]["ref"] if manifest["parent"] else "-"
@@ -141,6 +144,16 @@ def show_command(obj: Context, ref: str, as_json: bool) -> None:
                    f"kept {counts['kept_inputs']}, rejected {counts['rejected_inputs']}")  # fmt: skip
         click.echo(f"changes vs parent: +{manifest['changes']['added']} -{manifest['changes']['removed']}")
         _echo_dropped(manifest["dropped"])
+        if report:
+            click.echo("samples by part: " + ", ".join(f"{k} {v}" for k, v in report["samples_by_part"].items()))
+            for part, numbers in report["parts"].items():
+                if "top_clusters" in numbers:
+                    before, after = numbers["images_per_top_cluster_before"], numbers["selected_per_top_cluster"]
+                    click.echo(f"  {part}: {numbers['top_clusters']} top clusters; largest/smallest before "
+                               f"{max(before)}/{min(before)}, after {max(after)}/{min(after)}")  # fmt: skip
+                else:
+                    click.echo(f"  {part}: {numbers['pulls']} pulls")
+            click.echo("  plots: " + ", ".join(i["path"] for i in manifest["files"] if i["path"].endswith(".png")))
         click.echo(f"content sha256 {manifest['content_sha256']}")
 
     _emit(manifest, as_json, render)

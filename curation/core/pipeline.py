@@ -35,6 +35,7 @@ from curation.ingest import Block, plan_blocks
 from curation.ingest.stage import BlockSummary, block_output_key, ingest_block
 from curation.publish.release import publish
 from curation.select.compose import compose
+from curation.select.report import build_reports
 from curation.store.catalog import Catalog
 from curation.store.home import Home
 from curation.store.objects import read_parquet
@@ -156,9 +157,9 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
     kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, requests)
     if optout_step:
         lineage.append(optout_step)
-    selection = None
+    selection, reports = None, {}
     if spec.stages.select.mode == "compose":
-        selection, stats["select"] = _compose(spec, home, catalog, run_id, kept, model_id)
+        selection, stats["select"], reports = _compose(spec, home, catalog, run_id, kept, model_id)
     _select_stage(catalog, run_id, kept, selection)
     if selection is not None:
         kept = kept.filter(pa.array([image_id in selection for image_id in kept["image_id"].to_pylist()], pa.bool_()))
@@ -171,6 +172,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         staging=home.staging(spec, run_id),
         blobs=home.blobs(spec),
         samples=_samples(kept, selection),
+        reports=reports,
         provenance=_version_provenance(catalog, run_id),
         name=spec.name,
         run_id=run_id,
@@ -303,12 +305,13 @@ def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, mo
     vectors = None
     if model_id is not None and image_ids:
         vectors = np.asarray(load_matrix(catalog, home.vectors, model_id, image_ids), np.float32)
-    selection = compose(spec.stages.select, image_ids, [sources[i] for i in image_ids], vectors,
-                        workdir=home.runs.root / run_id / "select")  # fmt: skip
+    selection, details = compose(spec.stages.select, image_ids, [sources[i] for i in image_ids], vectors,
+                                 workdir=home.runs.root / run_id / "select")  # fmt: skip
     by_part = Counter(reason["part"] for reasons in selection.values() for reason in reasons)
     first_part = Counter(reasons[0]["part"] for reasons in selection.values())
-    return selection, {"images": len(image_ids), "selected": len(selection), "pulls_by_part": dict(by_part),
-                       "samples_by_part": dict(first_part)}  # fmt: skip
+    stats = {"images": len(image_ids), "selected": len(selection), "pulls_by_part": dict(by_part),
+             "samples_by_part": dict(first_part)}  # fmt: skip
+    return selection, stats, build_reports(details, selection)
 
 
 def _select_stage(catalog: Catalog, run_id: str, kept: pa.Table, selection: dict | None) -> None:

@@ -92,6 +92,7 @@ def publish(
     dropped: dict[str, dict[str, int]],
     max_samples: int,
     max_bytes: int,
+    reports: dict[str, bytes] | None = None,
     progress: bool = False,
 ) -> Release:
     _sync_catalog(catalog, target, name)
@@ -105,6 +106,10 @@ def publish(
     shard_files = write_shards(samples, blobs, staging, max_samples=max_samples, max_bytes=max_bytes, progress=progress)
     pq.write_table(provenance, staging / PROVENANCE)
     files = [file_entry(staging, PROVENANCE, "provenance")]
+    for relative, data in sorted((reports or {}).items()):  # selection reports: numbers and plots
+        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+        (staging / relative).write_bytes(data)
+        files.append(file_entry(staging, relative, "report"))
     for shard in shard_files:
         files += [file_entry(staging, shard.tar, "shard"), file_entry(staging, shard.index, "shard_index")]
 

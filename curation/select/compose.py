@@ -15,11 +15,13 @@ from curation.select.balance import hierarchical_sample
 from curation.select.kmeans import Level, assign, hierarchical_kmeans, kmeans
 from curation.select.retrieval import cluster_based, sample_based
 
+Reasons = dict[str, list[dict[str, Any]]]
+
 
 def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], vectors: np.ndarray | None,
-            workdir: Path | None = None) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """{image id: [reason, ...]} for the selected images. `sources[i]` are the sources image i came from;
-    `vectors[i]` its unit vector (needed by retrieval and balanced parts)."""
+            workdir: Path | None = None) -> tuple[Reasons, dict[str, dict[str, Any]]]:  # fmt: skip
+    """({image id: [reason, ...]} for the selected images, {part: report details}). `sources[i]` are the sources
+    image i came from; `vectors[i]` its unit vector (needed by retrieval and balanced parts)."""
     rng = np.random.default_rng(stage.seed)
     reserved = set()  # sources that are some part's seeds or curated set: not part of "the pool"
     for part in stage.parts:
@@ -27,6 +29,7 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
         reserved |= set(part.sources if isinstance(part, SourcePart) else ())
     pool = [i for i, came_from in enumerate(sources) if not came_from & reserved]
     reasons: dict[str, list[dict[str, Any]]] = {}
+    details: dict[str, dict[str, Any]] = {}
 
     def add(index: int, reason: dict[str, Any]) -> None:
         reasons.setdefault(image_ids[index], []).append(reason)
@@ -39,17 +42,17 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
             for index in members:
                 add(index, {"part": part.name, "rule": "source"})
         elif isinstance(part, RetrievalPart):
-            _retrieve(part, image_ids, sources, vectors, pool, stage.seed + number, add)
+            details[part.name] = _retrieve(part, image_ids, sources, vectors, pool, stage.seed + number, add)
         elif isinstance(part, BalancedPart):
             members = pool if not part.sources else [i for i, c in enumerate(sources) if c & set(part.sources)]
-            _balance(part, members, vectors, stage.seed + number, workdir, add)
-    return reasons
+            details[part.name] = _balance(part, members, vectors, stage.seed + number, workdir, add)
+    return reasons, details
 
 
-def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add) -> None:
+def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add) -> dict[str, Any]:
     seeds = [i for i, came_from in enumerate(sources) if came_from & set(part.seeds)]
     if not seeds or not pool:
-        return
+        return {"kind": "retrieval", "similarities": []}
     pool_vectors, seed_vectors = vectors[pool], vectors[seeds]
     if part.method == "sample":
         pulls = sample_based(seed_vectors, pool_vectors, k=part.k, floor=part.floor, cap=part.cap)
@@ -63,11 +66,12 @@ def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add)
         if pull.seed_index >= 0:
             reason.update(seed_image=image_ids[seeds[pull.seed_index]], similarity=round(pull.similarity, 6))
         add(pool[pull.pool_index], reason)
+    return {"kind": "retrieval", "similarities": [pull.similarity for pull in pulls if pull.seed_index >= 0]}
 
 
-def _balance(part: BalancedPart, members: list[int], vectors, seed, workdir, add) -> None:
+def _balance(part: BalancedPart, members: list[int], vectors, seed, workdir, add) -> dict[str, Any]:
     if not members:
-        return
+        return {"kind": "balanced", "before": [], "after": []}
     levels = [
         Level(level.clusters, level.resampling_steps, level.sample_size, level.selection) for level in part.levels
     ]
@@ -75,6 +79,10 @@ def _balance(part: BalancedPart, members: list[int], vectors, seed, workdir, add
     folder = None if workdir is None else Path(workdir) / part.name
     paths, centroids = hierarchical_kmeans(points, levels, seed=seed, iterations=part.iterations, workdir=folder)
     distances = assign(points, centroids[0])[1] if part.rule == "closest" else None
-    for position in hierarchical_sample(paths, part.target, seed=seed, rule=part.rule, distances=distances):
+    chosen = hierarchical_sample(paths, part.target, seed=seed, rule=part.rule, distances=distances)
+    for position in chosen:
         add(members[position], {"part": part.name, "rule": f"balanced-{part.rule}",
                                 "cluster_path": paths[position].tolist()})  # fmt: skip
+    top = int(paths[:, 0].max()) + 1
+    return {"kind": "balanced", "before": np.bincount(paths[:, 0], minlength=top).tolist(),
+            "after": np.bincount(paths[chosen, 0], minlength=top).tolist()}  # fmt: skip

@@ -61,6 +61,23 @@ def test_compose_publishes_parts_with_reasons(ray_local, tmp_path, home):
     assert len(not_selected) + len(samples) == 10 + sum(zipf)
     assert result.stats["select"]["selected"] == len(samples)
 
+    report = json.loads(version.root.get("reports/selection.json"))
+    assert report["samples_by_part"] == {part: sum(s["part"] == part for s in samples) for part in by_part}
+    balanced = report["parts"]["balanced"]
+    assert sum(balanced["selected_per_top_cluster"]) == 20 and sum(balanced["images_per_top_cluster_before"]) == 53
+    assert sum(report["parts"]["retrieved"]["similarity_counts"]) == report["parts"]["retrieved"]["pulls"]
+    plots = [item["path"] for item in version.manifest["files"] if item["kind"] == "report"]
+    assert "reports/balanced-clusters-after.png" in plots and version.verify() == []
+    from PIL import Image
+
+    assert Image.open(version.root.open("reports/balanced-clusters-before.png")).size == (640, 240)
+    from click.testing import CliRunner
+
+    from curation.cli import cli
+
+    shown = CliRunner().invoke(cli, ["--home", str(home), "show", result.version]).output
+    assert "samples by part: " in shown and "balanced: 4 top clusters" in shown
+
     # Same spec, same seed: the same selection.
     again = curation.run(spec, home=tmp_path / "again")
     assert curation.open_version(again.version, home=tmp_path / "again").manifest["content_sha256"] == \
