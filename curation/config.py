@@ -97,6 +97,7 @@ class LevelSpec(Strict):
     resampling_steps: int = Field(default=0, ge=0)  # re-cluster points resampled from every cluster
     sample_size: int = Field(default=10, ge=1)  # points per cluster at each resampling step
     selection: Literal["closest", "random"] = "closest"  # which points a resampling step takes
+    split: int = Field(default=1, ge=1)  # finest level only: split each cluster into this many by k-means
 
 
 class SourcePart(Strict):

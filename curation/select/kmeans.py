@@ -16,8 +16,35 @@ import numpy as np
 CHUNK = 65_536
 
 
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _assign_cuda(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chunked |x|^2 - 2 x.c + |c|^2 and argmin on the GPU (fp32)."""
+    import torch
+
+    table = torch.from_numpy(np.ascontiguousarray(centroids, np.float32)).cuda()
+    norms = (table * table).sum(dim=1)
+    labels = np.empty(len(points), np.int64)
+    distances = np.empty(len(points), np.float32)
+    for start in range(0, len(points), CHUNK):
+        batch = torch.from_numpy(np.ascontiguousarray(points[start : start + CHUNK], np.float32)).cuda()
+        squared = (batch * batch).sum(dim=1, keepdim=True) - 2 * batch @ table.T + norms
+        best, index = squared.min(dim=1)
+        labels[start : start + CHUNK] = index.cpu().numpy()
+        distances[start : start + CHUNK] = best.clamp_(min=0).cpu().numpy()
+    return labels, distances
+
+
 def assign(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest centroid index, squared distance) per point, in chunks."""
+    """(nearest centroid index, squared distance) per point, in chunks: torch on CUDA, FAISS on CPU."""
+    if _cuda():
+        return _assign_cuda(points, centroids)
     import faiss
 
     index = faiss.IndexFlatL2(centroids.shape[1])
@@ -70,6 +97,7 @@ class Level:
     resampling_steps: int = 0  # Vo et al.: re-run k-means on points resampled from every cluster
     sample_size: int = 10  # points taken per cluster at each resampling step
     selection: str = "closest"  # closest (to the centroid) | random
+    split: int = 1  # finest level only: split each cluster into this many (how Vo et al. reached 10M leaves)
 
 
 def resample(points: np.ndarray, centroids: np.ndarray, level: Level, rng: np.random.Generator) -> np.ndarray:
@@ -120,7 +148,29 @@ def hierarchical_kmeans(points: np.ndarray, levels: list[Level], *, seed: int = 
         if depth > 0:
             node = labels[node]
         paths[:, len(levels) - 1 - depth] = node
+    if levels[0].split > 1:
+        leaves, leaf_centroids = _split(np.asarray(points, np.float32), labels_per_level[0], levels[0].split, seed,
+                                        iterations, workdir)  # fmt: skip
+        paths = np.concatenate([paths, leaves[:, None]], axis=1)
+        all_centroids.insert(0, leaf_centroids)
     return paths, all_centroids
+
+
+def _split(points: np.ndarray, labels: np.ndarray, parts: int, seed: int, iterations: int,
+           workdir: Path | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Split every finest cluster into `parts` by k-means inside it: leaf id = cluster x parts + sub-cluster."""
+    if workdir is not None and (Path(workdir) / "split-leaves.npy").exists():
+        return np.load(Path(workdir) / "split-leaves.npy"), np.load(Path(workdir) / "split-centroids.npy")
+    leaves = np.empty(len(points), np.int64)
+    centroids = np.zeros((int(labels.max() + 1) * parts, points.shape[1]), np.float32)
+    for cluster in np.unique(labels):
+        members = np.flatnonzero(labels == cluster)
+        sub_centroids, sub_labels = kmeans(points[members], parts, iterations=iterations, seed=seed + int(cluster))
+        leaves[members] = cluster * parts + sub_labels
+        centroids[cluster * parts : cluster * parts + len(sub_centroids)] = sub_centroids
+    _cached(workdir, "split-centroids", lambda: centroids)
+    _cached(workdir, "split-leaves", lambda: leaves)  # written last: the split's completion marker
+    return leaves, centroids
 
 
 def _cached(workdir: Path | None, name: str, compute) -> np.ndarray:

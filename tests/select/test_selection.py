@@ -106,6 +106,19 @@ def test_hierarchical_kmeans_resumes_from_its_artefacts(tmp_path):
     assert np.array_equal(fresh, paths)  # same seed, same clustering, with or without the cache
 
 
+def test_split_refines_each_finest_cluster(tmp_path):
+    points, _ = long_tailed_toy(2)
+    levels = [Level(20, split=3), Level(5)]
+    paths, centroids = hierarchical_kmeans(points, levels, seed=1, workdir=tmp_path)
+    assert paths.shape == (len(points), 3)  # top, finest, split leaves
+    assert np.array_equal(paths[:, 2] // 3, paths[:, 1])  # every leaf sits inside its finest cluster
+    assert len(np.unique(paths[:, 2])) > len(np.unique(paths[:, 1])) and centroids[0].shape == (60, 2)
+    again, _ = hierarchical_kmeans(points, levels, seed=1, workdir=tmp_path)
+    assert np.array_equal(again, paths)
+    selected = hierarchical_sample(paths, 100, seed=0)
+    assert len(selected) == 100
+
+
 def unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
