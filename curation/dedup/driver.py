@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.config import PipelineSpec
+from curation.config import DedupStage, PipelineSpec
 from curation.dedup.graph import cross_edges, knn_edges
 from curation.dedup.groups import Edges, Member, components, group_duplicates
 from curation.dedup.perceptual import near_pairs, phash
@@ -24,6 +24,7 @@ from curation.embed.vectors import load_matrix
 from curation.ingest import Block, plan_blocks
 from curation.ingest.raw import chunk
 from curation.ingest.stage import block_output_key, ingest_block
+from curation.publish.release import resolve
 from curation.store.blobs import BlobStore
 from curation.store.catalog import Catalog
 from curation.store.home import Home
@@ -65,8 +66,6 @@ def _pixels(kept: pa.Table) -> tuple[list[str], list[int]]:
 
 def _published_images(catalog: Catalog, refs: tuple[str, ...], pool: set[str]) -> dict[str, int]:
     """{image id: pixel count} of the images in the given versions that are not in this pool."""
-    from curation.publish.release import resolve
-
     found: dict[str, int] = {}
     for ref in refs:
         row = resolve(catalog, ref)
@@ -163,8 +162,8 @@ def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: 
         return {"evaluation_images": len(eval_ids), "dropped_images": 0}, {}
     pool = np.asarray(load_matrix(catalog, home.vectors, model_id, pool_ids), np.float32)
     references = np.asarray(load_matrix(catalog, home.vectors, model_id, eval_ids), np.float32)
-    hits_i, hits_j, hits_s = cross_edges(pool, references, settings.threshold, spec.stages.dedup or _default_dedup())
-    pool_i, pool_j, pool_s = knn_edges(pool, settings.threshold, spec.stages.dedup or _default_dedup())
+    hits_i, hits_j, hits_s = cross_edges(pool, references, settings.threshold, spec.stages.dedup or DedupStage())
+    pool_i, pool_j, pool_s = knn_edges(pool, settings.threshold, spec.stages.dedup or DedupStage())
     count = len(pool_ids)
     graph = [
         Edges("pool", pool_i, pool_j, pool_s, settings.threshold),
@@ -190,9 +189,3 @@ def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: 
                                   settings.threshold, eval_id))  # fmt: skip
     catalog.record_duplicates(run_id, "decontaminate", members, model_id)
     return {"evaluation_images": len(eval_ids), "dropped_images": len(verdicts)}, verdicts
-
-
-def _default_dedup():
-    from curation.config import DedupStage
-
-    return DedupStage()

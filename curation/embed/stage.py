@@ -7,8 +7,11 @@ own row (an error in the index), never the rest of its batch.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from curation.config import EmbedStage
 from curation.embed.registry import create_embedder
@@ -28,8 +31,6 @@ class EmbedSummary:
 
 class EmbedBlocks:
     def __init__(self, stage: EmbedStage, blobs: BlobStore, vectors: ObjectStore, run_id: str):
-        import os
-
         cpus = stage.cpus_per_actor
         os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
         if stage.model != "builtin":
@@ -51,8 +52,6 @@ class EmbedBlocks:
             vectors, batch_errors = self.embedder.embed(batch)
             parts.append(vectors)
             errors.extend(batch_errors)
-        import numpy as np
-
         vectors = np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
         embedded = write_block(self.vectors, self.embedder.model_id, self.embedder.dim, self.run_id, block.index,
                                image_ids, vectors, errors)  # fmt: skip
