@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
 CHUNK = 65_536
 
@@ -58,33 +59,46 @@ def assign(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, sample: int = 64) -> np.ndarray:
-    """k-means++ seeding on a random subsample of at most `sample` x k points (exact seeding is O(N k d))."""
-    pool = points[rng.choice(len(points), min(len(points), sample * k), replace=False)].astype(np.float32)
+    """k-means++ seeding on a random subsample of at most `sample` x k points (exact seeding is O(N k d)).
+    Distances to each new centre come from one matrix-vector product: |x|^2 - 2 x.c + |c|^2."""
+    pool = np.ascontiguousarray(
+        points[rng.choice(len(points), min(len(points), sample * k), replace=False)], np.float32
+    )
+    norms = (pool * pool).sum(axis=1)
     chosen = [int(rng.integers(len(pool)))]
-    nearest = ((pool - pool[chosen[0]]) ** 2).sum(axis=1)
+    nearest = np.maximum(norms - 2 * pool @ pool[chosen[0]] + norms[chosen[0]], 0)
     for _ in range(1, k):
-        total = nearest.sum()
+        total = float(nearest.sum())
         pick = int(rng.choice(len(pool), p=nearest / total)) if total > 0 else int(rng.integers(len(pool)))
         chosen.append(pick)
-        nearest = np.minimum(nearest, ((pool - pool[pick]) ** 2).sum(axis=1))
+        np.minimum(nearest, np.maximum(norms - 2 * pool @ pool[pick] + norms[pick], 0), out=nearest)
     return pool[chosen].copy()
+
+
+def cluster_sums(points: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of the points as one sparse one-hot matrix product (float32 throughout)."""
+    one_hot = csr_matrix((np.ones(len(labels), np.float32), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
+    return np.asarray(one_hot @ points, np.float32)
 
 
 def kmeans(points: np.ndarray, k: int, *, iterations: int = 20, seed: int = 0,
            init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(centroids [k, d], labels [n]). Empty clusters are re-seeded with the points farthest from their centroid."""
+    """(centroids [k, d] float32, labels [n]). Empty clusters are re-seeded with the points farthest from their
+    centroid. With `init`, k is its row count (at most the number of points)."""
     rng = np.random.default_rng(seed)
     points = np.asarray(points, np.float32)
-    k = min(k, len(points))
-    centroids = init.astype(np.float32).copy() if init is not None else kmeans_plus_plus(points, k, rng)
+    if init is not None:
+        centroids = np.asarray(init, np.float32)[: len(points)].copy()
+    else:
+        centroids = kmeans_plus_plus(points, min(k, len(points)), rng)
+    k = len(centroids)
     labels = np.zeros(len(points), np.int64)
     for _ in range(iterations):
         labels, distances = assign(points, centroids)
-        counts = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, labels, points)
+        counts = np.bincount(labels, minlength=k).astype(np.float32)
+        sums = cluster_sums(points, labels, k)
         empty = np.flatnonzero(counts == 0)
-        centroids = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids)
+        centroids = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids).astype(np.float32)
         if len(empty):
             centroids[empty] = points[np.argsort(-distances)[: len(empty)]]
     labels, _ = assign(points, centroids)
@@ -105,17 +119,14 @@ def resample(points: np.ndarray, centroids: np.ndarray, level: Level, rng: np.ra
     current centroids. Dense modes contribute no more points than sparse ones, so centroids spread out over the
     support of the data instead of piling into its modes."""
     labels, distances = assign(points, centroids)
-    picked = []
-    for cluster in range(len(centroids)):
-        members = np.flatnonzero(labels == cluster)
-        if len(members) == 0:
-            continue
-        if level.selection == "closest":
-            members = members[np.argsort(distances[members], kind="stable")]
-        else:
-            members = rng.permutation(members)
-        picked.append(members[: level.sample_size])
-    subset = points[np.concatenate(picked)]
+    within = distances if level.selection == "closest" else rng.random(len(points))
+    order = np.lexsort((within, labels))  # by cluster, then closest (or a random order) first
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank_in_cluster = np.arange(len(order)) - starts
+    subset = points[order[rank_in_cluster < level.sample_size]]
+    if len(subset) < len(centroids):  # fewer points than clusters (many exact duplicates): nothing to re-fit
+        return centroids
     centroids, _ = kmeans(subset, len(centroids), iterations=10, seed=int(rng.integers(1 << 31)), init=centroids)
     return centroids
 

@@ -145,3 +145,11 @@ def test_cluster_based_retrieval_respects_min_seeds_and_caps():
     assert sorted(np.unique(clusters).tolist()) == [0, 1] and np.bincount(clusters).tolist() == [6, 6]
     assert len(cluster_based(pool_labels, seed_labels, min_seeds=2, per_cluster=6, cap=8)) == 8
     assert cluster_based(pool_labels, seed_labels, min_seeds=4, per_cluster=6) == []
+
+
+def test_many_exact_duplicates_and_float32_centroids():
+    """Fewer distinct points than clusters (resampling then has less to re-fit than there are centroids)."""
+    points = np.repeat(np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32), 50, axis=0)
+    paths, centroids = hierarchical_kmeans(points, [Level(20, resampling_steps=2, sample_size=1)], seed=0)
+    assert paths.shape == (400, 1) and centroids[0].shape == (20, 16) and centroids[0].dtype == np.float32
+    assert kmeans(points, 5, seed=1)[0].dtype == np.float32
