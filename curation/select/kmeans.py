@@ -68,8 +68,10 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, sampl
     chosen = [int(rng.integers(len(pool)))]
     nearest = np.maximum(norms - 2 * pool @ pool[chosen[0]] + norms[chosen[0]], 0)
     for _ in range(1, k):
-        total = float(nearest.sum())
-        pick = int(rng.choice(len(pool), p=nearest / total)) if total > 0 else int(rng.integers(len(pool)))
+        cumulative = np.cumsum(nearest, dtype=np.float64)
+        total = float(cumulative[-1])
+        pick = int(np.searchsorted(cumulative, rng.random() * total, side="right")) if total > 0 else -1
+        pick = pick if 0 <= pick < len(pool) else int(rng.integers(len(pool)))  # D^2 sampling, or uniform
         chosen.append(pick)
         np.minimum(nearest, np.maximum(norms - 2 * pool @ pool[pick] + norms[pick], 0), out=nearest)
     return pool[chosen].copy()
