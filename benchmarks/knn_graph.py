@@ -154,14 +154,18 @@ class Instrumented:
         self.graph = graph
         self.build_s = 0.0
         self.search_s = 0.0
+        self.imbalance: float | None = None
         original_index, original_searches = graph._faiss_index, graph._searches
 
         def faiss_index(*args, **kwargs):
             started = time.perf_counter()
             try:
-                return original_index(*args, **kwargs)
+                index = original_index(*args, **kwargs)
             finally:
                 self.build_s += time.perf_counter() - started
+            if hasattr(index, "invlists"):  # IVF: how uneven the lists are (1 = even; search cost grows with it)
+                self.imbalance = float(index.invlists.imbalance_factor())
+            return index
 
         def searches(*args, **kwargs):
             generator = original_searches(*args, **kwargs)
@@ -179,11 +183,14 @@ class Instrumented:
 
     def run(self, vectors: np.ndarray, threshold: float, settings) -> tuple[tuple[np.ndarray, ...], dict[str, float]]:
         self.build_s = self.search_s = 0.0
+        self.imbalance = None
         started = time.perf_counter()
         edges = self.graph.knn_edges(vectors, threshold, settings)
         total = time.perf_counter() - started
         split = {"s": total, "build_s": self.build_s, "search_s": self.search_s - self.build_s,
                  "post_s": total - self.search_s}  # fmt: skip
+        if self.imbalance is not None:
+            split["imbalance"] = self.imbalance
         return edges, split
 
 
@@ -321,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 best_ivf = edges
             print(f"  knn_edges ivf nprobe {nprobe:>3}: {split['s']:7.2f} s (build {split['build_s']:.2f}, search "
                   f"{split['search_s']:.2f}, post {split['post_s']:.2f}) = {split['s'] / baseline:.3f}x faiss flat; "
-                  f"{len(edges[0])} edges" + (f", edge recall {recall:.4f}" if recall is not None else ""),
-                  flush=True)  # fmt: skip
+                  f"{len(edges[0])} edges, list imbalance {split.get('imbalance', float('nan')):.2f}"
+                  + (f", edge recall {recall:.4f}" if recall is not None else ""), flush=True)  # fmt: skip
             if count == TARGET_N and recall is not None:  # only where flat gave the reference edges
                 figures[f"{prefix}_meets_target"] = int(split["s"] <= TARGET_S and recall >= TARGET_RECALL)
         i, j, similarity = flat_edges if flat_edges is not None else best_ivf
@@ -397,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size 16384), which searches k+1 (itself included). _build_s = index construction (IVF: k-means "
         "training on up to 256 x nlist vectors + add), _search_s = the batched searches, _post_s = the rest of "
         "knn_edges (thresholding, np.unique pair dedup); _ratio_vs_faiss_flat = total / baseline. "
-        "_edge_recall = share of flat's edges IVF also found. components/group_duplicates = curation.dedup.groups "
+        "_imbalance = the IVF lists' imbalance factor (faiss: 1 = equal lists). _edge_recall = share of flat's "
+        "edges IVF also found. components/group_duplicates = curation.dedup.groups "
         "on flat's edges (IVF's where flat was not run); dense_t<T>_* = IVF at a low threshold (many edges), recall "
         "against the edges of the baseline's own k-NN result (top k=64 with itself, so one neighbour fewer than "
         "knn_edges' k+1 search: a slightly smaller reference set). torch is imported up front (torch_import_s) because "

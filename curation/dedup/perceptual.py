@@ -1,6 +1,7 @@
 """Perceptual hash (pHash): 64 bits from the low frequencies of a 32x32 greyscale DCT.
 
-The same algorithm as imagededup's PHash (imagededup itself imports torch at package import, too heavy for a
+The pHash algorithm imagededup also uses, except that bits are `>` the median where imagededup uses `>=` (so hashes
+are not interchangeable with its lists); imagededup itself imports torch at package import, too heavy for a
 base install). Resized and re-encoded copies stay within a few bits; crops and flips do not.
 """
 
