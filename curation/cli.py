@@ -193,11 +193,9 @@ def verify_command(obj: Context, ref: str, as_json: bool) -> None:
 @click.pass_obj
 def diff_command(obj: Context, first: str, second: str, as_json: bool) -> None:
     """Image ids added and removed going from version FIRST to version SECOND."""
-    from curation.api import open_version
+    from curation.audit.queries import version_diff
 
-    before = set(open_version(first, home=obj.home.root).samples()["image_id"].to_pylist())
-    after = set(open_version(second, home=obj.home.root).samples()["image_id"].to_pylist())
-    data = {"from": first, "to": second, "added": sorted(after - before), "removed": sorted(before - after)}
+    data = version_diff(obj.home.root, first, second)
 
     def render(data: dict) -> None:
         for image_id in data["added"]:
@@ -216,22 +214,11 @@ def diff_command(obj: Context, first: str, second: str, as_json: bool) -> None:
 @click.pass_obj
 def rejects_command(obj: Context, run_id: str, as_json: bool, summary: bool) -> None:
     """What a run dropped and why (RUN: a run id, or 'latest')."""
+    from curation.audit.queries import run_rejects
+
     with obj.reader() as catalog:
-        run_id = catalog.run(run_id)["run_id"]
-        if summary:
-            rows = catalog.rows(
-                "SELECT stage, reason, count(*) AS inputs FROM outcomes WHERE run_id = ? AND status = 'rejected' "
-                "GROUP BY ALL ORDER BY inputs DESC, reason",
-                [run_id],
-            )
-            columns = ["stage", "reason", "inputs"]
-        else:
-            rows = catalog.rows(
-                "SELECT source, uri, image_id, stage, reason, detail FROM outcomes "
-                "WHERE run_id = ? AND status = 'rejected' ORDER BY source, uri",
-                [run_id],
-            )
-            columns = ["source", "uri", "reason", "detail"]
+        rows = run_rejects(catalog, catalog.run(run_id)["run_id"], summary=summary)
+    columns = ["stage", "reason", "inputs"] if summary else ["source", "uri", "reason", "detail"]
     _emit(rows, as_json, lambda rows: _table(rows, columns))
 
 
@@ -426,6 +413,85 @@ def statement_command(obj: Context, ref: str, out_dir: str, as_json: bool) -> No
 
     markdown, json_path, statement = write_statement(obj.home.root, ref, out_dir)
     _emit(statement, as_json, lambda _: click.echo(f"wrote {markdown} and {json_path}"))
+
+
+@cli.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Service settings (YAML).")
+@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8765).")
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Submitted specs may read local images only under this folder (default: the current one).",
+)
+@click.option(
+    "--specs-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Spec files the page offers; submitted specs resolve relative paths here (default ./pipelines).",
+)
+@click.option("--ray-address", default=None, help="Run jobs on this Ray cluster (default: Ray in-process).")
+@click.option("--public-optouts/--no-public-optouts", default=None,
+              help="Accept opt-out requests without a token (rate-limited; default on).")  # fmt: skip
+@click.pass_obj
+def serve_command(obj: Context, config_path, host, port, data_root, specs_dir, ray_address, public_optouts) -> None:
+    """Serve the HTTP API and the web page over this home. Create tokens with `curate token create`."""
+    from curation.service.app import serve
+    from curation.service.settings import load_settings
+
+    settings = load_settings(config_path, host=host, port=port, data_root=data_root, specs_dir=specs_dir,
+                             ray_address=ray_address, public_optouts=public_optouts)  # fmt: skip
+    serve(obj.home, settings)
+
+
+@cli.group("token")
+def token_group() -> None:
+    """API tokens for `curate serve` (stored hashed in HOME/service/tokens.json)."""
+
+
+@token_group.command("create")
+@click.option("--name", required=True, help="Who or what holds the token (shown in job records).")
+@click.option("--role", type=click.Choice(["viewer", "curator", "admin"]), required=True)
+@click.option("--expires", default=None, help="Lifetime, e.g. 90d, 12h, 30m (default: no expiry).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def token_create(obj: Context, name: str, role: str, expires: str | None, as_json: bool) -> None:
+    """Create a token and print it once (only its hash is kept)."""
+    from curation.service.tokens import TokenStore, parse_lifetime
+
+    lifetime = parse_lifetime(expires) if expires else None
+    token, record = TokenStore(obj.home.root).create(name, role, expires_in=lifetime)
+    data = {"token": token, **record.public()}
+
+    def render(data: dict) -> None:
+        click.echo(data["token"])
+        click.echo(f"(token {data['token_id']}, role {data['role']}, expires {data['expires_at'] or 'never'}; "
+                   "shown only now)", err=True)  # fmt: skip
+
+    _emit(data, as_json, render)
+
+
+@token_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def token_list(obj: Context, as_json: bool) -> None:
+    """Tokens and their state (active, expired, revoked); never the tokens themselves."""
+    from curation.service.tokens import TokenStore
+
+    rows = [record.public() for record in TokenStore(obj.home.root).list()]
+    _emit(rows, as_json, lambda rows: _table(rows, ["token_id", "name", "role", "state", "created_at", "expires_at"]))
+
+
+@token_group.command("revoke")
+@click.argument("token_id")
+@click.pass_obj
+def token_revoke(obj: Context, token_id: str) -> None:
+    """Revoke a token; the service refuses it from its next request on."""
+    from curation.service.tokens import TokenStore
+
+    record = TokenStore(obj.home.root).revoke(token_id)
+    click.echo(f"revoked {record.token_id} ({record.name}, {record.role})")
 
 
 def main() -> None:

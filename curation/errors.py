@@ -35,3 +35,7 @@ class VerifyError(CurationError):
 
 class RunError(CurationError):
     """A run id is unknown or a run cannot be resumed."""
+
+
+class RunCancelled(RunError):
+    """A run stopped because a cancel was requested; running its spec again resumes it."""

@@ -29,21 +29,22 @@ def domain_of(uri: str, source: str) -> str:
     return f"local:{source}"
 
 
-def _image_ids_for(catalog: Catalog, query: str) -> list[str]:
+def _image_ids_for(catalog: Catalog, query: str, local_files: bool) -> list[str]:
     if re.fullmatch(r"[0-9a-fA-F]{64}", query):
         return [query.lower()]
     path = Path(query).expanduser()
-    if path.is_file():  # an image file someone holds: its content address
+    if local_files and path.is_file():  # an image file someone holds: its content address
         return [hashlib.sha256(path.read_bytes()).hexdigest()]
     rows = catalog.rows("SELECT DISTINCT image_id FROM provenance WHERE uri = ? AND image_id IS NOT NULL", [query])
     return [row["image_id"] for row in rows]
 
 
-def audit_image(home: str | Path, query: str) -> dict[str, Any]:
+def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> dict[str, Any]:
     """Every pool, provenance row, run decision and version that holds an image (given as a file path, a SHA-256
-    or a URI), the versions that removed it and the requests that did."""
+    or a URI), the versions that removed it and the requests that did. The service passes `local_files=False`:
+    a query from the network must not read the server's files."""
     with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
-        image_ids = _image_ids_for(catalog, query)
+        image_ids = _image_ids_for(catalog, query, local_files)
         by_uri = [] if image_ids else catalog.rows("SELECT * FROM outcomes WHERE uri = ?", [query])
         report: dict[str, Any] = {"query": query, "image_ids": image_ids}
         if not image_ids:
@@ -85,6 +86,28 @@ def audit_image(home: str | Path, query: str) -> dict[str, Any]:
         return report
 
 
+def run_rejects(catalog: Catalog, run_id: str, *, summary: bool) -> list[dict[str, Any]]:
+    """What a run dropped: every rejected input with its reason, or counts per stage and reason."""
+    if summary:
+        return catalog.rows(
+            "SELECT stage, reason, count(*) AS inputs FROM outcomes WHERE run_id = ? AND status = 'rejected' "
+            "GROUP BY ALL ORDER BY inputs DESC, reason",
+            [run_id],
+        )
+    return catalog.rows(
+        "SELECT source, uri, image_id, stage, reason, detail FROM outcomes "
+        "WHERE run_id = ? AND status = 'rejected' ORDER BY source, uri",
+        [run_id],
+    )
+
+
+def version_diff(home: str | Path, first: str, second: str) -> dict[str, Any]:
+    """Image ids added and removed going from version `first` to version `second`."""
+    before = set(open_version(first, home=home).samples()["image_id"].to_pylist())
+    after = set(open_version(second, home=home).samples()["image_id"].to_pylist())
+    return {"from": first, "to": second, "added": sorted(after - before), "removed": sorted(before - after)}
+
+
 def audit_version(home: str | Path, ref: str) -> dict[str, Any]:
     """Composition by source, licence, domain and part; what was dropped and why; opt-outs applied."""
     version = open_version(ref, home=home)
@@ -119,6 +142,8 @@ def read_only_sql(home: str | Path, query: str) -> tuple[list[str], list[tuple]]
     import duckdb
 
     with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
+        if not catalog.read_only:
+            raise QueryError("SQL is offered only on a read-only connection (not inside the service)")
         try:
             cursor = catalog.db.execute(query)
             columns = [column[0] for column in cursor.description] if cursor.description else []

@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from curation.audit.apply import covered_images
 from curation.audit.matching import MatchSettings, exclusions_of
 from curation.audit.policy import license_verdict
 from curation.audit.registry import active_requests, list_requests
 from curation.config import EmbedStage, PipelineSpec
+from curation.core.progress import Progress
 from curation.dedup.driver import run_decontaminate, run_dedup
 from curation.embed.driver import run_embed_stage
 from curation.embed.vectors import load_matrix
-from curation.errors import RunError
+from curation.errors import RunCancelled, RunError
 from curation.executors import make_executor
 from curation.ingest import Block, plan_blocks
 from curation.ingest.stage import BlockSummary, block_output_key, ingest_block
@@ -66,8 +66,10 @@ def run_pipeline(
     home: Home,
     fresh: bool = False,
     ray_address: str | None = None,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> RunResult:
+    """Run `spec` (resuming its unfinished run unless `fresh`). `progress`: draw bars, or a Progress to report to."""
+    progress = progress if isinstance(progress, Progress) else Progress(show=progress)
     with Catalog.open(home.catalog_path) as catalog:
         run_id = None if fresh else catalog.unfinished_run(spec.sha256())
         if run_id is None:
@@ -76,8 +78,12 @@ def run_pipeline(
             log.info("run %s started", run_id)
         else:
             log.info("resuming unfinished run %s", run_id)
+        progress.begin_run(run_id)
         try:
             result = _execute(spec, home, catalog, run_id, ray_address, progress)
+        except RunCancelled:
+            catalog.mark_run(run_id, status="cancelled")
+            raise
         except BaseException:
             catalog.mark_run(run_id, status="failed")
             raise
@@ -114,7 +120,8 @@ class _Executor:
             self.executor.close()
 
 
-def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_address, progress) -> RunResult:
+def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_address,
+             progress: Progress) -> RunResult:  # fmt: skip
     stats: dict[str, Any] = {}
     started = time.perf_counter()
     blocks = _load_or_plan(spec, home, run_id)
@@ -140,6 +147,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             lineage.append({"stage": "embed", "params": spec.stages.embed.model_dump(mode="json"), **model})
             kept = _drop_images(catalog, run_id, "embed", 2, kept, verdicts)
         if spec.stages.dedup is not None:
+            progress.stage("dedup")
             stats["dedup"], verdicts = run_dedup(spec, home, catalog, run_id, kept, model_id, executor.get)
             kept = _drop_images(catalog, run_id, "dedup", 3, kept, verdicts)
             lineage.append(
@@ -154,9 +162,11 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         stats["startup_seconds"] = executor.startup_seconds
     finally:
         executor.close()
+    progress.stage("optout")
     kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, requests)
     if optout_step:
         lineage.append(optout_step)
+    progress.stage("select")
     selection, reports = None, {}
     if spec.stages.select.mode == "compose":
         selection, stats["select"], reports = _compose(spec, home, catalog, run_id, kept, model_id)
@@ -237,26 +247,22 @@ def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Tabl
     return _drop_images(catalog, run_id, "optout", 5, kept, verdicts), step
 
 
-def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, exclusions, progress) -> dict[str, Any]:
+def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, exclusions,
+            progress: Progress) -> dict[str, Any]:  # fmt: skip
     """Run the pending blocks; the rate excludes executor start-up (Ray takes seconds), reported on its own."""
     totals = Counter()
     seconds = 0.0
     if pending:
         runner = executor.get()
         started = time.perf_counter()
-        bar = tqdm(total=len(blocks), initial=len(blocks) - len(pending), desc="ingest", unit="block",
-                   disable=not progress, dynamic_ncols=True)  # fmt: skip
-        try:
+        with progress.bar("ingest", total=len(blocks), initial=len(blocks) - len(pending), unit="block") as bar:
             summary: BlockSummary
             for summary in runner.map(ingest_block, pending, spec, home.blobs(spec), home.runs, run_id, exclusions):
                 totals.update(inputs=summary.inputs, kept=summary.kept)
                 rate = totals["inputs"] / max(time.perf_counter() - started, 1e-9)
-                rejected = totals["inputs"] - totals["kept"]
-                bar.set_postfix(inputs=totals["inputs"], kept=totals["kept"], rejected=rejected, img_s=f"{rate:.0f}")
-                bar.update(1)
+                bar.update(1, inputs=totals["inputs"], kept=totals["kept"], rejected=totals["inputs"] - totals["kept"],
+                           img_s=round(rate))  # fmt: skip
             seconds = time.perf_counter() - started
-        finally:
-            bar.close()
     missing = [block.index for block in pending if not home.runs.exists(block_output_key(run_id, block.index))]
     if missing:  # an executor must never lose a block silently; rerunning resumes just these
         raise RunError(f"run {run_id}: {len(missing)} block(s) produced no output (first: {missing[:5]})")

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import DedupStage, PipelineSpec
+from curation.core.progress import Progress
 from curation.dedup.graph import cross_edges, knn_edges
 from curation.dedup.groups import Edges, Member, components, group_duplicates
 from curation.dedup.perceptual import near_pairs, phash
@@ -91,7 +92,7 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
         pixels = [sizes[image_id] for image_id in image_ids]
         if settings.copy_detection:
             embed_images(spec.stages.embed, home, catalog, f"{run_id}-published", list(published), home.blobs(spec),
-                         executor, False)  # fmt: skip
+                         executor, None)  # fmt: skip
     edges = []
     if settings.perceptual and image_ids:
         hashes = phashes_for(catalog, home.blobs(spec), image_ids, executor)
@@ -148,7 +149,7 @@ def _evaluation_images(spec: PipelineSpec, home: Home, run_id: str, executor: Ca
 
 
 def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
-                      model_id: str, executor: Callable[[], Any], progress: bool):  # fmt: skip
+                      model_id: str, executor: Callable[[], Any], progress: Progress):  # fmt: skip
     """Returns (stats, {pool image id: (Reason, detail)})."""
     settings = spec.stages.decontaminate
     evaluation = _evaluation_images(spec, home, run_id, executor)

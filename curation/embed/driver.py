@@ -15,9 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from curation.config import EmbedStage, PipelineSpec
+from curation.core.progress import Progress
 from curation.embed.registry import create_embedder
 from curation.embed.stage import EmbedBlocks, EmbedSummary
 from curation.embed.vectors import block_keys, read_block_index
@@ -43,7 +43,7 @@ def _actor_shape(stage: EmbedStage, cpus: float, gpus: float) -> tuple[int, floa
 
 
 def run_embed_stage(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
-                    executor: Callable[[], Any], progress: bool):  # fmt: skip
+                    executor: Callable[[], Any], progress: Progress):  # fmt: skip
     """Embed the run's kept images. Returns (stats, {model_id, dim}, {image id: (Reason, detail)}) where the
     verdicts drop the images the embedder could not process."""
     stats, model, failures = embed_images(spec.stages.embed, home, catalog, run_id, kept["image_id"].to_pylist(),
@@ -52,7 +52,7 @@ def run_embed_stage(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: st
 
 
 def embed_images(stage: EmbedStage, home: Home, catalog: Catalog, plan_id: str, image_ids: list[str],
-                 blobs, executor: Callable[[], Any], progress: bool, label: str = "embed"):  # fmt: skip
+                 blobs, executor: Callable[[], Any], progress: Progress | None, label: str = "embed"):  # fmt: skip
     """Vectors for `image_ids` under `stage`'s model, embedding only those the cache lacks. Resumable per
     `plan_id` (a run id). Returns (stats, {model_id, dim}, {image_id: error} for failures)."""
     model = describe_model(stage)
@@ -74,18 +74,13 @@ def embed_images(stage: EmbedStage, home: Home, catalog: Catalog, plan_id: str, 
         actors, cpus_each, gpus_each = _actor_shape(stage, *runner.resources())
         total = sum(len(block.items) for block in blocks)
         remaining = sum(len(block.items) for block in pending)
-        bar = tqdm(total=total, initial=total - remaining, desc=label, unit="img", disable=not progress,
-                   dynamic_ncols=True)  # fmt: skip
-        try:
+        with (progress or Progress()).bar(label, total=total, initial=total - remaining, unit="img") as bar:
             summary: EmbedSummary
             for summary in runner.map_actors(EmbedBlocks, pending, stage, blobs, vectors, plan_id,
                                              actors=actors, num_cpus=cpus_each, num_gpus=gpus_each):  # fmt: skip
                 images += summary.images
                 embedded += summary.embedded
-                bar.set_postfix(img_s=f"{images / max(time.perf_counter() - started, 1e-9):.0f}")
-                bar.update(summary.images)
-        finally:
-            bar.close()
+                bar.update(summary.images, img_s=round(images / max(time.perf_counter() - started, 1e-9)))
     seconds = time.perf_counter() - started
     missing = [block.index for block in pending if not vectors.exists(block_keys(model_id, plan_id, block.index)[1])]
     if missing:

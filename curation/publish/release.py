@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.core.progress import Progress
 from curation.errors import VerifyError, VersionError, VersionExistsError
 from curation.publish.manifest import (
     build_manifest,
@@ -93,7 +94,7 @@ def publish(
     max_samples: int,
     max_bytes: int,
     reports: dict[str, bytes] | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> Release:
     _sync_catalog(catalog, target, name)
     versions = catalog.versions(name)
@@ -103,7 +104,8 @@ def publish(
         return Release(ref, _read_manifest(target, name, mine[-1]["version"]), unchanged=False)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    shard_files = write_shards(samples, blobs, staging, max_samples=max_samples, max_bytes=max_bytes, progress=progress)
+    shard_files = write_shards(samples, blobs, staging, max_samples=max_samples, max_bytes=max_bytes,
+                               progress=progress or Progress())  # fmt: skip
     pq.write_table(provenance, staging / PROVENANCE)
     files = [file_entry(staging, PROVENANCE, "provenance")]
     for relative, data in sorted((reports or {}).items()):  # selection reports: numbers and plots

@@ -16,8 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
+from curation.core.progress import Progress
 from curation.store.blobs import BlobStore
 
 EXTENSION_BY_FORMAT = {
@@ -85,26 +85,29 @@ def sample_json(sample: dict[str, Any]) -> bytes:
 
 
 def write_shards(
-    samples: list[dict[str, Any]], blobs: BlobStore, root: Path, *, max_samples: int, max_bytes: int, progress: bool
+    samples: list[dict[str, Any]], blobs: BlobStore, root: Path, *, max_samples: int, max_bytes: int, progress: Progress
 ) -> list[ShardFile]:
     """Write `samples` (sorted by image id, rows of SAMPLE_SCHEMA without shard/member) into root/shards/."""
     (root / "shards").mkdir(parents=True, exist_ok=True)
     written: list[ShardFile] = []
     batch: list[dict[str, Any]] = []
     batch_bytes = 0
+    bar = progress.bar("publish", total=len(samples), unit="img")
 
     def flush() -> None:
         nonlocal batch, batch_bytes
         if batch:
             written.append(_write_one(batch, blobs, root, len(written)))
+            bar.update(len(batch), shards=len(written))
         batch, batch_bytes = [], 0
 
-    for sample in tqdm(samples, desc="publish", unit="img", disable=not progress, dynamic_ncols=True):
-        if batch and (len(batch) >= max_samples or batch_bytes + sample["bytes"] > max_bytes):
-            flush()
-        batch.append(sample)
-        batch_bytes += sample["bytes"]
-    flush()
+    with bar:
+        for sample in samples:
+            if batch and (len(batch) >= max_samples or batch_bytes + sample["bytes"] > max_bytes):
+                flush()
+            batch.append(sample)
+            batch_bytes += sample["bytes"]
+        flush()
     return written
 
 

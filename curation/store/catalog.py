@@ -2,6 +2,10 @@
 
 One writer: only the driver process opens it read-write, and Ray workers never touch it (they write block
 Parquet files that the driver commits here). Readers (CLI listings, audits) open it read-only.
+
+The service (`curate serve`) is the home's one writer process: it calls `Catalog.serve_in_process()` so that
+every open in the process, reader or writer, shares one read-write database (DuckDB refuses to mix read-only
+and read-write connections to a file in one process, and another process cannot open it while the service runs).
 """
 
 from __future__ import annotations
@@ -98,14 +102,24 @@ FROM provenance p JOIN (
 class Catalog:
     """A DuckDB file. Use `Catalog.open(path)` for the writer, `Catalog.open(path, read_only=True)` for readers."""
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection, path: Path):
+    _in_process: bool = False  # set by serve_in_process()
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool = False):
         self.db = connection
         self.path = path
+        self.read_only = read_only  # whether the connection itself refuses writes
+
+    @classmethod
+    def serve_in_process(cls) -> None:
+        """From now on this process is the catalog's only user: read-only opens share the read-write database."""
+        cls._in_process = True
 
     @classmethod
     def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 0.0) -> Catalog:
         """Open the catalog; with `wait_s`, wait that long for another process's lock (short writers queue)."""
         path = Path(path)
+        if read_only and cls._in_process:
+            return cls(duckdb.connect(str(path)), path)
         if read_only and not path.exists():
             writer = cls.open(path, wait_s=wait_s)  # create the schema once so readers of a fresh home see tables
             writer.close()
@@ -126,7 +140,7 @@ class Catalog:
                 time.sleep(0.05 + random.random() * 0.1)
         if not read_only:
             connection.execute(SCHEMA)
-        return cls(connection, path)
+        return cls(connection, path, read_only=read_only)
 
     def close(self) -> None:
         self.db.close()

@@ -51,6 +51,13 @@ class Home:
             return target.root / spec.name / f".staging-{run_id}"
         return self.root / "tmp" / f"publish-{run_id}"
 
+    def blobs_for(self, spec_json: dict) -> BlobStore:
+        """The blob store a stored (redacted) run spec used; S3 credentials come from the environment."""
+        from curation.api import s3_settings_of
+
+        stored = (spec_json.get("storage") or {}).get("blobs")
+        return BlobStore(open_store(stored or self.root / "blobs", s3_settings_of(spec_json)))
+
     def version_root(self, uri: str, s3: S3Settings | None = None) -> ObjectStore:
         """The store rooted at a published version's folder (its catalog `uri`)."""
         return open_store(uri, s3)
