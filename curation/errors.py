@@ -39,3 +39,7 @@ class RunError(CurationError):
 
 class RunCancelled(RunError):
     """A run stopped because a cancel was requested; running its spec again resumes it."""
+
+
+class TrainError(CurationError):
+    """Training refused or stopped: a superseded or corrupt dataset, a bad config, diverged (NaN) losses."""

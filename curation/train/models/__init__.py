@@ -1,0 +1,1 @@
+"""The backbone and the projection heads, built from config."""
