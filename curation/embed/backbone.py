@@ -6,8 +6,9 @@ A backbone is two files side by side (manifests/backbone.schema.json):
                            "weights": "NAME.safetensors", "weights_sha256": "...", "preprocess": {...}}
     NAME.safetensors      the state dict (safetensors: no pickle, so loading cannot run code)
 
-`family: timm` builds the architecture with timm (any timm ViT, DINOv2/DINOv3 included); the bundled trainer
-registers its own family when it lands. Select it with `stages.embed.model: bundled:path/to/NAME.json`.
+`family: timm` builds the architecture with timm (any timm ViT, DINOv2/DINOv3 included); `family: curation-vit`
+is the bundled trainer's ViT (curation/train/export.py), whose `kwargs` are its constructor arguments.
+Select it with `stages.embed.model: bundled:path/to/NAME.json`.
 """
 
 from __future__ import annotations
@@ -69,8 +70,15 @@ def read_backbone(path: str | Path) -> tuple[dict[str, Any], Path]:
 def _create_bundled(stage: EmbedStage, path: str) -> Embedder:
     description, weights = read_backbone(path)
     arch = description["arch"]
+    if arch["family"] == "curation-vit":  # the bundled trainer's own ViT (curation/train/export.py)
+        from curation.embed.torch_models import require
+
+        require("torch")
+        from curation.train.export import build_embedder
+
+        return build_embedder(description, weights, stage, label=f"bundled:{arch['name']}")
     if arch["family"] != "timm":
-        raise SpecError(f"{path}: unknown backbone family {arch['family']!r} (known: timm)")
+        raise SpecError(f"{path}: unknown backbone family {arch['family']!r} (known: timm, curation-vit)")
     embedder = build_timm(arch["name"], weights, stage, label=f"bundled:{arch['name']}", kwargs=arch["kwargs"])
     declared = Preprocess(**{**description["preprocess"], "mean": tuple(description["preprocess"]["mean"]),
                              "std": tuple(description["preprocess"]["std"])})  # fmt: skip

@@ -90,6 +90,11 @@ CREATE TABLE IF NOT EXISTS optout_removals (
     name VARCHAR NOT NULL, version INTEGER NOT NULL, image_id VARCHAR NOT NULL, request_id VARCHAR NOT NULL,
     method VARCHAR NOT NULL, similarity DOUBLE, via_image_id VARCHAR, PRIMARY KEY (name, version, image_id)
 );
+-- Trainer checkpoints and the version each read (lineage: checkpoint -> NAME@vN -> images).
+CREATE TABLE IF NOT EXISTS checkpoints (
+    path VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, version INTEGER NOT NULL, manifest_sha256 VARCHAR NOT NULL,
+    step BIGINT NOT NULL, created_at TIMESTAMPTZ NOT NULL
+);
 CREATE OR REPLACE VIEW outcomes AS
 SELECT p.run_id, p.block, p.position, p.source, p.uri, p.image_id, d.stage, d.status, d.reason, d.detail
 FROM provenance p JOIN (
@@ -362,6 +367,11 @@ class Catalog:
         self._insert_staged(
             samples, None, "INSERT INTO version_samples SELECT ?, ?, image_id, shard, part FROM staged", [name, number]
         )
+
+    def record_checkpoint(self, path: str, name: str, number: int, manifest_sha256: str, step: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+                       [path, name, number, manifest_sha256, step, datetime.now(UTC)])  # fmt: skip
 
     def versions(self, name: str | None = None) -> list[dict[str, Any]]:
         where, parameters = ("WHERE name = ?", [name]) if name else ("", [])
