@@ -140,7 +140,8 @@ class Catalog:
                     raise
                 if time.monotonic() >= deadline:
                     raise CatalogBusyError(
-                        f"{path} is in use by another process (a running `curate run`?): one writer at a time. {error}"
+                        f"{path} is in use by another process (a running `curate run`, or `curate serve`: then "
+                        f"submit through it): one writer at a time. {error}"
                     ) from None
                 time.sleep(0.05 + random.random() * 0.1)
         if not read_only:
