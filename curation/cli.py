@@ -228,15 +228,10 @@ def rejects_command(obj: Context, run_id: str, as_json: bool, summary: bool) -> 
 @click.pass_obj
 def dups_command(obj: Context, run_id: str, as_json: bool) -> None:
     """Duplicate and contamination groups of a run, with paths: what was kept, what went and why."""
+    from curation.audit.queries import run_duplicates
+
     with obj.reader() as catalog:
-        run_id = catalog.run(run_id)["run_id"]
-        rows = catalog.rows(
-            "SELECT d.stage, d.group_id, d.representative, d.image_id, d.method, d.similarity, d.threshold, "
-            "d.model_id, (SELECT min(uri) FROM provenance p WHERE p.run_id = d.run_id AND p.image_id = d.image_id) "
-            "AS uri, (SELECT min(uri) FROM provenance p WHERE p.run_id = d.run_id AND p.image_id = d.representative) "
-            "AS kept_uri FROM duplicates d WHERE d.run_id = ? ORDER BY d.stage, d.group_id, d.image_id",
-            [run_id],
-        )
+        rows = run_duplicates(catalog, catalog.run(run_id)["run_id"])
 
     def render(rows: list[dict]) -> None:
         group = None
@@ -361,6 +356,9 @@ def audit_image_command(obj: Context, query: str, as_json: bool) -> None:
         _table(report["decisions"], ["run_id", "stage", "status", "reason", "detail"])
         click.echo("in versions:")
         _table(report["versions"], ["ref", "status", "shard"])
+        if report["checkpoints"]:
+            click.echo("trainer checkpoints that read it:")
+            _table(report["checkpoints"], ["path", "dataset", "step"])
         if report["removed_from"]:
             click.echo("removed by opt-out:")
             _table(report["removed_from"], ["ref", "request_id", "method"])
@@ -384,6 +382,8 @@ def audit_version_command(obj: Context, ref: str, as_json: bool) -> None:
         for key in ("by_source", "by_license", "by_domain", "by_part", "optouts_applied"):
             click.echo(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in report[key].items()))
         _echo_dropped(report["dropped"])
+        click.echo("trainer checkpoints:")
+        _table(report["checkpoints"], ["path", "step", "created_at"])
 
     _emit(report, as_json, render)
 
@@ -394,7 +394,7 @@ def audit_version_command(obj: Context, ref: str, as_json: bool) -> None:
 @click.pass_obj
 def sql_command(obj: Context, query: str, as_json: bool) -> None:
     """Read-only SQL over the catalog (DuckDB): tables runs, sources, images, provenance, decisions, versions,
-    shards, version_samples, embeddings, optout_requests, optout_removals; view outcomes."""
+    shards, version_samples, embeddings, optout_requests, optout_removals, checkpoints; view outcomes."""
     from curation.audit.queries import read_only_sql
 
     columns, rows = read_only_sql(obj.home.root, query)
@@ -413,6 +413,58 @@ def statement_command(obj: Context, ref: str, out_dir: str, as_json: bool) -> No
 
     markdown, json_path, statement = write_statement(obj.home.root, ref, out_dir)
     _emit(statement, as_json, lambda _: click.echo(f"wrote {markdown} and {json_path}"))
+
+
+@cli.command("train")
+@click.option("--dataset", required=True, help="Published version to train on: NAME@vN (or NAME@latest).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Training config YAML (curation/train/configs/); defaults otherwise.")  # fmt: skip
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, log.jsonl, export/. An existing run there is resumed.")  # fmt: skip
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. run.steps=10.")
+@click.option("--allow-superseded", is_flag=True, help="Train even on a version superseded by an opt-out.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def train_command(obj: Context, dataset, config_path, out_dir, overrides, allow_superseded, as_json) -> None:
+    """Self-supervised DINOv2/DINOv3-style training on a published version (torchrun for several processes)."""
+    import yaml
+
+    from curation.train.config import load_train_config
+    from curation.train.train import train
+
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise click.BadParameter(f"expected SECTION.KEY=VALUE, got {item!r}", param_hint="--set")
+        parsed[key] = yaml.safe_load(value)
+    config = load_train_config(config_path, parsed)
+    result = train(config, home=obj.home.root, dataset=dataset, out_dir=out_dir, allow_superseded=allow_superseded)
+    last = result.history[-1] if result.history else {}
+    data = {"out_dir": str(result.out_dir), "steps": result.steps, "last": last,
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "export": str(result.export) if result.export else None}  # fmt: skip
+    loss = last.get("loss", float("nan"))
+    _emit(data, as_json, lambda d: click.echo(f"trained to step {d['steps']}: loss {loss:.4f}; "
+                                              f"checkpoint {d['checkpoint']}; backbone {d['export']}"))  # fmt: skip
+
+
+@cli.command("eval-knn")
+@click.argument("model")
+@click.option("--train", "train_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Labelled images: one sub-folder per class.")  # fmt: skip
+@click.option("--test", "test_dir", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--k", default=20, show_default=True)
+@click.option("--temperature", default=0.07, show_default=True)
+@click.option("--limit", type=int, default=None, help="At most this many images per class (a quick check).")
+@click.option("--json", "as_json", is_flag=True)
+def eval_knn_command(model, train_dir, test_dir, k, temperature, limit, as_json) -> None:
+    """Weighted k-NN accuracy of MODEL (a checkpoint .pt, an exported backbone .json, or an embed model name)."""
+    from curation.train.knn import evaluate_knn
+
+    report = evaluate_knn(model, train_dir, test_dir, k=k, temperature=temperature, limit=limit)
+    summary = f"k-NN top-1 {report['accuracy']:.4f} (k={k}, T={temperature}, {report['train_images']} train / "
+    _emit(report, as_json, lambda r: click.echo(summary + f"{r['test_images']} test images)"))
 
 
 @cli.command("serve")

@@ -81,7 +81,11 @@ def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> di
             for row in catalog.rows("SELECT request_id, kind, value, reason, requester, received_at FROM "
                                     "optout_requests WHERE request_id = ?", [request_id])
         ]  # fmt: skip
-        report["checkpoints"] = []  # filled once the bundled trainer records what it read
+        report["checkpoints"] = catalog.rows(
+            f"SELECT DISTINCT c.path, c.name || '@v' || c.version AS dataset, c.step, c.created_at FROM checkpoints c "
+            f"JOIN version_samples s USING (name, version) WHERE s.image_id IN ({marks}) ORDER BY c.created_at, c.path",
+            image_ids,
+        )
         report["found"] = bool(report["provenance"] or report["versions"])
         return report
 
@@ -97,6 +101,17 @@ def run_rejects(catalog: Catalog, run_id: str, *, summary: bool) -> list[dict[st
     return catalog.rows(
         "SELECT source, uri, image_id, stage, reason, detail FROM outcomes "
         "WHERE run_id = ? AND status = 'rejected' ORDER BY source, uri",
+        [run_id],
+    )
+
+
+def run_duplicates(catalog: Catalog, run_id: str) -> list[dict[str, Any]]:
+    """A run's duplicate and contamination groups: each dropped image with the kept one, method and score."""
+    return catalog.rows(
+        "SELECT d.stage, d.group_id, d.representative, d.image_id, d.method, d.similarity, d.threshold, "
+        "d.model_id, (SELECT min(uri) FROM provenance p WHERE p.run_id = d.run_id AND p.image_id = d.image_id) "
+        "AS uri, (SELECT min(uri) FROM provenance p WHERE p.run_id = d.run_id AND p.image_id = d.representative) "
+        "AS kept_uri FROM duplicates d WHERE d.run_id = ? ORDER BY d.stage, d.group_id, d.image_id",
         [run_id],
     )
 
@@ -122,6 +137,11 @@ def audit_version(home: str | Path, ref: str) -> dict[str, Any]:
     removed = Counter(item["request_id"] for item in manifest.get("removed", []))
     with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
         status = catalog.version(manifest["name"], manifest["version"])["status"]
+        checkpoints = catalog.rows(
+            "SELECT path, step, manifest_sha256, created_at FROM checkpoints WHERE name = ? AND version = ? "
+            "ORDER BY created_at, path",
+            [manifest["name"], manifest["version"]],
+        )
     return {
         "ref": version.ref,
         "status": status,
@@ -134,6 +154,7 @@ def audit_version(home: str | Path, ref: str) -> dict[str, Any]:
         "dropped": manifest["dropped"],
         "optouts_applied": dict(removed),
         "lineage": manifest["lineage"],
+        "checkpoints": checkpoints,
     }
 
 
