@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from curation.train.knn import weighted_knn  # noqa: E402
 from curation.train.layers.rope import Rope2D, apply_rope  # noqa: E402
 from curation.train.loss.centering import Centering, sinkhorn_knopp  # noqa: E402
 from curation.train.loss.dino import dino_loss  # noqa: E402
@@ -120,7 +122,7 @@ def test_rope_rotates_patches_only_and_depends_on_relative_position():
     rotated = apply_rope(q, sin, cos, prefix=1)
     assert torch.equal(rotated[:, :, 0], q[:, :, 0])
     assert torch.allclose(rotated.norm(dim=-1), q.norm(dim=-1))
-    dots = (rotated[0, 0, 1:] @ rotated[0, 0, 1:].t())  # equal steps in x: equal dot products
+    dots = rotated[0, 0, 1:] @ rotated[0, 0, 1:].t()  # equal steps in x: equal dot products
     assert dots[0, 1].item() == pytest.approx(dots[1, 2].item(), rel=1e-5)
     jittered = Rope2D(8, rescale=2.0).train()
     assert not torch.equal(jittered.coordinates(2, 2, torch.device("cpu")), rope.coordinates(2, 2, torch.device("cpu")))
@@ -138,3 +140,14 @@ def test_vit_presets_masks_and_any_resolution():
     assert not torch.allclose(masked[0], features["cls"][0]) and torch.allclose(masked[1], features["cls"][1])
     with pytest.raises(ValueError, match="unknown ViT preset"):
         vit_kwargs("huge")
+
+
+def test_weighted_knn_by_hand():
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.9, 0.12]])  # cosines to (1, 0): 1, 0.9939, 0.9912
+    labels = np.array([0, 1, 1])
+    test = np.array([[1.0, 0.0]])
+    # T=0.07: class 0 gets e^(1/0.07) = 1.60e6, class 1 e^(0.9939/0.07) + e^(0.9912/0.07) = 1.47e6 + 1.41e6: class 1
+    assert weighted_knn(train, labels, test, np.array([1]), k=3, temperature=0.07) == 1.0
+    assert weighted_knn(train, labels, test, np.array([0]), k=1) == 1.0  # only the nearest votes
+    # T=0.01: e^100 = 2.69e43 beats e^99.39 + e^99.12 = 2.58e43: the nearest dominates
+    assert weighted_knn(train, labels, test, np.array([0]), k=3, temperature=0.01) == 1.0
