@@ -177,16 +177,14 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
                                 ratio_min=config.loss.mask_ratio[0], ratio_max=config.loss.mask_ratio[1])  # fmt: skip
         lr, weight_decay = schedules.lr(step), schedules.weight_decay(step)
         set_hyperparameters(optimizer, lr, weight_decay)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            output = meta.losses(views, masks.to(device), schedules.teacher_temp(step), gram_weight, student_forward)
-        if not all_finite(output.loss):
-            raise TrainError(f"step {step}: the loss is not finite ({output.parts}); stopped (NaN guard). "
-                             f"Lower optim.lr or resume from {latest_checkpoint(out_dir)}")  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(meta.student.parameters(), config.optim.clip_grad)
-        optimizer.step()
-        meta.update_teacher(schedules.momentum(step))
+        try:
+            output, grad_norm = optimisation_step(meta, optimizer, student_forward, views, masks.to(device),
+                                                  teacher_temp=schedules.teacher_temp(step), gram_weight=gram_weight,
+                                                  momentum=schedules.momentum(step), clip=config.optim.clip_grad,
+                                                  autocast=autocast)  # fmt: skip
+        except FloatingPointError as error:
+            raise TrainError(f"step {step}: {error}; stopped (NaN guard). Lower optim.lr or resume from "
+                             f"{latest_checkpoint(out_dir)}") from None  # fmt: skip
         record = {"step": step, "loss": output.loss.item(), **output.parts, "lr": lr, "weight_decay": weight_decay,
                   "grad_norm": grad_norm.item(), "epoch": step // config.run.steps_per_epoch,
                   "images_per_s": (step + 1 - start_step) * config.optim.batch_size * world_size
@@ -209,6 +207,24 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
     if world_size > 1:
         dist.barrier()
     return result
+
+
+def optimisation_step(meta: SSLMetaArch, optimizer: torch.optim.Optimizer, student_forward, views: dict,
+                      masks: torch.Tensor, *, teacher_temp: float, gram_weight: float, momentum: float, clip: float,
+                      autocast: bool):  # fmt: skip
+    """Forward, NaN guard, backward, clipping, AdamW, EMA: one step (the benchmarks time exactly this).
+    Returns (StepOutput, gradient norm before clipping); raises FloatingPointError on a non-finite loss."""
+    device_type = views["global"].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+        output = meta.losses(views, masks, teacher_temp, gram_weight, student_forward)
+    if not all_finite(output.loss):
+        raise FloatingPointError(f"the loss is not finite ({output.parts})")
+    optimizer.zero_grad(set_to_none=True)
+    output.loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(meta.student.parameters(), clip)
+    optimizer.step()
+    meta.update_teacher(momentum)
+    return output, grad_norm
 
 
 def gram_phase(meta: SSLMetaArch, config: TrainConfig, step: int) -> tuple[float, int | None]:
