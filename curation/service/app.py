@@ -236,13 +236,27 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         from curation.audit.queries import run_rejects
 
         with Catalog.open(home.catalog_path, read_only=True) as catalog:
-            try:
-                run = catalog.run(run_id)
-            except CurationError as error:
-                raise HTTPException(404, str(error)) from None
+            run = catalog.run(_run_id(catalog, run_id))
             run["rejects"] = run_rejects(catalog, run["run_id"], summary=True)
         run["spec"], run["stats"] = json.loads(run.pop("spec_json")), json.loads(run.pop("stats_json") or "{}")
         return run
+
+    @route("GET", "/api/runs/{run_id}/rejects", "viewer")
+    def run_rejects(run_id: str, offset: int = 0, limit: int = 1000) -> dict:
+        """Every input the run dropped, with stage, reason and detail (paged)."""
+        from curation.audit.queries import run_rejects
+
+        with Catalog.open(home.catalog_path, read_only=True) as catalog:
+            rows = run_rejects(catalog, _run_id(catalog, run_id), summary=False)
+        return {"total": len(rows), "rejects": rows[offset : offset + max(1, min(limit, 10_000))]}
+
+    @route("GET", "/api/runs/{run_id}/duplicates", "viewer")
+    def run_duplicates(run_id: str) -> list[dict]:
+        """Duplicate and contamination groups: what was kept, what went, by which method and score."""
+        from curation.audit.queries import run_duplicates
+
+        with Catalog.open(home.catalog_path, read_only=True) as catalog:
+            return run_duplicates(catalog, _run_id(catalog, run_id))
 
     # --- datasets -----------------------------------------------------------------------------------------
     @route("GET", "/api/versions", "viewer")
@@ -448,6 +462,14 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         raise RuntimeError(f"API routes registered without a role: {unchecked}")
     app.state.jobs, app.state.tokens = jobs, tokens
     return app
+
+
+def _run_id(catalog: Catalog, run_id: str) -> str:
+    """The run id (or the latest run's for 'latest'); 404 when there is no such run."""
+    try:
+        return catalog.run(run_id)["run_id"]
+    except CurationError as error:
+        raise HTTPException(404, str(error)) from None
 
 
 def _spec_file(settings: ServiceSettings, name: str | None) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -147,3 +148,30 @@ def test_uploads_go_through_the_safe_decoder_and_size_limit(service):
     assert missing.status_code == 422
     withdraw = service.post("/api/optouts", role=None, data={"kind": "withdraw", "value": "opt-000001-00000000"})
     assert withdraw.status_code == 401
+
+
+def test_a_composed_version_serves_its_balance_plots_and_filters_by_part_and_cluster(service):
+    from tests.service.conftest import SPECS
+
+    job = service.wait_job(service.submit((SPECS / "balanced.yaml").read_text())["job_id"])
+    assert job["status"] == "finished", job
+    ref = job["version"]
+    summary = service.get(f"/api/versions/{ref}").json()
+    assert summary["report"]["samples_by_part"] == {"curated": 84, "balanced": 30}
+    assert summary["plots"] == ["reports/balanced-clusters-after.png", "reports/balanced-clusters-before.png"]
+    plot = service.get(f"/api/versions/{ref}/files/{summary['plots'][0]}")
+    assert plot.headers["content-type"] == "image/png" and Image.open(io.BytesIO(plot.content)).format == "PNG"
+
+    balanced = service.get(f"/api/versions/{ref}/samples", params={"part": "balanced", "limit": 500}).json()
+    assert balanced["total"] == 30 and all(sample["cluster"] for sample in balanced["samples"])
+    top = balanced["samples"][0]["cluster"].split("/")[0]
+    in_cluster = service.get(f"/api/versions/{ref}/samples", params={"cluster": top, "limit": 500}).json()
+    expected = [s["image_id"] for s in balanced["samples"] if s["cluster"].split("/")[0] == top]
+    assert [sample["image_id"] for sample in in_cluster["samples"]] == expected
+
+    rejects = service.get(f"/api/runs/{job['run_id']}/rejects").json()
+    reasons = Counter(row["reason"] for row in rejects["rejects"])
+    assert rejects["total"] == 204 - 114 and set(reasons) <= {"not_selected", "opted_out"}
+    assert reasons["not_selected"] >= 89  # and the image an earlier test opted out, if it ran: the run honours it
+    assert service.get(f"/api/runs/{job['run_id']}/duplicates").json() == []  # no dedup stage in this spec
+    assert service.get("/api/runs/no-such-run/rejects").status_code == 404
