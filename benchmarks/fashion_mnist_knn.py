@@ -83,8 +83,11 @@ def main() -> None:
     figures["raw_pixel_knn_top1"] = weighted_knn(pixels(train_paths), train_labels, pixels(test_paths), test_labels)
     figures["raw_pixel_s"] = round(time.perf_counter() - start, 1)
     with tempfile.TemporaryDirectory() as scratch:
-        models = (("ssl_vit", exported), ("random_init_vit", random_init_like(exported, Path(scratch))),
-                  ("random_init_vit_layerscale1", random_init_like(exported, Path(scratch), 1.0)))
+        models = (
+            ("ssl_vit", exported),
+            ("random_init_vit", random_init_like(exported, Path(scratch))),
+            ("random_init_vit_layerscale1", random_init_like(exported, Path(scratch), 1.0)),
+        )
         for name, path in models:
             start = time.perf_counter()
             embedder = create_embedder(EmbedStage(model=f"bundled:{path}"))
