@@ -65,6 +65,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import cores, cpu_model  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 OPENCLIPART = Path("/usr/share/openclipart/png")
 WALLPAPERS = Path("/usr/share/wallpapers")
@@ -97,24 +99,6 @@ PHASH_DISTANCES = (0, 4, 8, 10)
 BUILTIN_THRESHOLDS = (0.7, 0.8, 0.9, 0.95)
 VIT_THRESHOLDS = (0.9, 0.95)
 IMAGEDEDUP_DISTANCES = (10, 4)
-
-
-# --- machine -------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 # --- originals -----------------------------------------------------------------------------------------------

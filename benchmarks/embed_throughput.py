@@ -56,6 +56,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import cores, cpu_model  # noqa: E402
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 WIDTH, HEIGHT, QUALITY = 500, 375, 90
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,24 +77,6 @@ STUBBABLE = {
     "jsonschema": "embed/registry._load_plugins -> embed/backbone",
 }
 NEVER_IMPORTED = ("faiss", "ray", "webdataset")
-
-
-# --- machine -------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class CpuMeter:

@@ -54,26 +54,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import cores, cpu_model  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_N, TARGET_S, TARGET_RECALL = 100_000, 15.0, 0.95  # the target on this machine
-
-
-# --- machine -------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class CpuMeter:
