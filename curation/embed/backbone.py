@@ -8,7 +8,7 @@ A backbone is two files side by side (manifests/backbone.schema.json):
 
 `family: timm` builds the architecture with timm (any timm ViT, DINOv2/DINOv3 included); `family: curation-vit`
 is the bundled trainer's ViT (curation/train/export.py), whose `kwargs` are its constructor arguments.
-Select it with `stages.embed.model: bundled:path/to/NAME.json`.
+Select it with `stages.embed.model: bundled:path/to/NAME.json`; `bundled:default` is the shipped default embedder.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from curation.embed.torch_models import Preprocess, build_timm, sha256_file
 from curation.errors import SpecError
 
 FORMAT = "curation-backbone/1"
+# `bundled:default`: the embedder the project trains with its own trainer and ships (curation/train/default/).
+DEFAULT_BACKBONE = Path(__file__).resolve().parents[1] / "train" / "default" / "default-vit-tiny.json"
 
 
 def export_backbone(model, path: str | Path, *, family: str, name: str, preprocess: Preprocess,
@@ -68,6 +70,8 @@ def read_backbone(path: str | Path) -> tuple[dict[str, Any], Path]:
 
 @register_embedder("bundled")
 def _create_bundled(stage: EmbedStage, path: str) -> Embedder:
+    if path == "default":
+        path = str(DEFAULT_BACKBONE)
     description, weights = read_backbone(path)
     arch = description["arch"]
     if arch["family"] == "curation-vit":  # the bundled trainer's own ViT (curation/train/export.py)
