@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -65,7 +64,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model  # noqa: E402
+from benchmarks.common import cores, cpu_model, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OPENCLIPART = Path("/usr/share/openclipart/png")
@@ -661,21 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     if load_start > 0.5:
         notes.append(f"The 1-minute load average was {load_start:.2f} at start (other processes): only the *_s "
                      "timings are affected, not the quality figures.")  # fmt: skip
-    result = {
-        "benchmark": "copy_detection",
-        "device": device,
-        "machine": machine,
-        "date": f"{now:%Y-%m-%d}",
-        "datetime_utc": f"{now:%Y-%m-%dT%H:%M:%SZ}",
-        "command": command,
-        "figures": figures,
-        "notes": " ".join(notes),
-    }
     if not args.no_write:
-        output = args.output or RESULTS / f"copy_detection-cpu-{now:%Y-%m-%d}.json"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {output}")
+        write_result("copy_detection", "cpu", now, device=device, command=command, figures=figures, output=args.output,
+                     machine=machine, notes=" ".join(notes))  # fmt: skip
     return 0
 
 

@@ -36,7 +36,6 @@ import gzip
 import importlib.abc
 import importlib.machinery
 import io
-import json
 import math
 import os
 import platform
@@ -60,7 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model  # noqa: E402
+from benchmarks.common import cores, cpu_model, print_figures, write_result  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 WIDTH, HEIGHT, QUALITY = 500, 375, 90
@@ -593,28 +592,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.note:
         notes.append(args.note)
     print()
-    width = max(len(name) for name in figures)
-    for name, value in figures.items():
-        print(f"  {name:<{width}}  {value}")
+    print_figures(figures)
 
     if not args.no_write:
-        output = args.output or RESULTS / f"embed_throughput-{args.device}-{now:%Y-%m-%d}.json"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        result = {
-            "benchmark": "embed_throughput",
-            "device": device,
-            "machine": machine,
-            "date": now.strftime("%Y-%m-%d"),
-            "datetime_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": command,
-            "figures": figures,
-            "notes": " ".join(notes),
-            "models": models,
-            "batch_sizes": batch_sizes,
-            "stubbed_modules": mods["stubbed"],
-        }
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {output}")
+        write_result("embed_throughput", args.device, now, device=device, command=command, figures=figures,
+                     output=args.output, machine=machine, notes=" ".join(notes), models=models,
+                     batch_sizes=batch_sizes, stubbed_modules=mods["stubbed"])  # fmt: skip
     return 0
 
 

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model  # noqa: E402
+from benchmarks.common import cores, cpu_model, print_figures, write_result  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 SIZES = ((64, 64), (96, 72), (128, 96))  # (width, height), cycled by index
@@ -305,25 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         "no blob store, no manifest).",
     ]
     print()
-    width = max(len(name) for name in figures)
-    for name, value in figures.items():
-        print(f"  {name:<{width}}  {value}")
+    print_figures(figures)
 
     if not args.no_write:
-        output = args.output or RESULTS / f"ingest_publish-cpu-{now:%Y-%m-%d}.json"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        result = {
-            "benchmark": "ingest_publish",
-            "device": f"cpu: {machine['cpu']}, {machine['cores']} cores",
-            "machine": machine,
-            "date": now.strftime("%Y-%m-%d"),
-            "datetime_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": command,
-            "figures": figures,
-            "notes": " ".join(notes),
-        }
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {output}")
+        write_result("ingest_publish", "cpu", now, device=f"cpu: {machine['cpu']}, {machine['cores']} cores",
+                     command=command, figures=figures, output=args.output, machine=machine,
+                     notes=" ".join(notes))  # fmt: skip
     return 0
 
 

@@ -37,7 +37,6 @@ it. Timings are reported, never asserted; nothing imports this file.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -54,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model  # noqa: E402
+from benchmarks.common import cores, cpu_model, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_N, TARGET_S, TARGET_RECALL = 100_000, 15.0, 0.95  # the target on this machine
@@ -398,21 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         "(ivf_np<P>_100000_meets_target: 1 = met). Warm-up: one flat and one IVF run on 2,000 vectors first.",
         f"faiss {faiss.__version__} with {machine['faiss_omp_threads']} OpenMP threads, numpy {np.__version__}.",
     ]
-    result = {
-        "benchmark": "knn_graph",
-        "device": device,
-        "machine": machine,
-        "date": f"{now:%Y-%m-%d}",
-        "datetime_utc": f"{now:%Y-%m-%dT%H:%M:%SZ}",
-        "command": command,
-        "figures": figures,
-        "notes": " ".join(notes),
-    }
     if not args.no_write:
-        output = args.output or RESULTS / f"knn_graph-cpu-{now:%Y-%m-%d}.json"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {output}")
+        write_result("knn_graph", "cpu", now, device=device, command=command, figures=figures, output=args.output,
+                     machine=machine, notes=" ".join(notes))  # fmt: skip
     return 0
 
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
-import json
 import math
 import os
 import platform
@@ -68,7 +67,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model  # noqa: E402
+from benchmarks.common import cores, cpu_model, print_figures, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -625,26 +624,12 @@ def main(argv: list[str] | None = None) -> int:
         "hkmeans_seeding_estimate_s = the pool draw + k x one round (5 rounds of kmeans_plus_plus's loop timed). "
         "fmnist_entropy_balanced = fmnist_entropy_hkmeans.",
     ]
-    result = {
-        "benchmark": "selection_balance",
-        "device": device,
-        "machine": machine,
-        "date": f"{now:%Y-%m-%d}",
-        "datetime_utc": f"{now:%Y-%m-%dT%H:%M:%SZ}",
-        "command": command,
-        "figures": figures,
-        "notes": " ".join(notes),
-        "loadavg": Section.log,
-        "plots": plots,
-    }
     print("\nfigures:")
-    for key, value in figures.items():
-        print(f"  {key}: {value}")
+    print_figures(figures)
     if not args.no_write:
-        output = args.output or RESULTS / f"{stem}.json"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {output}")
+        write_result("selection_balance", args.device, now, device=device, command=command, figures=figures,
+                     output=args.output, machine=machine, notes=" ".join(notes), loadavg=Section.log,
+                     plots=plots)  # fmt: skip
     return 0
 
 
