@@ -19,7 +19,7 @@ from curation.store.objects import LocalStore  # noqa: E402
 from curation.train.data.shards import Sample, ShardInfo, read_shard, shard_infos  # noqa: E402
 from curation.train.data.stream import BatchStream, StreamSettings, assemble_batches  # noqa: E402
 from curation.train.dataset import open_training_set  # noqa: E402
-from tests.conftest import FIXTURE_IMAGES  # noqa: E402
+from tests.conftest import FIXTURE_IMAGES, S3_KEY_ID, S3_SECRET  # noqa: E402
 
 SPEC = {"name": "fixture", "sources": [{"kind": "folder", "name": "fixtures", "path": str(FIXTURE_IMAGES)}],
         "stages": {"decode": {"min_side": 16}}, "execution": {"executor": "local"},
@@ -122,3 +122,16 @@ def test_a_version_superseded_by_an_optout_is_refused_unless_allowed(tmp_path):
         open_training_set(home, "fixture@v1")
     assert open_training_set(home, "fixture@v1", allow_superseded=True).lineage["status"] == "superseded_by_optout"
     assert open_training_set(home, "fixture@latest").lineage["dataset"] == "fixture@v2"
+
+
+def test_stream_reads_a_version_published_to_s3(s3_spec, bucket, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    curation.run({**SPEC, "publish": {"uri": f"s3://{bucket}/datasets", "shard_max_samples": 64}, "s3": s3_spec},
+                 home=home)  # fmt: skip
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)  # readers take credentials from the environment
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    version = open_training_set(home, "fixture@v1").version
+    assert version.root.url("x").startswith(f"s3://{bucket}/")
+    stream = BatchStream(version.root, shard_infos(version.manifest), StreamSettings(16, 24, shuffle_buffer=32))
+    batch = next(iter(stream))
+    assert batch["images"].shape == (16, 3, 24, 24) and len(set(batch["image_ids"])) == 16
