@@ -513,4 +513,6 @@ def serve(home: Home, settings: ServiceSettings) -> None:
     RayExecutor(address=settings.ray_address)  # started once here (main thread); every run reuses it
     app = create_app(home, settings)
     print(f"curation service on http://{settings.host}:{settings.port}/  (home {home.root})", flush=True)
+    if not any(record.state() == "active" for record in TokenStore(home.root).list()):
+        print("no active API token yet: `curate token create --name YOU --role admin` prints one", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
