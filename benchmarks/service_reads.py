@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import requests
@@ -82,9 +83,10 @@ def load(service, paths: list[str], count: int, concurrency: int) -> dict[str, f
             "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1)}  # fmt: skip
 
 
-def timed_run(service, name: str) -> tuple[str, float]:
-    job = service.submit(run_spec(name), fresh=True)
-    return job["job_id"], time.perf_counter()
+def run_seconds(job: dict) -> float:
+    """The run's own duration, from the job record (started -> finished)."""
+    started, finished = (datetime.fromisoformat(job[key]) for key in ("started_at", "finished_at"))
+    return (finished - started).total_seconds()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,15 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             load(service, paths, 100, args.concurrency)  # warm-up: thumbnails made, versions cached
             idle = load(service, paths, args.requests, args.concurrency)
 
-            job_id, started = timed_run(service, "quiet")
-            service.wait_job(job_id)
-            quiet_run_s = time.perf_counter() - started
+            quiet_run_s = run_seconds(service.wait_job(service.submit(run_spec("quiet"), fresh=True)["job_id"]))
 
-            job_id, started = timed_run(service, "busy")
+            job_id = service.submit(run_spec("busy"), fresh=True)["job_id"]
             busy = load(service, paths, args.requests, args.concurrency)
             still_running = service.get(f"/api/jobs/{job_id}").json()["status"] == "running"
-            service.wait_job(job_id)
-            busy_run_s = time.perf_counter() - started
+            busy_run_s = run_seconds(service.wait_job(job_id))
         finally:
             service.stop()
 
@@ -133,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": args.concurrency,
     }
     print_figures(figures)
-    notes = ("The run was still writing when the reads finished." if still_running else
-             "The run finished before the reads did: the reads overlapped only part of it.")  # fmt: skip
+    notes = ("The reads started with the run and it was still writing when they finished: reads_during_run "
+             "is all under writes, the run only partly under reads." if still_running else
+             "The reads started with the run and outlasted it: the whole run was under reads, and the reads "
+             "after it finished ran against an idle server.")  # fmt: skip
     print(notes)
     if not args.no_write:
         write_result("service_reads", "cpu", now, device=device, command=command, figures=figures,
