@@ -36,6 +36,11 @@ from curation.train.knn import embed_paths, labelled_folder, weighted_knn
 from curation.train.models.vit import VisionTransformer
 
 RESULTS = Path(__file__).resolve().parent / "results"
+NOTES = (
+    "Small-scale CPU run, not the issue's GPU benchmark (pending): SSL on a shared 2-core CPU for the run's "
+    "steps only, k-NN on --limit images per class per split. random_init_vit uses the trained model's "
+    "initialisation (its LayerScale gain); random_init_vit_layerscale1 sets the gains to 1."
+)
 
 
 def pixels(paths: list[Path]) -> np.ndarray:
@@ -101,7 +106,7 @@ def main() -> None:
     result = {"benchmark": "fashion_mnist_knn", "device": f"cpu: {cpu}, {os.cpu_count()} cores (training and k-NN)",
               "date": now.strftime("%Y-%m-%d"), "datetime_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
               "command": "python benchmarks/fashion_mnist_knn.py " + " ".join(os.sys.argv[1:]),
-              "figures": figures}  # fmt: skip
+              "figures": figures, "notes": NOTES}  # fmt: skip
     print(json.dumps(result, indent=2))
     if not args.no_write:
         output = args.output or RESULTS / f"fashion_mnist_knn-cpu-{result['date']}.json"

@@ -41,6 +41,11 @@ from curation.train.train import optimisation_step
 RESULTS = Path(__file__).resolve().parent / "results"
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 MODELS = {"vit_s16": "small", "vit_b16": "base"}
+NOTES = (
+    "e2e = shard stream + device multi-crop + step; model_only = step on ready random crops; both with the "
+    "paper-size heads (65,536 prototypes). On CPU, peak = a GEMM measured right after each model's timed "
+    "steps, so MFU is relative to what the (possibly shared) CPU delivered then; GPU figures are pending."
+)
 
 
 def device_name(device: torch.device) -> str:
@@ -99,7 +104,7 @@ def run_steps(meta, optimizer, forward, make_inputs, steps: int, device: torch.d
     return time.perf_counter() - start
 
 
-def measure(name: str, preset: str, args, device: torch.device, figures: dict, peak: float) -> None:
+def measure(name: str, preset: str, args, device: torch.device, figures: dict) -> None:
     config, meta, optimizer, forward = build(preset, args, device)
     batch, grid = args.batch_size, 224 // 16
     autocast = device.type == "cuda"
@@ -132,13 +137,16 @@ def measure(name: str, preset: str, args, device: torch.device, figures: dict, p
     run_steps(meta, optimizer, forward, from_shards, args.warmup, device, autocast)
     e2e_s = run_steps(meta, optimizer, forward, from_shards, args.steps, device, autocast)
     model_rate, e2e_rate = args.steps * batch / model_s, args.steps * batch / e2e_s
+    peak, peak_source = peak_flops(device)  # right after the timed steps: on a shared CPU, under the same load
     figures.update({
         f"{name}_gflop_per_image": round(flops_per_image / 1e9, 1),
-        f"{name}_model_only_img_s": round(model_rate, 2),
-        f"{name}_e2e_img_s": round(e2e_rate, 2),
+        f"{name}_model_only_img_s": float(f"{model_rate:.3g}"),
+        f"{name}_e2e_img_s": float(f"{e2e_rate:.3g}"),
         f"{name}_e2e_ratio_to_model_only": round(e2e_rate / model_rate, 3),
         f"{name}_mfu_model_only": round(model_rate * flops_per_image / peak, 4),
         f"{name}_mfu_e2e": round(e2e_rate * flops_per_image / peak, 4),
+        f"{name}_peak_tflops": round(peak / 1e12, 4),
+        f"{name}_peak_source": peak_source,
     })  # fmt: skip
     print(name, {key: value for key, value in figures.items() if key.startswith(name)}, flush=True)
 
@@ -158,19 +166,17 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
-    peak, peak_source = peak_flops(device)
     figures = {"batch_size": args.batch_size, "crops": "2x224 + 8x96", "steps": args.steps, "warmup": args.warmup,
                "workers": args.workers, "compile": args.compile, "torch_threads": torch.get_num_threads(),
-               "losses": "dino + ibot + koleo, sinkhorn", "peak_tflops": round(peak / 1e12, 3),
-               "peak_source": peak_source}  # fmt: skip
+               "losses": "dino + ibot + koleo, sinkhorn"}  # fmt: skip
     for name in args.models:
-        measure(name, MODELS[name], args, device, figures, peak)
+        measure(name, MODELS[name], args, device, figures)
     now = datetime.now(UTC)
     kind = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).split()[-1].lower()
     result = {"benchmark": "train_throughput", "device": device_name(device), "date": now.strftime("%Y-%m-%d"),
               "datetime_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "torch": torch.__version__,
               "command": "python benchmarks/train_throughput.py " + " ".join(os.sys.argv[1:]),
-              "figures": figures}  # fmt: skip
+              "figures": figures, "notes": NOTES}  # fmt: skip
     print(json.dumps(result, indent=2))
     if not args.no_write:
         output = args.output or RESULTS / f"train_throughput-{kind}-{result['date']}.json"
