@@ -100,3 +100,15 @@ def home(tmp_path) -> Path:
 def write_spec(path: Path, spec: dict) -> Path:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def single_thread_torch():
+    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two threads that
+    spin while other processes hold the cores (the trainer tests use it; the default is restored after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 import curation  # noqa: E402
 from curation import audit  # noqa: E402

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 from curation.config import EmbedStage  # noqa: E402
 from curation.embed.backbone import DEFAULT_BACKBONE, read_backbone  # noqa: E402

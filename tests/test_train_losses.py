@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 from curation.train.knn import weighted_knn  # noqa: E402
 from curation.train.layers.rope import Rope2D, apply_rope  # noqa: E402

@@ -15,6 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 import curation  # noqa: E402
 from curation.audit.queries import audit_image, audit_version  # noqa: E402
