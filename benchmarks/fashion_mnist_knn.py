@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,9 @@ from curation.embed.torch_models import Preprocess
 from curation.train.knn import embed_paths, labelled_folder, weighted_knn
 from curation.train.models.vit import VisionTransformer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import command_line, cores, cpu_model, utc_now, write_result  # noqa: E402
+
 NOTES = (
     "Small-scale CPU run, not the issue's GPU benchmark (pending): SSL on a shared 2-core CPU for the run's "
     "steps only, k-NN on --limit images per class per split. random_init_vit uses the trained model's "
@@ -100,17 +101,11 @@ def main() -> None:
             figures[f"{name}_knn_top1"] = weighted_knn(train, train_labels, test, test_labels)
             figures[f"{name}_embed_s"] = round(time.perf_counter() - start, 1)
             print(name, figures[f"{name}_knn_top1"], flush=True)
-    now = datetime.now(UTC)
-    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name"))  # fmt: skip
-    result = {"benchmark": "fashion_mnist_knn", "device": f"cpu: {cpu}, {os.cpu_count()} cores (training and k-NN)",
-              "date": now.strftime("%Y-%m-%d"), "datetime_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "command": "python benchmarks/fashion_mnist_knn.py " + " ".join(os.sys.argv[1:]),
-              "figures": figures, "notes": NOTES}  # fmt: skip
-    print(json.dumps(result, indent=2))
+    print(figures)
     if not args.no_write:
-        output = args.output or RESULTS / f"fashion_mnist_knn-cpu-{result['date']}.json"
-        output.write_text(json.dumps(result, indent=2) + "\n")
+        write_result("fashion_mnist_knn", "cpu", utc_now(), device=f"cpu: {cpu_model()}, {cores()} cores (training and "
+                     "k-NN)", figures=figures, command=command_line(None, "benchmarks/fashion_mnist_knn.py"),
+                     output=args.output, notes=NOTES)  # fmt: skip
 
 
 if __name__ == "__main__":

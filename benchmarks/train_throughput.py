@@ -17,11 +17,8 @@ Timings are reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -38,7 +35,9 @@ from curation.train.meta_arch import SSLMetaArch
 from curation.train.optim import build_optimizer, set_hyperparameters
 from curation.train.train import optimisation_step
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import command_line, cores, cpu_model, utc_now, write_result  # noqa: E402
+
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 MODELS = {"vit_s16": "small", "vit_b16": "base"}
 NOTES = (
@@ -49,11 +48,7 @@ NOTES = (
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())  # fmt: skip
-    return f"cpu: {model}, {os.cpu_count()} cores"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {cpu_model()}, {cores()} cores"
 
 
 def peak_flops(device: torch.device) -> tuple[float, str]:
@@ -171,16 +166,12 @@ def main() -> None:
                "losses": "dino + ibot + koleo, sinkhorn"}  # fmt: skip
     for name in args.models:
         measure(name, MODELS[name], args, device, figures)
-    now = datetime.now(UTC)
     kind = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).split()[-1].lower()
-    result = {"benchmark": "train_throughput", "device": device_name(device), "date": now.strftime("%Y-%m-%d"),
-              "datetime_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "torch": torch.__version__,
-              "command": "python benchmarks/train_throughput.py " + " ".join(os.sys.argv[1:]),
-              "figures": figures, "notes": NOTES}  # fmt: skip
-    print(json.dumps(result, indent=2))
+    print(figures)
     if not args.no_write:
-        output = args.output or RESULTS / f"train_throughput-{kind}-{result['date']}.json"
-        output.write_text(json.dumps(result, indent=2) + "\n")
+        write_result("train_throughput", kind, utc_now(), device=device_name(device), figures=figures,
+                     command=command_line(None, "benchmarks/train_throughput.py"), output=args.output, notes=NOTES,
+                     torch=torch.__version__)  # fmt: skip
 
 
 if __name__ == "__main__":
