@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         "originals, lost = 0). A precision is left out when a method predicts no pair.",
         "exact = SHA-256 of the bytes; every copy here has different bytes (even resave: same pixels, new PNG), "
         "so exact finds none by construction: in the pipeline a byte-identical copy is the same image id already.",
-        "phash = curation.dedup.perceptual.phash + near_pairs (pigeonhole) at Hamming distance d; "
+        "phash = curation.dedup.perceptual.phash + near_pairs (FAISS binary index) at Hamming distance d; "
         "phash_d<d>_near_pairs_vs_brute_force_mismatch compares near_pairs with an all-pairs check (0 = equal). "
         "builtin = curation's weight-free 16x16 thumbnail embedder, knn_edges(index=flat, k=64) at cosine t. "
         f"default_* = the pipeline's defaults (perceptual d{defaults.phash_max_distance} + copy_detection "

@@ -14,6 +14,8 @@ from curation.decode.safe import open_rgb
 
 HASH_SIDE = 8
 DCT_SIDE = 32
+HASH_MASK = (1 << 64) - 1
+MIN_TABLE_BITS = 10  # shorter multi-hash tables put most hashes in one bucket: brute force is faster then
 
 
 def _dct_matrix(size: int) -> np.ndarray:
@@ -37,30 +39,37 @@ def phash(data: bytes) -> int:
 
 
 def hamming(first: int, second: int) -> int:
-    return (first ^ second).bit_count()
+    return ((first ^ second) & HASH_MASK).bit_count()
 
 
 def near_pairs(hashes: list[int], max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, distance), i < j, for hash pairs within `max_distance` bits, without comparing all pairs.
+    """(i, j, distance), i < j, for hash pairs within `max_distance` bits; -1 (an image without a hash) pairs
+    with nothing. Exact, in FAISS's binary indexes:
 
-    Pigeonhole: split the 64 bits into max_distance + 1 chunks; two hashes within max_distance bits agree exactly
-    on at least one chunk, so only hashes sharing a chunk value are compared.
+    - multi-index hashing while each table keeps >= MIN_TABLE_BITS bits (pigeonhole: split the bits into
+      max_distance + 1 tables; two hashes within max_distance bits agree exactly in at least one table, so only
+      hashes sharing a table entry are compared);
+    - brute-force Hamming search beyond that (popcounts in C++; results only, never an N x N matrix), since with
+      short tables nearly everything shares an entry.
     """
-    chunks = max_distance + 1
-    bounds = [int(bound) for bound in np.linspace(0, 64, chunks + 1)]
-    found: set[tuple[int, int]] = set()
-    for low, high in zip(bounds[:-1], bounds[1:]):
-        mask = (1 << (high - low)) - 1
-        buckets: dict[int, list[int]] = {}
-        for index, value in enumerate(hashes):
-            buckets.setdefault((value >> low) & mask, []).append(index)
-        for members in buckets.values():
-            for a in range(len(members)):
-                for b in range(a + 1, len(members)):
-                    found.add((members[a], members[b]))
-    pairs = sorted((i, j, hamming(hashes[i], hashes[j])) for i, j in found)
-    pairs = [pair for pair in pairs if pair[2] <= max_distance]
-    if not pairs:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
-    i, j, d = (np.array(column, np.int64) for column in zip(*pairs))
-    return i, j, d
+    import faiss
+
+    valid = np.fromiter((value >= 0 for value in hashes), bool, len(hashes))
+    rows = np.flatnonzero(valid)
+    codes = np.fromiter((hashes[row] & HASH_MASK for row in rows), np.uint64, len(rows)).view(np.uint8)
+    codes = codes.reshape(-1, 8)
+    empty = np.empty(0, np.int64)
+    if len(rows) < 2:
+        return empty, empty, empty
+    tables = max_distance + 1
+    if 64 // tables >= MIN_TABLE_BITS:
+        index = faiss.IndexBinaryMultiHash(64, tables, 64 // tables)
+    else:
+        index = faiss.IndexBinaryFlat(64)
+    index.add(codes)
+    limits, distances, neighbours = index.range_search(codes, max_distance + 1)  # radius is exclusive
+    queries = np.repeat(np.arange(len(rows)), np.diff(limits).astype(np.int64))
+    keep = queries < neighbours
+    order = np.lexsort((neighbours[keep], queries[keep]))
+    i, j = rows[queries[keep][order]], rows[neighbours[keep][order]]
+    return i.astype(np.int64), j.astype(np.int64), distances[keep][order].astype(np.int64)
