@@ -39,6 +39,13 @@ def _image_ids_for(catalog: Catalog, query: str, local_files: bool) -> list[str]
     return [row["image_id"] for row in rows]
 
 
+def _checkpoint_rows(catalog: Catalog, sql: str, parameters: list[Any]) -> list[dict[str, Any]]:
+    """A home last written before the trainer existed has no `checkpoints` table (readers do not create it)."""
+    if not catalog.rows("SELECT 1 FROM information_schema.tables WHERE table_name = 'checkpoints'"):
+        return []
+    return catalog.rows(sql, parameters)
+
+
 def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> dict[str, Any]:
     """Every pool, provenance row, run decision and version that holds an image (given as a file path, a SHA-256
     or a URI), the versions that removed it and the requests that did. The service passes `local_files=False`:
@@ -81,7 +88,8 @@ def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> di
             for row in catalog.rows("SELECT request_id, kind, value, reason, requester, received_at FROM "
                                     "optout_requests WHERE request_id = ?", [request_id])
         ]  # fmt: skip
-        report["checkpoints"] = catalog.rows(
+        report["checkpoints"] = _checkpoint_rows(
+            catalog,
             f"SELECT DISTINCT c.path, c.name || '@v' || c.version AS dataset, c.step, c.created_at FROM checkpoints c "
             f"JOIN version_samples s USING (name, version) WHERE s.image_id IN ({marks}) ORDER BY c.created_at, c.path",
             image_ids,
@@ -137,7 +145,8 @@ def audit_version(home: str | Path, ref: str) -> dict[str, Any]:
     removed = Counter(item["request_id"] for item in manifest.get("removed", []))
     with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
         status = catalog.version(manifest["name"], manifest["version"])["status"]
-        checkpoints = catalog.rows(
+        checkpoints = _checkpoint_rows(
+            catalog,
             "SELECT path, step, manifest_sha256, created_at FROM checkpoints WHERE name = ? AND version = ? "
             "ORDER BY created_at, path",
             [manifest["name"], manifest["version"]],
