@@ -96,10 +96,8 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
     edges = []
     if settings.perceptual and image_ids:
         hashes = phashes_for(catalog, home.blobs(spec), image_ids, executor)
-        i, j, distance = near_pairs(hashes, settings.phash_max_distance)
-        valid = (np.asarray(hashes)[i] >= 0) & (np.asarray(hashes)[j] >= 0) if len(i) else np.zeros(0, bool)
-        edges.append(Edges("perceptual", i[valid], j[valid], 1 - distance[valid] / 64,
-                           1 - settings.phash_max_distance / 64))  # fmt: skip
+        i, j, distance = near_pairs(hashes, settings.phash_max_distance)  # images without a hash pair with none
+        edges.append(Edges("perceptual", i, j, 1 - distance / 64, 1 - settings.phash_max_distance / 64))
     if settings.copy_detection and image_ids:
         vectors = np.asarray(load_matrix(catalog, home.vectors, model_id, image_ids), np.float32)
         i, j, similarity = knn_edges(vectors, settings.threshold, settings)
