@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -124,6 +125,8 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         keeper = Catalog.open(home.catalog_path)  # keeps the database open between requests
+        # Request handlers run on this many threads; fewer leave the run's driver thread more of the interpreter.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         if start_jobs:
             jobs.start()
         yield

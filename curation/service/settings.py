@@ -24,6 +24,7 @@ class ServiceSettings(Strict):
     public_optouts: bool = True
     public_optout_limit: str = "20/hour"  # COUNT/second|minute|hour|day
     max_upload_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    request_threads: int = Field(default=8, ge=1)  # concurrent request handlers (reads); runs have their own thread
 
     @field_validator("public_optout_limit")
     @classmethod
