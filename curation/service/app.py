@@ -17,10 +17,10 @@ from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
@@ -38,6 +38,7 @@ from curation.store.home import Home
 STATIC = Path(__file__).parent / "static"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 THUMBNAIL_SIDE = 192
+Offset = Annotated[int, Query(ge=0, le=2**53)]  # positions in listings and logs: bounded, so never an overflow
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         return _or_404(jobs.get, job_id)
 
     @route("GET", "/api/jobs/{job_id}/log", "viewer")
-    def job_log(job_id: str, offset: int = 0) -> dict:
+    def job_log(job_id: str, offset: Offset = 0) -> dict:
         text, next_offset = _or_404(jobs.log_text, job_id, offset)
         return {"text": text, "next_offset": next_offset}
 
@@ -245,13 +246,13 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         return run
 
     @route("GET", "/api/runs/{run_id}/rejects", "viewer")
-    def run_rejects(run_id: str, offset: int = 0, limit: int = 1000) -> dict:
+    def run_rejects(run_id: str, offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict:
         """Every input the run dropped, with stage, reason and detail (paged)."""
         from curation.audit.queries import run_rejects
 
         with Catalog.open(home.catalog_path, read_only=True) as catalog:
             rows = run_rejects(catalog, _run_id(catalog, run_id), summary=False)
-        return {"total": len(rows), "rejects": rows[offset : offset + max(1, min(limit, 10_000))]}
+        return {"total": len(rows), "rejects": rows[offset : offset + limit]}
 
     @route("GET", "/api/runs/{run_id}/duplicates", "viewer")
     def run_duplicates(run_id: str) -> list[dict]:
@@ -308,11 +309,11 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         return {"ref": version.ref, "ok": not problems, "files": len(version.manifest["files"]), "problems": problems}
 
     @route("GET", "/api/versions/{ref}/samples", "viewer")
-    def list_samples(ref: str, offset: int = 0, limit: int = 48, part: str | None = None, source: str | None = None,
-                     license: str | None = None, cluster: str | None = None) -> dict:  # fmt: skip
+    def list_samples(ref: str, offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=500)] = 48,
+                     part: str | None = None, source: str | None = None, license: str | None = None,
+                     cluster: str | None = None) -> dict:  # fmt: skip
         """A page of samples; filters: part, source, licence ('unknown' for none), cluster path prefix ('3/12')."""
         _version, rows = versions.samples(ref)
-        limit = max(1, min(limit, 500))
 
         def keep(row: dict) -> bool:
             return ((part is None or row["part"] == part) and (source is None or source in row["sources"])

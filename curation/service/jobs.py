@@ -183,10 +183,11 @@ class JobRunner:
         path = self.logs / f"{job_id}.log"
         if not path.exists():
             return "", 0
+        offset = min(max(offset, 0), path.stat().st_size)  # a position past the end reads nothing
         with path.open("rb") as file:
-            file.seek(max(offset, 0))
+            file.seek(offset)
             data = file.read()
-        return data.decode(errors="replace"), max(offset, 0) + len(data)
+        return data.decode(errors="replace"), offset + len(data)
 
     def _public(self, row: dict[str, Any]) -> dict[str, Any]:
         params, result = json.loads(row.pop("params_json")), json.loads(row.pop("result_json") or "null")
