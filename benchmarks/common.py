@@ -1,17 +1,23 @@
-"""What every benchmark records beside its figures: the machine, the date, the command; and where results go."""
+"""What the benchmarks share: the machine, date and command they record, the CPU meter, the Fashion-MNIST
+reader, and where results go."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import platform
 import shlex
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")  # Debian dataset-fashion-mnist
 
 
 def cpu_model() -> str:
@@ -29,6 +35,41 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+class CpuMeter:
+    """CPU seconds used by other processes while we measure (system busy time from /proc/stat minus our own): on a
+    shared machine a high share means the row's timings are pessimistic."""
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.start = self.snapshot()
+
+    def snapshot(self) -> tuple[float, float, float]:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+            busy = (sum(fields[:8]) - fields[3] - fields[4]) / self.tick  # all but idle and iowait
+        except (OSError, ValueError, IndexError):
+            busy = float("nan")
+        own = os.times()
+        return busy, own.user + own.system, time.perf_counter()
+
+    def foreign_share(self, since: tuple[float, float, float] | None = None) -> float:
+        """Share of all cores' time used by other processes since `since` (default: construction)."""
+        busy0, own0, wall0 = since or self.start
+        busy1, own1, wall1 = self.snapshot()
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(1e-9, (wall1 - wall0) * cores())
+
+
+def load_fashion_mnist() -> np.ndarray | None:
+    """(count, 28, 28) uint8 from the IDX file, or None when it is not installed."""
+    if not FASHION_MNIST.is_file():
+        return None
+    raw = gzip.decompress(FASHION_MNIST.read_bytes())
+    magic, count, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
+    if magic != 2051:
+        raise ValueError(f"{FASHION_MNIST}: not an IDX image file (magic {magic})")
+    return np.frombuffer(raw[16:], dtype=np.uint8).reshape(int(count), int(rows), int(cols))
 
 
 def command_line(argv: list[str] | None, script: str) -> str:

@@ -32,7 +32,6 @@ webdataset are not imported at all. Timings are reported, never asserted; nothin
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.abc
 import importlib.machinery
 import io
@@ -59,9 +58,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model, print_figures, write_result  # noqa: E402
+from benchmarks.common import CpuMeter, cores, cpu_model, load_fashion_mnist, print_figures, write_result  # noqa: E402
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 WIDTH, HEIGHT, QUALITY = 500, 375, 90
 RESULTS = Path(__file__).resolve().parent / "results"
 VIT_MODELS = ("timm:vit_small_patch16_224", "timm:vit_base_patch16_224")
@@ -76,30 +74,6 @@ STUBBABLE = {
     "jsonschema": "embed/registry._load_plugins -> embed/backbone",
 }
 NEVER_IMPORTED = ("faiss", "ray", "webdataset")
-
-
-class CpuMeter:
-    """CPU seconds used by other processes while we measure (system busy time from /proc/stat minus our own): on a
-    shared machine a high share means the row's timings are pessimistic."""
-
-    def __init__(self) -> None:
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.start = self.snapshot()
-
-    def snapshot(self) -> tuple[float, float, float]:
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-            busy = (sum(fields[:8]) - fields[3] - fields[4]) / self.tick  # all but idle and iowait
-        except (OSError, ValueError, IndexError):
-            busy = float("nan")
-        own = os.times()
-        return busy, own.user + own.system, time.perf_counter()
-
-    def foreign_share(self, since: tuple[float, float, float] | None = None) -> float:
-        """Share of all cores' time used by other processes since `since` (default: construction)."""
-        busy0, own0, wall0 = since or self.start
-        busy1, own1, wall1 = self.snapshot()
-        return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(1e-9, (wall1 - wall0) * cores())
 
 
 def short_name(model: str) -> str:
@@ -178,15 +152,6 @@ def import_embed_modules() -> dict[str, Any]:
 
 
 # --- data ----------------------------------------------------------------------------------------------------
-def load_fashion_mnist() -> np.ndarray | None:
-    """(count, 28, 28) uint8 from the IDX file, or None when it is not installed."""
-    if not FASHION_MNIST.is_file():
-        return None
-    raw = gzip.decompress(FASHION_MNIST.read_bytes())
-    magic, count, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
-    if magic != 2051:
-        raise ValueError(f"{FASHION_MNIST}: not an IDX image file (magic {magic})")
-    return np.frombuffer(raw[16:], dtype=np.uint8).reshape(int(count), int(rows), int(cols))
 
 
 class ImageMaker:

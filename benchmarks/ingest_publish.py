@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gzip
 import hashlib
 import io
 import json
@@ -50,23 +49,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model, print_figures, write_result  # noqa: E402
+from benchmarks.common import cores, cpu_model, load_fashion_mnist, print_figures, write_result  # noqa: E402
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 SIZES = ((64, 64), (96, 72), (128, 96))  # (width, height), cycled by index
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # --- data ----------------------------------------------------------------------------------------------------
-def load_fashion_mnist() -> np.ndarray | None:
-    """(count, 28, 28) uint8 from the IDX file, or None when it is not installed."""
-    if not FASHION_MNIST.is_file():
-        return None
-    raw = gzip.decompress(FASHION_MNIST.read_bytes())
-    magic, count, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
-    if magic != 2051:
-        raise ValueError(f"{FASHION_MNIST}: not an IDX image file (magic {magic})")
-    return np.frombuffer(raw[16:], dtype=np.uint8).reshape(int(count), int(rows), int(cols))
 
 
 def make_image(index: int, base: np.ndarray | None, rng: np.random.Generator) -> Image.Image:

@@ -53,32 +53,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model, write_result  # noqa: E402
+from benchmarks.common import CpuMeter, cores, cpu_model, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_N, TARGET_S, TARGET_RECALL = 100_000, 15.0, 0.95  # the issue's target on this machine
-
-
-class CpuMeter:
-    """Share of all cores' time used by other processes (system busy time from /proc/stat minus our own)."""
-
-    def __init__(self) -> None:
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.start = self.snapshot()
-
-    def snapshot(self) -> tuple[float, float, float]:
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-            busy = (sum(fields[:8]) - fields[3] - fields[4]) / self.tick
-        except (OSError, ValueError, IndexError):
-            busy = float("nan")
-        own = os.times()
-        return busy, own.user + own.system, time.perf_counter()
-
-    def foreign_share(self, since: tuple[float, float, float] | None = None) -> float:
-        busy0, own0, wall0 = since or self.start
-        busy1, own1, wall1 = self.snapshot()
-        return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(1e-9, (wall1 - wall0) * cores())
 
 
 def wait_for_idle(limit_s: float, below: float) -> tuple[float, float]:
