@@ -45,7 +45,10 @@ def test_a_curator_runs_browses_audits_and_opts_an_image_out_from_the_page(servi
     page.click("#submit-run")
     expect(page.locator("#submitted")).to_have_text(re.compile(r"queued job-"))
     expect(page.locator("[data-status=finished]")).to_have_count(1, timeout=180_000)
-    page.click("text=fashion@v1")
+    page.reload()  # the run list (CLI and page runs alike) is read when the page opens
+    page.locator("#runs tr", has_text="fashion-").click()
+    expect(page.locator("#rejects")).to_contain_text("nothing rejected")
+    page.locator("#jobs a", has_text="fashion@v1").click()
 
     # The version: summary, composition and the sample browser with thumbnails.
     expect(page.locator("#version-title")).to_contain_text("fashion@v1")

@@ -114,7 +114,17 @@ async function runsView() {
       el("label", {}, fresh, " fresh (do not resume an unfinished run of this spec)"), " ", submit,
       " ", el("span", { id: "submitted" })),
     el("section", {}, el("h2", {}, "Jobs"), jobsBox),
-    el("section", {}, el("h2", {}, "Log"), el("pre", { id: "log" }, "click a job")));
+    el("section", {}, el("h2", {}, "Log"), el("pre", { id: "log" }, "click a job")),
+    el("section", {}, el("h2", {}, "All runs (from this page and from the CLI)"), el("div", { id: "runs" }),
+      el("pre", { id: "rejects", hidden: "hidden" })));
+
+  async function showRejects(run) {
+    const detail = await json(`/api/runs/${encodeURIComponent(run.run_id)}`);
+    const box = document.getElementById("rejects");
+    box.textContent = detail.rejects.length ? detail.rejects.map((row) =>
+      `${row.stage}\t${row.reason}\t${row.inputs}`).join("\n") : `${run.run_id}: nothing rejected`;
+    box.hidden = false;
+  }
 
   async function showLog(job) {
     const log = await json(`/api/jobs/${job.job_id}/log`);
@@ -140,6 +150,10 @@ async function runsView() {
     ], showLog));
   }
   await refresh();
+  const runs = await json("/api/runs");
+  document.getElementById("runs").replaceChildren(table(runs, [["run_id", "run"], ["status", "status"],
+    [(run) => run.version ? el("a", { href: `#/version/${run.version}` }, run.version) : "", "version"],
+    ["started_at", "started"], ["finished_at", "finished"]], showRejects));
   poller = setInterval(() => refresh().catch((error) => showError(error.message)), 1000);
 }
 
