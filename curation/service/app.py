@@ -79,33 +79,32 @@ class TokenRequest(BaseModel):
     expires: str | None = None  # e.g. 90d, 12h
 
 
-class VersionCache:
-    """Opened versions by ref and manifest hash (versions are immutable, so entries never go stale)."""
+class SampleCache:
+    """Each version's sample rows (for the browser) and image ids (for thumbnails), read once per version: versions
+    are immutable, so an entry keyed by ref and manifest hash never goes stale."""
 
-    def __init__(self, home: Home, size: int = 16):
-        self.home, self.size = home, size
-        self._entries: OrderedDict[tuple[str, str], Any] = OrderedDict()
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str], tuple[list[dict[str, Any]], frozenset[str]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def samples(self, ref: str) -> tuple[Any, list[dict[str, Any]]]:
-        from curation.api import open_version
-
-        version = _or_404(open_version, ref, home=self.home.root)
+    def get(self, version) -> tuple[list[dict[str, Any]], frozenset[str]]:
         key = (version.ref, version.manifest_sha256)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
-                return version, self._entries[key]
+                return self._entries[key]
         rows = version.samples().drop_columns(["provenance"]).to_pylist()
         for row in rows:
             reasons = json.loads(row.pop("selection") or "[]")
             paths = [reason["cluster_path"] for reason in reasons if "cluster_path" in reason]
             row["cluster"] = "/".join(map(str, paths[0])) if paths else None
+        entry = (rows, frozenset(row["image_id"] for row in rows))
         with self._lock:
-            self._entries[key] = rows
+            self._entries[key] = entry
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
-        return version, rows
+        return entry
 
 
 def _or_404(function, *args, **kwargs):
@@ -119,7 +118,13 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
     tokens = TokenStore(home.root)
     jobs = JobRunner(home, settings)
     limiter = RateLimiter(*settings.optout_limit())
-    versions = VersionCache(home)
+    samples = SampleCache()
+
+    def open_ref(ref: str):
+        from curation.api import open_version
+
+        return _or_404(open_version, ref, home=home.root)
+
     thumbnails = home.root / "service" / "thumbnails"
     optout_lock = threading.Lock()
 
@@ -272,7 +277,7 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
     @route("GET", "/api/versions/{ref}", "viewer")
     def get_version(ref: str) -> dict:
         """The manifest's summary, the selection report and the plots that come with the version."""
-        version, _rows = versions.samples(ref)
+        version = open_ref(ref)
         manifest = version.manifest
         paths = {item["path"] for item in manifest["files"]}
         report = json.loads(version.root.get("reports/selection.json")) if "reports/selection.json" in paths else None
@@ -287,12 +292,12 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
 
     @route("GET", "/api/versions/{ref}/manifest", "viewer")
     def get_manifest(ref: str) -> dict:
-        return versions.samples(ref)[0].manifest
+        return open_ref(ref).manifest
 
     @route("GET", "/api/versions/{ref}/files/{path:path}", "viewer")
     def get_file(ref: str, path: str) -> Response:
         """A file the manifest lists (reports, provenance, shards): nothing else is reachable, whatever the path."""
-        version = versions.samples(ref)[0]
+        version = open_ref(ref)
         listed = {item["path"] for item in version.manifest["files"]}
         listed |= {shard[key] for shard in version.manifest["shards"] for key in ("tar", "index")}
         if path not in listed:
@@ -304,7 +309,7 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
 
     @route("POST", "/api/versions/{ref}/verify", "curator")
     def verify_version(ref: str) -> dict:
-        version = versions.samples(ref)[0]
+        version = open_ref(ref)
         problems = version.verify()
         return {"ref": version.ref, "ok": not problems, "files": len(version.manifest["files"]), "problems": problems}
 
@@ -313,7 +318,7 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
                      part: str | None = None, source: str | None = None, license: str | None = None,
                      cluster: str | None = None) -> dict:  # fmt: skip
         """A page of samples; filters: part, source, licence ('unknown' for none), cluster path prefix ('3/12')."""
-        _version, rows = versions.samples(ref)
+        rows, _ids = samples.get(open_ref(ref))
 
         def keep(row: dict) -> bool:
             return ((part is None or row["part"] == part) and (source is None or source in row["sources"])
@@ -331,8 +336,8 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
     @route("GET", "/api/versions/{ref}/thumbnails/{image_id}", "viewer")
     def thumbnail(ref: str, image_id: str) -> Response:
         """A small JPEG of one of the version's images, made once from the blob store through the safe decoder."""
-        version, rows = versions.samples(ref)
-        if not SHA256.fullmatch(image_id) or image_id not in {row["image_id"] for row in rows}:
+        version = open_ref(ref)
+        if not SHA256.fullmatch(image_id) or image_id not in samples.get(version)[1]:
             raise HTTPException(404, f"{version.ref} holds no image {image_id!r}")
         path = thumbnails / f"{image_id}.jpg"
         if not path.exists():
