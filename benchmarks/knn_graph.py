@@ -18,9 +18,13 @@ its import time is reported apart as `torch_import_s`):
 * `flat_<N>_s`: `knn_edges(vectors, threshold, DedupStage(k, index="flat"))`, split into `_build_s` (index
   construction), `_search_s` (the batched searches) and `_post_s` (the rest: thresholding, pair dedup);
   `flat_<N>_ratio_vs_faiss_flat`.
-* `ivf_np<P>_<N>_s` for each nprobe P: `knn_edges(..., index="ivf", nprobe=P)` (nlist ~ 4 sqrt(N), trained on
-  up to 256 x nlist vectors), with the same split (`_build_s` = k-means training + add), the ratio vs the
-  baseline and `_edge_recall`: the share of flat's edges that IVF also finds.
+* `ivf_np<P>_<N>_s` for each nprobe P: `knn_edges(..., index="ivf", nprobe=P)`: the inverted-file self-join
+  (nlist = `ivf_cells(N)` ~ 2 sqrt(N) cells from FAISS k-means on 64 vectors per cell, 10 iterations; each cell
+  scanned once as a matrix product), with the same split (`_build_s` = k-means + cell assignment), the ratio vs
+  the baseline and `_edge_recall`: the share of flat's edges that IVF also finds.
+* `faiss_ivf_np<P>_<N>_s` (first nprobe only; `--no-faiss-ivf` skips it): FAISS's own `IndexIVFFlat` over cells
+  trained the same way, add + search of all N: the IVF baseline; `ivf_np<P>_<N>_ratio_vs_faiss_ivf` and its
+  `_edge_recall` (same edge definition, from its k+1 search).
 * `components_<N>_s` and `group_duplicates_<N>_s`: `curation.dedup.groups` on flat's edges.
 * `dense_t<T>_<N>_*`: IVF at each nprobe at a low threshold (`--dense-threshold`, default 0.5, near
   decontamination's 0.45): up to N x k edges, where IVF misses neighbours and per-edge costs (pair dedup in
@@ -105,54 +109,34 @@ def clustered_vectors(count: int, dim: int, seed: int) -> np.ndarray:
 
 
 # --- timing ----------------------------------------------------------------------------------------------------
-class Instrumented:
-    """Times curation.dedup.graph's index construction and searches inside knn_edges (wraps the module's
-    private `_faiss_index` and `_searches` in this process only; the code under test is unchanged)."""
+def timed_edges(vectors: np.ndarray, threshold: float, settings) -> tuple[tuple[np.ndarray, ...], dict[str, float]]:
+    """knn_edges and its own split of the time (index build, search, post-processing)."""
+    from curation.dedup.graph import knn_edges
 
-    def __init__(self) -> None:
-        import curation.dedup.graph as graph
+    split: dict[str, float] = {}
+    started = time.perf_counter()
+    edges = knn_edges(vectors, threshold, settings, timings=split)
+    return edges, {"s": time.perf_counter() - started, **split}
 
-        self.graph = graph
-        self.build_s = 0.0
-        self.search_s = 0.0
-        self.imbalance: float | None = None
-        original_index, original_searches = graph._faiss_index, graph._searches
 
-        def faiss_index(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                index = original_index(*args, **kwargs)
-            finally:
-                self.build_s += time.perf_counter() - started
-            if hasattr(index, "invlists"):  # IVF: how uneven the lists are (1 = even; search cost grows with it)
-                self.imbalance = float(index.invlists.imbalance_factor())
-            return index
+def faiss_ivf_search(vectors: np.ndarray, cells: int, nprobe: int, k: int) -> tuple[float, tuple[np.ndarray, ...]]:
+    """The FAISS baseline for IVF: IndexIVFFlat over the same cells, trained as knn_edges trains them, then one
+    search of every vector (seconds, (values, indices))."""
+    import faiss
 
-        def searches(*args, **kwargs):
-            generator = original_searches(*args, **kwargs)
-            while True:
-                started = time.perf_counter()
-                try:
-                    item = next(generator)
-                except StopIteration:
-                    self.search_s += time.perf_counter() - started
-                    return
-                self.search_s += time.perf_counter() - started
-                yield item
-
-        graph._faiss_index, graph._searches = faiss_index, searches
-
-    def run(self, vectors: np.ndarray, threshold: float, settings) -> tuple[tuple[np.ndarray, ...], dict[str, float]]:
-        self.build_s = self.search_s = 0.0
-        self.imbalance = None
-        started = time.perf_counter()
-        edges = self.graph.knn_edges(vectors, threshold, settings)
-        total = time.perf_counter() - started
-        split = {"s": total, "build_s": self.build_s, "search_s": self.search_s - self.build_s,
-                 "post_s": total - self.search_s}  # fmt: skip
-        if self.imbalance is not None:
-            split["imbalance"] = self.imbalance
-        return edges, split
+    started = time.perf_counter()
+    sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), cells * 64), replace=False)
+    kmeans = faiss.Kmeans(vectors.shape[1], cells, niter=10, seed=0, spherical=True, max_points_per_centroid=64,
+                          min_points_per_centroid=1)  # fmt: skip
+    kmeans.train(vectors[np.sort(sample)])
+    quantizer = faiss.IndexFlatIP(vectors.shape[1])
+    quantizer.add(kmeans.centroids)
+    index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], cells, faiss.METRIC_INNER_PRODUCT)
+    index.is_trained = True
+    index.add(vectors)
+    index.nprobe = nprobe
+    result = index.search(vectors, k)
+    return time.perf_counter() - started, result
 
 
 def pair_keys(i: np.ndarray, j: np.ndarray, count: int) -> np.ndarray:
@@ -175,10 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=768, help="vector dimension (default 768)")
     parser.add_argument("--k", type=int, default=64, help="neighbours per vector (default 64)")
     parser.add_argument("--threshold", type=float, default=0.9, help="cosine edge threshold (default 0.9)")
-    parser.add_argument("--nprobes", default="8,16,32", help="IVF nprobe sweep (default 8,16,32)")
+    parser.add_argument("--nprobes", default="8,4,16", help="IVF nprobe sweep (default 8,4,16)")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     parser.add_argument("--dense-threshold", type=float, default=0.5,
                         help="also a many-edge graph at this cosine (IVF); 0 skips (default 0.5)")  # fmt: skip
+    parser.add_argument("--no-faiss-ivf", dest="faiss_ivf", action="store_false",
+                        help="skip the IndexIVFFlat baseline (default: run it at the first nprobe)")  # fmt: skip
     parser.add_argument("--flat-limit-s", type=float, default=300.0,
                         help="skip flat where its extrapolated time passes this (default 300)")  # fmt: skip
     parser.add_argument("--wait-idle", type=float, default=300.0,
@@ -198,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     import scipy
 
     from curation.config import DedupStage
+    from curation.dedup.graph import ivf_cells
     from curation.dedup.groups import Edges, components, group_duplicates
 
     now = datetime.now(UTC)
@@ -221,11 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"dim": args.dim, "k": args.k, "threshold": args.threshold,
                                "torch_import_s": round(torch_import_s, 2)}  # fmt: skip
     notes: list[str] = []
-    timer = Instrumented()
     # warm-up: BLAS, OpenMP pool and faiss code paths
     warm = clustered_vectors(2000, args.dim, args.seed + 1)
-    timer.run(warm, args.threshold, DedupStage(k=args.k, index="flat"))
-    timer.run(warm, args.threshold, DedupStage(k=args.k, index="ivf", nprobe=nprobes[0]))
+    timed_edges(warm, args.threshold, DedupStage(k=args.k, index="flat"))
+    timed_edges(warm, args.threshold, DedupStage(k=args.k, index="ivf", nprobe=nprobes[0]))
     flat_rate: float | None = None  # seconds / N^2 of our flat path, from the smallest N
     faiss_rate: float | None = None
     for count in sizes:
@@ -233,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         vectors = clustered_vectors(count, args.dim, args.seed)
         figures[f"generate_{count}_s"] = round(time.perf_counter() - t0, 2)
-        lists = max(1, min(count // 39, int(4 * math.sqrt(count))))
+        lists = ivf_cells(count)
         figures[f"ivf_nlist_{count}"] = lists
         print(f"\nN = {count}: {args.dim}-d clustered unit vectors made in {figures[f'generate_{count}_s']:.1f} s; "
               f"IVF nlist {lists}", flush=True)  # fmt: skip
@@ -251,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             figures[f"faiss_flat_{count}_s"] = round(baseline, 2)
             faiss_rate = faiss_rate or baseline / count**2
             print(f"  faiss IndexFlatIP add+search k={args.k}: {baseline:8.2f} s", flush=True)
-            flat_edges, split = timer.run(vectors, args.threshold, DedupStage(k=args.k, index="flat"))
+            flat_edges, split = timed_edges(vectors, args.threshold, DedupStage(k=args.k, index="flat"))
             flat_rate = flat_rate or split["s"] / count**2
             for key, value in split.items():
                 figures[f"flat_{count}_{key}"] = round(value, 2)
@@ -273,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  flat skipped: extrapolated {estimate:.0f} s (faiss {baseline:.0f} s)", flush=True)
         best_ivf = None
         for nprobe in nprobes:
-            edges, split = timer.run(vectors, args.threshold, DedupStage(k=args.k, index="ivf", nprobe=nprobe))
+            edges, split = timed_edges(vectors, args.threshold, DedupStage(k=args.k, index="ivf", nprobe=nprobe))
             prefix = f"ivf_np{nprobe}_{count}"
             for key, value in split.items():
                 figures[f"{prefix}_{key}"] = round(value, 2)
@@ -293,6 +279,21 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", edge recall {recall:.4f}" if recall is not None else ""), flush=True)  # fmt: skip
             if count == TARGET_N and recall is not None:  # only where flat gave the reference edges
                 figures[f"{prefix}_meets_target"] = int(split["s"] <= TARGET_S and recall >= TARGET_RECALL)
+        if args.faiss_ivf:  # FAISS's own IVF search over the same cells, at the first nprobe: the IVF baseline
+            nprobe = nprobes[0]
+            seconds, (values, indices) = faiss_ivf_search(vectors, lists, nprobe, args.k + 1)
+            prefix = f"faiss_ivf_np{nprobe}_{count}"
+            figures[f"{prefix}_s"] = round(seconds, 2)
+            figures[f"ivf_np{nprobe}_{count}_ratio_vs_faiss_ivf"] = round(
+                figures[f"ivf_np{nprobe}_{count}_s"] / seconds, 3
+            )
+            if flat_edges is not None:
+                truth = pair_keys(flat_edges[0], flat_edges[1], count)
+                found = threshold_pairs(values, indices, args.threshold, count)
+                figures[f"{prefix}_edge_recall"] = round(float(np.isin(truth, found).mean()) if len(truth) else 1.0, 4)
+            print(f"  faiss IndexIVFFlat nprobe {nprobe}: {seconds:7.2f} s (train + add + search); knn_edges ivf = "
+                  f"{figures[f'ivf_np{nprobe}_{count}_ratio_vs_faiss_ivf']:.3f}x of it", flush=True)  # fmt: skip
+            del values, indices
         i, j, similarity = flat_edges if flat_edges is not None else best_ivf
         graph = [Edges("copy_detection", i, j, similarity, args.threshold)]
         t0 = time.perf_counter()
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             prefix = f"dense_t{args.dense_threshold}_{count}"
             for position, nprobe in enumerate(nprobes):
                 dense = DedupStage(k=args.k, index="ivf", nprobe=nprobe)
-                (i, j, similarity), split = timer.run(vectors, args.dense_threshold, dense)
+                (i, j, similarity), split = timed_edges(vectors, args.dense_threshold, dense)
                 for key, value in split.items():
                     figures[f"{prefix}_ivf_np{nprobe}_{key}"] = round(value, 2)
                 figures[f"{prefix}_ivf_np{nprobe}_edges"] = len(i)
@@ -362,11 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         "(1-4 copies of a clustered vector at cosine ~0.85-0.99).",
         f"k={args.k}, threshold {args.threshold}. faiss_flat = IndexFlatIP add + one search of all N at k={args.k} "
         "(the baseline); flat/ivf = curation.dedup.graph.knn_edges with DedupStage(index=flat|ivf, nprobe, default "
-        "batch_size 16384), which searches k+1 (itself included). _build_s = index construction (IVF: k-means "
-        "training on up to 256 x nlist vectors + add), _search_s = the batched searches, _post_s = the rest of "
-        "knn_edges (thresholding, np.unique pair dedup); _ratio_vs_faiss_flat = total / baseline. "
-        "_imbalance = the IVF lists' imbalance factor (faiss: 1 = equal lists). _edge_recall = share of flat's "
-        "edges IVF also found. components/group_duplicates = curation.dedup.groups "
+        "batch_size 16384), which searches k+1 (itself included) and keeps each vector's k best others. _build_s "
+        "= index construction (IVF: FAISS k-means on 64 x nlist vectors, 10 iterations, + cell assignment), "
+        "_search_s = the searches (IVF: one matrix product per cell, of the vectors probing it against those it "
+        "holds), _post_s = the rest of knn_edges (top-k per vector, np.unique pair dedup); _ratio_vs_faiss_flat = "
+        "total / baseline. faiss_ivf = IndexIVFFlat over cells trained the same way, at the first nprobe (the IVF "
+        "baseline). _imbalance = the cells' imbalance factor (faiss's definition: 1 = equal cells). _edge_recall = "
+        "share of flat's edges IVF also found. components/group_duplicates = curation.dedup.groups "
         "on flat's edges (IVF's where flat was not run); dense_t<T>_* = IVF at a low threshold (many edges), recall "
         "against the edges of the baseline's own k-NN result (top k=64 with itself, so one neighbour fewer than "
         "knn_edges' k+1 search: a slightly smaller reference set). torch is imported up front (torch_import_s) because "

@@ -196,8 +196,8 @@ class DedupStage(Strict):
     k: int = Field(default=64, ge=1, le=2048)  # neighbours per image
     threshold: float = Field(default=0.9, gt=0, le=1)  # cosine; DINOv2 used 0.6 with SSCD descriptors
     index: Literal["auto", "flat", "ivf"] = "auto"  # auto: exact flat search below ivf_min_size images
-    ivf_min_size: int = Field(default=200_000, ge=1)
-    nprobe: int = Field(default=16, ge=1)  # IVF lists searched per query
+    ivf_min_size: int = Field(default=50_000, ge=1)  # exact search below it (docs/dedup.md has the figures)
+    nprobe: int = Field(default=8, ge=1)  # IVF cells each image looks into
     batch_size: int = Field(default=16_384, ge=1)  # query rows per search call: bounds memory
     against: tuple[str, ...] = ()  # published versions (NAME@vN or NAME) whose images win: incremental dedup
 

@@ -51,7 +51,7 @@ def clustered(count: int, dim: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("index", ["flat", "ivf"])
 def test_knn_edges_match_brute_force(index):
     vectors = clustered(2000, 32)
-    settings = DedupStage(k=8, index=index, nprobe=64, batch_size=300)
+    settings = DedupStage(k=8, index=index, nprobe=4, batch_size=300)  # IVF: 4 of 51 cells
     i, j, s = knn_edges(vectors, 0.95, settings)
     scores = vectors @ vectors.T
     np.fill_diagonal(scores, -1)
@@ -62,6 +62,30 @@ def test_knn_edges_match_brute_force(index):
     recall = len(found & brute) / len(brute)
     assert recall == 1.0 if index == "flat" else recall >= 0.95
     assert found <= {(a, b) for a, b in zip(*np.nonzero(np.triu(scores >= 0.95, 1)))}  # no false edges
+
+
+def test_exhaustive_ivf_join_equals_exact_search_when_rows_have_more_hits_than_k():
+    """With every cell probed, the self-join must give exactly the brute-force graph, including where a row has
+    far more neighbours over the threshold than k (only its k best count) and where cells are split into blocks."""
+    from curation.dedup import graph
+
+    vectors = clustered(1500, 24, seed=5)
+    scores = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
+    np.fill_diagonal(scores, -np.inf)
+    top = np.argsort(-scores, axis=1)[:, :6]
+    assert ((scores >= 0.5).sum(axis=1) > 6).mean() > 0.5  # most rows are crowded
+    brute = {(min(a, b), max(a, b)) for a in range(len(vectors)) for b in top[a] if scores[a, b] >= 0.5}
+    exact = knn_edges(vectors, 0.5, DedupStage(k=6, index="flat"))
+    limit, graph._BLOCK_ELEMENTS = graph._BLOCK_ELEMENTS, 1000  # force many small product blocks per cell
+    try:
+        timings = {}
+        joined = knn_edges(vectors, 0.5, DedupStage(k=6, index="ivf", nprobe=10_000), timings=timings)
+    finally:
+        graph._BLOCK_ELEMENTS = limit
+    for i, j, s in (exact, joined):
+        assert set(zip(i.tolist(), j.tolist())) == brute
+        np.testing.assert_allclose(s, scores[i, j], atol=1e-5)
+    assert timings["build_s"] > 0 and timings["imbalance"] >= 1
 
 
 def test_groups_are_transitive_and_deterministic():
