@@ -158,6 +158,7 @@ def test_planted_copies_leave_one_per_group_with_reasons(ray_local, planted, hom
         assert row["reason"] in ("near_duplicate", "perceptual_duplicate")
         assert detail["kept"] == detail["group"] and detail["similarity"] >= detail["threshold"]
     assert sum(version.manifest["dropped"]["dedup"].values()) == 4
+    assert result.stats["dedup"]["copy_edges"] >= 1 and result.stats["dedup"]["copy_graph_search_s"] >= 0
 
     listing = CliRunner().invoke(cli, ["--home", str(home), "dups", result.run_id, "--json"])
     groups = {(row["group_id"], row["uri"].rsplit("/", 1)[1]) for row in json.loads(listing.output)}
