@@ -31,15 +31,14 @@ Part 2, speed: `hierarchical_kmeans` on N x `--dim` (768) L2-normalised vectors 
 with Zipf(1.1) sizes, levels `--levels` (finest first), resampling steps `--steps`, `--iterations` Lloyd
 iterations, beside FAISS: `faiss.Kmeans(niter=iterations)` per level on the centroids of the level below (no
 resampling, no k-means++: FAISS seeds at random), plus the assignment of each level's input, as ours does. Also
-our hierarchy with no resampling (like for like with FAISS), and our time split (k-means++ seeding, `assign`
-calls, resampling steps) by wrapping the module's functions in this process (the code under test is unchanged).
+our hierarchy with no resampling (like for like with FAISS), and our time split (k-means++ seeding, distance
+passes, resampling steps) by wrapping the module's functions in this process (the code under test is unchanged).
 The paper-scale workload (N=1M, levels 10k/1k/100/10, steps 1/10/10/10, 50 iterations) is far too big for a
-2-core CPU; the defaults scale it down to N=50k, levels 500/50/10, steps 1/10/10, 10 iterations. Our k-means++
-seeding runs in NumPy on the CPU even on CUDA; its time is estimated from a few seeding rounds first and our runs
-are skipped (estimate recorded) where it would pass `--seed-limit-s`.
+2-core CPU; the defaults scale it down to N=50k, levels 500/50/10, steps 1/10/10, 10 iterations.
 
-`--device auto|cpu|cuda`: cpu hides CUDA from torch (CUDA_VISIBLE_DEVICES=""), so `assign` takes its FAISS path;
-cuda needs torch to see a GPU (`assign` then runs in torch) and FAISS's k-means uses its GPU where faiss has one.
+`--device auto|cpu|cuda`: cpu hides CUDA from torch (CUDA_VISIBLE_DEVICES=""), so our k-means runs in torch on the
+CPU; cuda needs torch to see a GPU (ours then runs there, float16 products) and FAISS's k-means uses its GPU where
+faiss has one.
 Every timed section records /proc/loadavg at its start and end and the CPU share other processes used.
 Results: `benchmarks/results/selection_balance-<cpu|cuda>-<date>.json` and PNGs beside it. Timings are reported,
 never asserted; nothing imports this file.
@@ -327,58 +326,40 @@ def zipf_vectors(count: int, dim: int, seed: int) -> np.ndarray:
 
 
 class Instrumented:
-    """Wraps curation.select.kmeans's kmeans_plus_plus, assign and resample (looked up as module globals by the
-    code under test) to sum their wall time, in this process only. Assign calls made inside a resampling step
-    count towards resample_s, not assign_s."""
+    """Wraps curation.select.kmeans's kmeans_plus_plus, _nearest (the distance pass) and resample (looked up as
+    module globals by the code under test) to sum their wall time, in this process only. A call made inside
+    another timed one (distance passes inside seeding or a resampling step) counts towards the outer one only."""
 
     def __init__(self, sync: Callable[[], None]) -> None:
         import curation.select.kmeans as module
 
-        self.inside_resample = False
+        self.inside: str | None = None
         self.reset()
 
         def wrap(key: str, original):
             def timed(*args, **kwargs):
-                counted = key != "assign_s" or not self.inside_resample
-                nested = self.inside_resample
-                self.inside_resample = nested or key == "resample_s"
+                outer = self.inside
+                self.inside = outer or key
                 started = time.perf_counter()
                 try:
                     return original(*args, **kwargs)
                 finally:
                     sync()
-                    self.inside_resample = nested
+                    self.inside = outer
                     if key == "assign_s":
                         self.assign_calls += 1
-                    if counted:
+                    if outer is None:
                         self.totals[key] += time.perf_counter() - started
 
             return timed
 
         module.kmeans_plus_plus = wrap("seeding_s", module.kmeans_plus_plus)
-        module.assign = wrap("assign_s", module.assign)
+        module._nearest = wrap("assign_s", module._nearest)
         module.resample = wrap("resample_s", module.resample)
 
     def reset(self) -> None:
         self.totals = {"seeding_s": 0.0, "assign_s": 0.0, "resample_s": 0.0}
         self.assign_calls = 0
-
-
-def estimate_seeding(points: np.ndarray, levels, rounds: int = 5) -> float:
-    """Seconds our k-means++ would take for the finest level (it dominates): the draw of its pool of min(N, 64 k)
-    points, timed, plus k times one seeding round, timed over `rounds` rounds of the same NumPy expressions as
-    `kmeans_plus_plus`'s loop (a weighted draw, then one O(pool x d) distance pass)."""
-    k = levels[0].clusters
-    rng = np.random.default_rng(0)
-    started = time.perf_counter()
-    pool = points[rng.choice(len(points), min(len(points), 64 * k), replace=False)].astype(np.float32)
-    draw_s = time.perf_counter() - started
-    nearest = ((pool - pool[0]) ** 2).sum(axis=1)
-    started = time.perf_counter()
-    for _ in range(rounds):
-        pick = int(rng.choice(len(pool), p=nearest / nearest.sum()))
-        nearest = np.minimum(nearest, ((pool - pool[pick]) ** 2).sum(axis=1))
-    return draw_s + (time.perf_counter() - started) / rounds * k
 
 
 def faiss_hierarchy(points: np.ndarray, levels, iterations: int, seed: int, gpu: bool) -> list[np.ndarray]:
@@ -427,16 +408,6 @@ def speed_figures(args, levels, sync, suffix: str, notes: list[str]) -> dict[str
         figures[f"faiss_kmeans_{args.device_kind}_s_{suffix}"] = round(faiss_s, 2)
         figures[f"faiss_kmeans_{args.device_kind}_s_{suffix}_worst"] = round(max(times), 2)
         print(f"  faiss.Kmeans hierarchy: best {faiss_s:.2f} s of {', '.join(f'{t:.2f}' for t in times)}", flush=True)
-
-    estimate = estimate_seeding(vectors, levels)
-    figures[f"hkmeans_seeding_estimate_s_{suffix}"] = round(estimate, 1)
-    print(f"  our k-means++ seeding of level 1 estimated at {estimate:.1f} s (NumPy, CPU)", flush=True)
-    if estimate > args.seed_limit_s:
-        notes.append(f"CAUTION: our hierarchical k-means was NOT run: its level-1 k-means++ seeding alone (NumPy "
-                     f"on the CPU, k={levels[0].clusters}, pool {min(args.n, 64 * levels[0].clusters)} points) was "
-                     f"estimated at {estimate:.0f} s > --seed-limit-s {args.seed_limit_s:.0f}.")  # fmt: skip
-        print("  skipped our hierarchical k-means: seeding estimate over --seed-limit-s", flush=True)
-        return figures
 
     runs = [("hkmeans", levels)]
     if not args.skip_noresample:
@@ -491,7 +462,6 @@ def main(argv: list[str] | None = None) -> int:
     add("--levels", default="500,50,10", help="speed: clusters per level, finest first (default 500,50,10)")
     add("--steps", default="1,10,10", help="speed: resampling steps per level (default 1,10,10)")
     add("--iterations", type=int, default=10, help="speed: Lloyd iterations, ours and faiss (default 10)")
-    add("--seed-limit-s", type=float, default=600.0, help="skip ours where k-means++ would pass this (default 600)")
     add("--skip-noresample", action="store_true", help="speed: skip our no-resampling hierarchy")
     add("--skip-faiss", action="store_true", help="speed: skip the faiss baseline (no ratios)")
     add("--faiss-repeats", type=int, default=3, help="speed: faiss runs, best kept (default 3)")
@@ -503,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported: assign then takes its FAISS path
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported: our k-means then runs on the CPU
     import faiss
     import torch  # curation.select.kmeans imports it to look for CUDA: paid once here, outside the timings
 
@@ -614,14 +584,13 @@ def main(argv: list[str] | None = None) -> int:
         "1/10/10/10, 50 iterations; on a 2-core CPU it is scaled down to these numbers. Baseline: faiss.Kmeans "
         "(niter equal, max_points_per_centroid unlimited, random init, no resampling) per level on the centroids of "
         "the level below, plus a search of each level's input, as ours does; best of --faiss-repeats runs (_worst: "
-        "the slowest), ours run once (its seeding alone is over half a minute). hkmeans_vs_faiss_ratio = ours (with "
-        "resampling) / faiss; hkmeans_noresample_vs_faiss_ratio is like for like. Split: seeding_s = our k-means++ "
-        "(NumPy on the CPU, on a subsample of 64 x k points, k rounds), assign_s = every assign call outside "
-        "resampling, resample_s = the resampling steps (their assigns included), other_s = the rest (mostly the "
-        "Lloyd update: np.add.at). faiss_gpu = 1 where faiss's k-means ran on a GPU (a faiss GPU build on CUDA). "
-        "<run>_centroid_bytes_per_value = itemsize of the finest centroids hierarchical_kmeans returned (8: they "
-        "drifted to float64, which also sends np.add.at down its slow casting path). "
-        "hkmeans_seeding_estimate_s = the pool draw + k x one round (5 rounds of kmeans_plus_plus's loop timed). "
+        "the slowest), ours run once. hkmeans_vs_faiss_ratio = ours (with resampling) / faiss; "
+        "hkmeans_noresample_vs_faiss_ratio is like for like. Split: seeding_s = our k-means++ (on a subsample of "
+        "64 x k points, in at most 128 batched D^2 rounds, distance passes included), assign_s = the distance "
+        "passes (_nearest) outside seeding and resampling, assign_calls their count, resample_s = the resampling "
+        "steps, other_s = the rest (mostly the Lloyd update: index_add_ cluster sums). faiss_gpu = 1 where faiss's "
+        "k-means ran on a GPU (a faiss GPU build on CUDA). <run>_centroid_bytes_per_value = itemsize of the finest "
+        "centroids hierarchical_kmeans returned (4 = float32). "
         "fmnist_entropy_balanced = fmnist_entropy_hkmeans.",
     ]
     print("\nfigures:")

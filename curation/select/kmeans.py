@@ -1,8 +1,10 @@
-"""k-means (k-means++ initialisation, Lloyd iterations) and Vo et al.'s hierarchical k-means with resampling.
+"""k-means (k-means++ seeding, Lloyd iterations) and Vo et al.'s hierarchical k-means with resampling.
 
-Assignment runs in chunks (FAISS on CPU; a torch matmul on CUDA), so memory is O(chunk x k), never N x k at once
-beyond the assignment vector. Each level and resampling step of the hierarchy writes its centroids and
-assignments under a work folder, so a rerun skips what is done.
+The points are moved to the compute device once per k-means (`Points`: CUDA when torch sees a GPU, the CPU
+otherwise) and every pass runs there: distances as one chunked matrix product (float16 on CUDA, accumulating in
+float32; float32 on CPU), cluster sums by `index_add_`. Memory is O(chunk x k) beyond the points themselves,
+never N x k at once. Each level and resampling step of the hierarchy writes its centroids under a work folder,
+so a rerun skips what is done.
 """
 
 from __future__ import annotations
@@ -12,99 +14,152 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from scipy.sparse import csr_matrix
+import torch
 
-CHUNK = 65_536
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+CHUNK_ELEMENTS = 1 << 27  # distance entries per chunk (512 MiB of float32)
+SEEDING_ROUNDS = 128  # D^2-sampling rounds at most: exact k-means++ (one centre per round) up to k = 129
+OVERSAMPLING = 4  # candidates drawn per centre kept in a batched seeding round
+HALF_PRECISION_MAX_NORM = 64.0  # float16 products stay far from overflow (65504) below this norm
 
 
-def _assign_cuda(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Chunked |x|^2 - 2 x.c + |c|^2 and argmin on the GPU (fp32)."""
-    import torch
+@dataclass(frozen=True)
+class Points:
+    """Points resident on the compute device, with their squared norms (float32)."""
 
-    table = torch.from_numpy(np.ascontiguousarray(centroids, np.float32)).cuda()
-    norms = (table * table).sum(dim=1)
-    labels = np.empty(len(points), np.int64)
-    distances = np.empty(len(points), np.float32)
-    for start in range(0, len(points), CHUNK):
-        batch = torch.from_numpy(np.ascontiguousarray(points[start : start + CHUNK], np.float32)).cuda()
-        squared = (batch * batch).sum(dim=1, keepdim=True) - 2 * batch @ table.T + norms
-        best, index = squared.min(dim=1)
-        labels[start : start + CHUNK] = index.cpu().numpy()
-        distances[start : start + CHUNK] = best.clamp_(min=0).cpu().numpy()
+    data: torch.Tensor
+    norms: torch.Tensor
+
+    @classmethod
+    def of(cls, points: np.ndarray | torch.Tensor | Points, half: bool | None = None) -> Points:
+        """On CUDA when torch sees one. `half` (default: on CUDA, when every norm is at most
+        HALF_PRECISION_MAX_NORM) stores float16 for tensor-core products; sums and norms stay float32."""
+        if isinstance(points, Points):
+            return points
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        data = torch.as_tensor(np.asarray(points, np.float32) if isinstance(points, np.ndarray) else points)
+        data = data.to(device=device, dtype=torch.float32)
+        norms = (data * data).sum(dim=1)
+        if half is None:
+            largest = float(norms.max().sqrt()) if len(norms) else 0.0
+            half = device.type == "cuda" and largest <= HALF_PRECISION_MAX_NORM
+        return cls(data.half() if half else data, norms)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def take(self, rows: np.ndarray) -> Points:
+        index = torch.as_tensor(rows, device=self.data.device)
+        return Points(self.data[index], self.norms[index])
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.data[torch.as_tensor(rows, device=self.data.device)].float().cpu().numpy()
+
+
+def _nearest(points: Points, centroids: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nearest centroid index, squared distance) per point, on the points' device, in chunks. The argmin needs
+    only |c|^2 - 2 x.c, one fused matrix product per chunk (in the points' precision); |x|^2 is added to the
+    minimum alone."""
+    table = torch.as_tensor(centroids, dtype=torch.float32, device=points.data.device)
+    bias = (table * table).sum(dim=1).to(points.data.dtype)
+    table = table.to(points.data.dtype)
+    labels = torch.empty(len(points), dtype=torch.int64, device=points.data.device)
+    distances = torch.empty(len(points), dtype=torch.float32, device=points.data.device)
+    step = max(1, CHUNK_ELEMENTS // max(1, len(table)))
+    for start in range(0, len(points), step):
+        best, index = torch.addmm(bias, points.data[start : start + step], table.T, alpha=-2).min(dim=1)
+        labels[start : start + step] = index
+        distances[start : start + step] = (best.float() + points.norms[start : start + step]).clamp_(min=0)
     return labels, distances
 
 
-def assign(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest centroid index, squared distance) per point, in chunks: torch on CUDA, FAISS on CPU."""
-    if _cuda():
-        return _assign_cuda(points, centroids)
-    import faiss
-
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, np.float32))
-    labels = np.empty(len(points), np.int64)
-    distances = np.empty(len(points), np.float32)
-    for start in range(0, len(points), CHUNK):
-        d, i = index.search(np.ascontiguousarray(points[start : start + CHUNK], np.float32), 1)
-        labels[start : start + CHUNK], distances[start : start + CHUNK] = i[:, 0], d[:, 0]
-    return labels, distances
+def assign(points: np.ndarray | Points, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid index int64, squared distance float32) per point."""
+    labels, distances = _nearest(Points.of(points), centroids)
+    return labels.cpu().numpy(), distances.cpu().numpy()
 
 
-def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, sample: int = 64) -> np.ndarray:
-    """k-means++ seeding on a random subsample of at most `sample` x k points (exact seeding is O(N k d)).
-    Distances to each new centre come from one matrix-vector product: |x|^2 - 2 x.c + |c|^2."""
-    pool = np.ascontiguousarray(
-        points[rng.choice(len(points), min(len(points), sample * k), replace=False)], np.float32
-    )
-    norms = (pool * pool).sum(axis=1)
+def kmeans_plus_plus(points: np.ndarray | Points, k: int, rng: np.random.Generator, sample: int = 64,
+                     rounds: int = SEEDING_ROUNDS) -> np.ndarray:  # fmt: skip
+    """k-means++ seeding (D^2 sampling) on a random subsample of at most `sample` x k points, in batches.
+
+    Exact k-means++ adds one centre per round: k sequential passes over the data, which made seeding dominate
+    large hierarchies. Here each of at most `rounds` rounds adds a batch of centres and then updates D^2 with one
+    chunked matrix product. A batch is chosen the k-means|| way (Bahmani et al., 2012): `OVERSAMPLING`
+    candidates per centre drawn in proportion to D^2, then k-means++ among the candidates alone, so two centres
+    of one batch rarely land in the same uncovered mode. With k - 1 <= rounds it is plain k-means++.
+    """
+    points = Points.of(points)
+    pool = points.take(np.sort(rng.choice(len(points), min(len(points), sample * k), replace=False)))
     chosen = [int(rng.integers(len(pool)))]
-    nearest = np.maximum(norms - 2 * pool @ pool[chosen[0]] + norms[chosen[0]], 0)
-    for _ in range(1, k):
-        cumulative = np.cumsum(nearest, dtype=np.float64)
-        total = float(cumulative[-1])
-        pick = int(np.searchsorted(cumulative, rng.random() * total, side="right")) if total > 0 else -1
-        pick = pick if 0 <= pick < len(pool) else int(rng.integers(len(pool)))  # D^2 sampling, or uniform
-        chosen.append(pick)
-        np.minimum(nearest, np.maximum(norms - 2 * pool @ pool[pick] + norms[pick], 0), out=nearest)
-    return pool[chosen].copy()
+    nearest = _nearest(pool, pool.rows(chosen))[1].double().cpu().numpy()
+    nearest[chosen] = 0
+    rounds_left = max(1, min(rounds, k - 1))
+    while len(chosen) < k:
+        take = -(-(k - len(chosen)) // rounds_left)  # ceil: spread the rest evenly over the rounds left
+        positive = np.flatnonzero(nearest > 0)
+        if len(positive) >= take:
+            draws = min(len(positive), take * OVERSAMPLING if take > 1 else 1)
+            keys = np.log(rng.random(len(positive))) / nearest[positive]  # Efraimidis-Spirakis: top keys
+            candidates = positive[np.argpartition(keys, -draws)[-draws:]]
+            picks = candidates[_plus_plus_among(pool.rows(candidates), nearest[candidates], take, rng)]
+        else:  # fewer distinct points than centres wanted (exact duplicates): the rest uniformly
+            others = np.setdiff1d(np.arange(len(pool)), np.concatenate([positive, chosen]))
+            picks = np.concatenate([positive, rng.choice(others, take - len(positive), replace=False)])
+        chosen.extend(int(pick) for pick in picks)
+        np.minimum(nearest, _nearest(pool, pool.rows(picks))[1].double().cpu().numpy(), out=nearest)
+        nearest[picks] = 0
+        rounds_left = max(1, rounds_left - 1)
+    return pool.rows(np.asarray(chosen))
 
 
-def cluster_sums(points: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Per-cluster sums of the points as one sparse one-hot matrix product (float32 throughout)."""
-    one_hot = csr_matrix((np.ones(len(labels), np.float32), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
-    return np.asarray(one_hot @ points, np.float32)
+def _plus_plus_among(candidates: np.ndarray, weights: np.ndarray, take: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of `take` candidates picked one at a time in proportion to min(D^2 to the old centres, D^2 to the
+    candidates picked so far): k-means++ restricted to a small candidate set."""
+    if take >= len(candidates):
+        return np.arange(len(candidates))
+    candidates = candidates.astype(np.float64)
+    norms = (candidates**2).sum(axis=1)
+    between = np.maximum(norms[:, None] - 2 * candidates @ candidates.T + norms[None, :], 0)
+    remaining = weights.astype(np.float64).copy()
+    picks: list[int] = []
+    for _ in range(take):
+        cumulative = np.cumsum(remaining)
+        if cumulative[-1] > 0:
+            pick = min(
+                int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(remaining) - 1
+            )
+        else:  # the candidates left coincide with chosen ones: any unpicked one
+            pick = int(np.setdiff1d(np.arange(len(candidates)), picks)[0])
+        picks.append(pick)
+        np.minimum(remaining, between[pick], out=remaining)
+        remaining[pick] = 0
+    return np.asarray(picks)
 
 
-def kmeans(points: np.ndarray, k: int, *, iterations: int = 20, seed: int = 0,
+def kmeans(points: np.ndarray | Points, k: int, *, iterations: int = 20, seed: int = 0,
            init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(centroids [k, d] float32, labels [n]). Empty clusters are re-seeded with the points farthest from their
     centroid. With `init`, k is its row count (at most the number of points)."""
-    rng = np.random.default_rng(seed)
-    points = np.asarray(points, np.float32)
+    points = Points.of(points)
     if init is not None:
         centroids = np.asarray(init, np.float32)[: len(points)].copy()
     else:
-        centroids = kmeans_plus_plus(points, min(k, len(points)), rng)
+        centroids = kmeans_plus_plus(points, min(k, len(points)), np.random.default_rng(seed))
     k = len(centroids)
-    labels = np.zeros(len(points), np.int64)
+    table = torch.as_tensor(centroids, device=points.data.device)
     for _ in range(iterations):
-        labels, distances = assign(points, centroids)
-        counts = np.bincount(labels, minlength=k).astype(np.float32)
-        sums = cluster_sums(points, labels, k)
-        empty = np.flatnonzero(counts == 0)
-        centroids = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids).astype(np.float32)
+        labels, distances = _nearest(points, table)
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(table)
+        step = max(1, CHUNK_ELEMENTS // points.data.shape[1])
+        for start in range(0, len(points), step):
+            sums.index_add_(0, labels[start : start + step], points.data[start : start + step].float())
+        table = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], table)
+        empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
-            centroids[empty] = points[np.argsort(-distances)[: len(empty)]]
-    labels, _ = assign(points, centroids)
-    return centroids, labels
+            table[empty] = points.data[distances.topk(len(empty)).indices].float()
+    centroids = table.cpu().numpy()
+    return centroids, _nearest(points, centroids)[0].cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -116,17 +171,18 @@ class Level:
     split: int = 1  # finest level only: split each cluster into this many (how Vo et al. reached 10M leaves)
 
 
-def resample(points: np.ndarray, centroids: np.ndarray, level: Level, rng: np.random.Generator) -> np.ndarray:
+def resample(points: np.ndarray | Points, centroids: np.ndarray, level: Level, rng: np.random.Generator) -> np.ndarray:
     """One resampling step: take `sample_size` points per cluster and re-cluster their union, starting from the
     current centroids. Dense modes contribute no more points than sparse ones, so centroids spread out over the
     support of the data instead of piling into its modes."""
+    points = Points.of(points)
     labels, distances = assign(points, centroids)
     within = distances if level.selection == "closest" else rng.random(len(points))
     order = np.lexsort((within, labels))  # by cluster, then closest (or a random order) first
     sorted_labels = labels[order]
     starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
     rank_in_cluster = np.arange(len(order)) - starts
-    subset = points[order[rank_in_cluster < level.sample_size]]
+    subset = points.take(order[rank_in_cluster < level.sample_size])
     if len(subset) < len(centroids):  # fewer points than clusters (many exact duplicates): nothing to re-fit
         return centroids
     centroids, _ = kmeans(subset, len(centroids), iterations=10, seed=int(rng.integers(1 << 31)), init=centroids)
@@ -140,7 +196,7 @@ def hierarchical_kmeans(points: np.ndarray, levels: list[Level], *, seed: int = 
     Level 1 clusters the points; level l+1 clusters the centroids of level l. With `workdir`, every level's and
     resampling step's result is saved there and reused by a rerun.
     """
-    current = np.asarray(points, np.float32)
+    current = first_level = Points.of(points)
     all_centroids, labels_per_level = [], []
     for number, level in enumerate(levels, start=1):
         first = partial(kmeans, current, level.clusters, iterations=iterations, seed=seed + number)
@@ -154,7 +210,7 @@ def hierarchical_kmeans(points: np.ndarray, levels: list[Level], *, seed: int = 
         labels, _ = assign(current, centroids)
         all_centroids.append(centroids)
         labels_per_level.append(labels)
-        current = centroids
+        current = Points.of(centroids)
     paths = np.empty((len(points), len(levels)), np.int64)
     node = labels_per_level[0]
     for depth, labels in enumerate(labels_per_level):
@@ -162,23 +218,23 @@ def hierarchical_kmeans(points: np.ndarray, levels: list[Level], *, seed: int = 
             node = labels[node]
         paths[:, len(levels) - 1 - depth] = node
     if levels[0].split > 1:
-        leaves, leaf_centroids = _split(np.asarray(points, np.float32), labels_per_level[0], levels[0].split, seed,
+        leaves, leaf_centroids = _split(first_level, labels_per_level[0], levels[0].split, seed,
                                         iterations, workdir)  # fmt: skip
         paths = np.concatenate([paths, leaves[:, None]], axis=1)
         all_centroids.insert(0, leaf_centroids)
     return paths, all_centroids
 
 
-def _split(points: np.ndarray, labels: np.ndarray, parts: int, seed: int, iterations: int,
+def _split(points: Points, labels: np.ndarray, parts: int, seed: int, iterations: int,
            workdir: Path | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Split every finest cluster into `parts` by k-means inside it: leaf id = cluster x parts + sub-cluster."""
     if workdir is not None and (Path(workdir) / "split-leaves.npy").exists():
         return np.load(Path(workdir) / "split-leaves.npy"), np.load(Path(workdir) / "split-centroids.npy")
     leaves = np.empty(len(points), np.int64)
-    centroids = np.zeros((int(labels.max() + 1) * parts, points.shape[1]), np.float32)
+    centroids = np.zeros((int(labels.max() + 1) * parts, points.data.shape[1]), np.float32)
     for cluster in np.unique(labels):
         members = np.flatnonzero(labels == cluster)
-        sub_centroids, sub_labels = kmeans(points[members], parts, iterations=iterations, seed=seed + int(cluster))
+        sub_centroids, sub_labels = kmeans(points.take(members), parts, iterations=iterations, seed=seed + int(cluster))
         leaves[members] = cluster * parts + sub_labels
         centroids[cluster * parts : cluster * parts + len(sub_centroids)] = sub_centroids
     _cached(workdir, "split-centroids", lambda: centroids)
