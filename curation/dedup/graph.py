@@ -6,8 +6,8 @@ nlist ~ 2 sqrt(N) cells; every image lives in its nearest cell and looks into it
 Since the queries are the pool itself, each cell is scanned once, as one matrix product of the images that
 probe it against the images it holds, instead of once per query as an IVF index search does. On 2 CPU cores
 that is ~5x faster than `IndexIVFFlat` at the same nlist and nprobe (benchmarks/knn_graph.py). Memory is
-bounded by the product blocks (`_BLOCK_ELEMENTS`) plus the edges, never N x N. On CUDA, faiss-gpu is not
-assumed: a tiled fp16 matmul + top-k in torch searches exactly.
+bounded by the product blocks (`_BLOCK_ELEMENTS`) plus the edges, never N x N. On CUDA (whatever `index` says),
+faiss-gpu is not assumed: tiled float16 matrix products + top-k in torch search exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from curation.config import DedupStage
 
 _BLOCK_ELEMENTS = 1 << 24  # scores held at once by one product block: 64 MiB of float32
+_TILE_ELEMENTS = 1 << 30  # scores held at once by one GPU tile: 2 GiB of float16
 _TRAIN_POINTS_PER_CELL = 64  # k-means sample per cell: enough for coarse cells, cheap to train
 _TRAIN_ITERATIONS = 10
 
@@ -103,15 +104,18 @@ def _flat_search(
         yield rows + start, indices[rows, columns], values[rows, columns]
 
 
-def _torch_cuda_search(
-    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict
+def _torch_search(
+    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict, device: str = "cuda"
 ) -> Iterator[Candidates]:
-    """Brute-force fp16 tiled matmul + top-k on the GPU (faiss-gpu is not assumed)."""
+    """Exact search as tiled matrix products + top-k in torch: float16 on CUDA (faiss-gpu is not assumed), float32
+    elsewhere (tests run it on the CPU). A tile holds at most `_TILE_ELEMENTS` scores."""
     import torch
 
-    data = torch.from_numpy(np.ascontiguousarray(vectors, np.float16)).cuda()
-    for start in range(0, len(data), settings.batch_size):
-        values, indices = (data[start : start + settings.batch_size] @ data.T).topk(min(k, len(data)), dim=1)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    data = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).to(device=device, dtype=dtype)
+    rows_per_tile = max(1, min(settings.batch_size, _TILE_ELEMENTS // len(data)))
+    for start in range(0, len(data), rows_per_tile):
+        values, indices = (data[start : start + rows_per_tile] @ data.T).topk(min(k, len(data)), dim=1)
         values, indices = values.float().cpu().numpy(), indices.cpu().numpy()
         rows, columns = np.nonzero(values >= threshold)
         yield rows + start, indices[rows, columns], values[rows, columns]
@@ -135,7 +139,7 @@ def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage,
     count = len(vectors)
     use_ivf = settings.index == "ivf" or (settings.index == "auto" and count >= settings.ivf_min_size)
     if _cuda_available():
-        search = _torch_cuda_search
+        search = _torch_search
     else:
         search = _ivf_join if use_ivf and count > 1 else _flat_search
     started = time.perf_counter()

@@ -88,6 +88,24 @@ def test_exhaustive_ivf_join_equals_exact_search_when_rows_have_more_hits_than_k
     assert timings["build_s"] > 0 and timings["imbalance"] >= 1
 
 
+def test_torch_tiled_search_gives_the_exact_graph():
+    """The CUDA path (tiled matrix products + top-k), run here in float32 on the CPU with tiles of 7 rows."""
+    from curation.dedup import graph
+
+    vectors = clustered(700, 24, seed=6)
+    settings = DedupStage(k=5, index="flat")
+    limit, graph._TILE_ELEMENTS = graph._TILE_ELEMENTS, 7 * len(vectors)
+    try:
+        parts = list(graph._torch_search(vectors, 0.6, settings.k + 1, settings, {}, device="cpu"))
+    finally:
+        graph._TILE_ELEMENTS = limit
+    assert len(parts) == 100  # 700 rows / 7 per tile
+    found = graph._pairs(*(np.concatenate(column) for column in zip(*parts)), settings.k, len(vectors))
+    exact = knn_edges(vectors, 0.6, settings)
+    assert set(zip(found[0].tolist(), found[1].tolist())) == set(zip(exact[0].tolist(), exact[1].tolist()))
+    assert len(exact[0]) > 500
+
+
 def test_groups_are_transitive_and_deterministic():
     ids = [f"{n:064x}" for n in range(6)]
     pixels = [100, 400, 400, 50, 10, 10]
