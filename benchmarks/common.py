@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import platform
 import shlex
@@ -70,6 +71,41 @@ def load_fashion_mnist() -> np.ndarray | None:
     if magic != 2051:
         raise ValueError(f"{FASHION_MNIST}: not an IDX image file (magic {magic})")
     return np.frombuffer(raw[16:], dtype=np.uint8).reshape(int(count), int(rows), int(cols))
+
+
+def zipf_mixture(count: int, dim: int, seed: int, near_duplicates: float = 0.0) -> np.ndarray:
+    """Seeded float32 unit vectors shaped like real embeddings, not uniform noise: count/50 Gaussian clusters with
+    Zipf(1.1) sizes, centres sharing a common direction (unrelated vectors have a cosine of ~0.2), each cluster
+    with its own spread (member cosine ~0.3-0.7). A `near_duplicates` share of the vectors are 1-4 noisy copies of
+    a clustered vector at cosine ~0.85-0.99 to it (copy-detection workloads). Rows come shuffled."""
+    rng = np.random.default_rng(seed)
+    base_count = count - int(count * near_duplicates)
+    clusters = max(1, count // 50)
+    weights = 1.0 / np.arange(1, clusters + 1) ** 1.1
+    sizes = rng.multinomial(base_count, weights / weights.sum())
+    common = rng.standard_normal(dim).astype(np.float32)
+    common /= np.linalg.norm(common)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres = 0.45 * common + centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    spread = rng.uniform(0.4, 2.3, clusters).astype(np.float32)  # sigma^2 * dim: member cosine ~1/(1+s)
+    label = np.repeat(np.arange(clusters), sizes)
+    vectors = np.empty((count, dim), np.float32)
+    for start in range(0, base_count, 65536):
+        part = label[start : start + 65536]
+        noise = rng.standard_normal((len(part), dim), dtype=np.float32)
+        block = centres[part] + noise * np.sqrt(spread[part] / dim)[:, None]
+        vectors[start : start + len(part)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    made = base_count
+    while made < count:
+        source = int(rng.integers(0, base_count))
+        for _ in range(min(int(rng.integers(1, 5)), count - made)):
+            cosine = rng.uniform(0.85, 0.99)
+            noise = rng.standard_normal(dim, dtype=np.float32) * math.sqrt((1.0 / cosine**2 - 1.0) / dim)
+            copy = vectors[source] + noise
+            vectors[made] = copy / np.linalg.norm(copy)
+            made += 1
+    return vectors[rng.permutation(count)]
 
 
 def command_line(argv: list[str] | None, script: str) -> str:

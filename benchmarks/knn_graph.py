@@ -41,7 +41,6 @@ it. Timings are reported, never asserted; nothing imports this file.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import shlex
@@ -57,10 +56,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import CpuMeter, cores, cpu_model, write_result  # noqa: E402
+from benchmarks.common import CpuMeter, cores, cpu_model, write_result, zipf_mixture  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_N, TARGET_S, TARGET_RECALL = 100_000, 15.0, 0.95  # the target on this machine
+NEAR_DUPLICATES = 0.2  # share of the vectors that are noisy copies: the graph has real edges and groups
 
 
 def wait_for_idle(limit_s: float, below: float) -> tuple[float, float]:
@@ -72,40 +72,6 @@ def wait_for_idle(limit_s: float, below: float) -> tuple[float, float]:
         time.sleep(min(15.0, max(0.0, limit_s - (time.perf_counter() - started))))
         load = os.getloadavg()[0]
     return load, time.perf_counter() - started
-
-
-# --- data ----------------------------------------------------------------------------------------------------
-def clustered_vectors(count: int, dim: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    copies_total = int(count * 0.2)
-    base_count = count - copies_total
-    clusters = max(1, count // 50)
-    weights = 1.0 / np.arange(1, clusters + 1) ** 1.1
-    sizes = rng.multinomial(base_count, weights / weights.sum())
-    common = rng.standard_normal(dim).astype(np.float32)
-    common /= np.linalg.norm(common)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32) / math.sqrt(dim)
-    centres = 0.45 * common + centres / np.linalg.norm(centres, axis=1, keepdims=True)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    spread = rng.uniform(0.4, 2.3, clusters).astype(np.float32)  # sigma^2 * dim: member cosine ~1/(1+s)
-    label = np.repeat(np.arange(clusters), sizes)
-    vectors = np.empty((count, dim), np.float32)
-    for start in range(0, base_count, 65536):
-        part = label[start : start + 65536]
-        noise = rng.standard_normal((len(part), dim), dtype=np.float32)
-        vectors[start : start + len(part)] = centres[part] + noise * np.sqrt(spread[part] / dim)[:, None]
-    vectors[:base_count] /= np.linalg.norm(vectors[:base_count], axis=1, keepdims=True)
-    made = base_count
-    while made < count:  # near-duplicate groups: 1-4 copies of a clustered vector
-        source = int(rng.integers(0, base_count))
-        for _ in range(min(int(rng.integers(1, 5)), count - made)):
-            cosine = rng.uniform(0.85, 0.99)
-            t = 1.0 / cosine**2 - 1.0
-            noise = rng.standard_normal(dim, dtype=np.float32) * math.sqrt(t / dim)
-            copy = vectors[source] + noise
-            vectors[made] = copy / np.linalg.norm(copy)
-            made += 1
-    return vectors[rng.permutation(count)]
 
 
 # --- timing ----------------------------------------------------------------------------------------------------
@@ -209,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                                "torch_import_s": round(torch_import_s, 2)}  # fmt: skip
     notes: list[str] = []
     # warm-up: BLAS, OpenMP pool and faiss code paths
-    warm = clustered_vectors(2000, args.dim, args.seed + 1)
+    warm = zipf_mixture(2000, args.dim, args.seed + 1, NEAR_DUPLICATES)
     timed_edges(warm, args.threshold, DedupStage(k=args.k, index="flat"))
     timed_edges(warm, args.threshold, DedupStage(k=args.k, index="ivf", nprobe=nprobes[0]))
     flat_rate: float | None = None  # seconds / N^2 of our flat path, from the smallest N
@@ -217,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     for count in sizes:
         since = meter.snapshot()
         t0 = time.perf_counter()
-        vectors = clustered_vectors(count, args.dim, args.seed)
+        vectors = zipf_mixture(count, args.dim, args.seed, NEAR_DUPLICATES)
         figures[f"generate_{count}_s"] = round(time.perf_counter() - t0, 2)
         lists = ivf_cells(count)
         figures[f"ivf_nlist_{count}"] = lists

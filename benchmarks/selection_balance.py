@@ -66,7 +66,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model, print_figures, write_result  # noqa: E402
+from benchmarks.common import cores, cpu_model, print_figures, write_result, zipf_mixture  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -303,28 +303,6 @@ def plot_fmnist(path: Path, labels: np.ndarray, chosen: dict[str, np.ndarray], f
 
 
 # --- part 2: speed -----------------------------------------------------------------------------------------------
-def zipf_vectors(count: int, dim: int, seed: int) -> np.ndarray:
-    """L2-normalised mixture of count/50 Gaussians, Zipf(1.1) sizes, centres sharing a common direction."""
-    rng = np.random.default_rng(seed)
-    clusters = max(1, count // 50)
-    weights = 1.0 / np.arange(1, clusters + 1) ** 1.1
-    sizes = rng.multinomial(count, weights / weights.sum())
-    common = rng.standard_normal(dim).astype(np.float32)
-    common /= np.linalg.norm(common)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    centres = 0.45 * common + centres / np.linalg.norm(centres, axis=1, keepdims=True)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    spread = rng.uniform(0.4, 2.3, clusters).astype(np.float32)  # sigma^2 * dim: member cosine ~1/(1+s)
-    label = np.repeat(np.arange(clusters), sizes)
-    vectors = np.empty((count, dim), np.float32)
-    for start in range(0, count, 65536):
-        part = label[start : start + 65536]
-        noise = rng.standard_normal((len(part), dim), dtype=np.float32)
-        block = centres[part] + noise * np.sqrt(spread[part] / dim)[:, None]
-        vectors[start : start + len(part)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return vectors[rng.permutation(count)]
-
-
 class Instrumented:
     """Wraps curation.select.kmeans's kmeans_plus_plus, _nearest (the distance pass) and resample (looked up as
     module globals by the code under test) to sum their wall time, in this process only. A call made inside
@@ -388,11 +366,11 @@ def speed_figures(args, levels, sync, suffix: str, notes: list[str]) -> dict[str
     gpu = args.device == "cuda" and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
     figures["faiss_gpu"] = int(gpu)
     timer = Instrumented(sync)
-    warm = zipf_vectors(2000, args.dim, args.seed + 1)  # warm-up: BLAS, OpenMP pool, faiss and torch paths
+    warm = zipf_mixture(2000, args.dim, args.seed + 1)  # warm-up: BLAS, OpenMP pool, faiss and torch paths
     hierarchical_kmeans(warm, parse_levels("20,5", "1,1", 10, "closest"), iterations=2)
     faiss_hierarchy(warm, parse_levels("20,5", "0,0", 10, "closest"), 2, 0, gpu)
     started = time.perf_counter()
-    vectors = zipf_vectors(args.n, args.dim, args.seed)
+    vectors = zipf_mixture(args.n, args.dim, args.seed)
     figures[f"generate_s_{suffix}"] = round(time.perf_counter() - started, 2)
     print(f"  {args.n} x {args.dim} vectors made in {figures[f'generate_s_{suffix}']:.1f} s", flush=True)
 
