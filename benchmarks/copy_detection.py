@@ -95,7 +95,7 @@ TRANSFORMS = (
     "resave",  # the same pixels, re-encoded as PNG with a text chunk: different bytes only
 )
 PHASH_DISTANCES = (0, 4, 8, 10)
-BUILTIN_THRESHOLDS = (0.7, 0.8, 0.9, 0.95)
+EMBEDDER_THRESHOLDS = (0.7, 0.8, 0.9, 0.95)
 VIT_THRESHOLDS = (0.9, 0.95)
 IMAGEDEDUP_DISTANCES = (10, 4)
 
@@ -477,33 +477,36 @@ def run_imagededup(images: list[bytes], workdir: Path, figures: dict[str, Any], 
     return rows
 
 
-def run_vit(images: list[bytes], figures: dict[str, Any], groups: np.ndarray, kinds: np.ndarray, pixels: np.ndarray,
-            vit_groups: int) -> dict[str, dict]:  # fmt: skip
+def embedding_rows(label: str, model: str, images: list[bytes], thresholds: tuple[float, ...],
+                   figures: dict[str, Any], groups: np.ndarray, kinds: np.ndarray,
+                   pixels: np.ndarray) -> tuple[dict[str, dict], np.ndarray]:  # fmt: skip
+    """Embed `images` with `model` on the CPU (timed: `<label>_embed_s`), report the mean cosine within and between
+    ground-truth groups, and score knn_edges(flat, k=64) at each threshold. Returns (rows, vectors)."""
     from curation.config import DedupStage, EmbedStage
     from curation.dedup.graph import knn_edges
     from curation.embed.registry import create_embedder
 
-    rows: dict[str, dict] = {}
-    rows_index = np.flatnonzero(groups < vit_groups)
-    embedder = create_embedder(EmbedStage(model="timm:vit_small_patch16_224", device="cpu"))
+    embedder = create_embedder(EmbedStage(model=model, device="cpu"))
     started = time.perf_counter()
-    parts = []
-    for start in range(0, len(rows_index), 32):
-        vectors, _errors = embedder.embed([images[k] for k in rows_index[start : start + 32]])
+    parts, failed = [], 0
+    for start in range(0, len(images), 64):
+        vectors, errors = embedder.embed(images[start : start + 64])
         parts.append(vectors)
+        failed += sum(error is not None for error in errors)
     vectors = np.concatenate(parts)
-    figures["vit_random_embed_s"] = round(time.perf_counter() - started, 2)
-    figures["vit_random_images"] = len(rows_index)
+    figures[f"{label}_embed_s"] = round(time.perf_counter() - started, 2)
+    figures[f"{label}_images"] = len(images)
+    figures[f"{label}_embed_errors"] = failed
     cosine = vectors @ vectors.T
-    same = groups[rows_index][:, None] == groups[rows_index][None, :]
-    off = ~np.eye(len(rows_index), dtype=bool)
-    figures["vit_random_mean_cos_same_group"] = round(float(cosine[same & off].mean()), 4)
-    figures["vit_random_mean_cos_other_group"] = round(float(cosine[~same].mean()), 4)
-    for threshold in VIT_THRESHOLDS:
+    same = groups[:, None] == groups[None, :]
+    off = ~np.eye(len(images), dtype=bool)
+    figures[f"{label}_mean_cos_same_group"] = round(float(cosine[same & off].mean()), 4)
+    figures[f"{label}_mean_cos_other_group"] = round(float(cosine[~same].mean()), 4)
+    rows = {}
+    for threshold in thresholds:
         i, j, _s = knn_edges(vectors, threshold, DedupStage(k=64, index="flat"))
-        rows[f"vit_random_t{threshold}"] = score(f"vit_random_t{threshold}", i, j, groups[rows_index],
-                                                 kinds[rows_index], pixels[rows_index], figures)  # fmt: skip
-    return rows
+        rows[f"{label}_t{threshold}"] = score(f"{label}_t{threshold}", i, j, groups, kinds, pixels, figures)
+    return rows, vectors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -521,10 +524,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from curation.config import DedupStage, EmbedStage
+    from curation.config import DedupStage
     from curation.dedup.graph import knn_edges
     from curation.dedup.perceptual import near_pairs, phash
-    from curation.embed.registry import create_embedder
 
     torch.set_num_threads(cores())
     now = datetime.now(UTC)
@@ -581,24 +583,16 @@ def main(argv: list[str] | None = None) -> int:
         figures[f"phash_d{distance}_near_pairs_vs_brute_force_mismatch"] = mismatch
         rows[f"phash_d{distance}"] = score(f"phash_d{distance}", i, j, groups, kinds, pixels, figures)
 
-    # builtin embedder
-    embedder = create_embedder(EmbedStage(model="builtin"))
-    started = time.perf_counter()
-    vectors, errors = embedder.embed(images)
-    figures["builtin_embed_s"] = round(time.perf_counter() - started, 2)
-    figures["builtin_embed_errors"] = sum(error is not None for error in errors)
-    builtin_edges = {}
-    for threshold in BUILTIN_THRESHOLDS:
-        i, j, _s = knn_edges(vectors, threshold, DedupStage(k=64, index="flat"))
-        builtin_edges[threshold] = (i, j)
-        rows[f"builtin_t{threshold}"] = score(f"builtin_t{threshold}", i, j, groups, kinds, pixels, figures)
+    # the embedders: the weight-free builtin and the bundled default (trained by `curate train`, shipped)
+    found, vectors = embedding_rows("builtin", "builtin", images, EMBEDDER_THRESHOLDS, figures, groups, kinds, pixels)
+    rows.update(found)
+    rows.update(embedding_rows("bundled_default", "bundled:default", images, EMBEDDER_THRESHOLDS, figures, groups,
+                               kinds, pixels)[0])  # fmt: skip
 
     # the pipeline's default: perceptual (pHash d4) + copy detection (builtin 0.9) in one graph
     defaults = DedupStage()
     pi, pj, _pd = near_pairs(hashes, defaults.phash_max_distance)
-    bi, bj = builtin_edges[defaults.threshold] if defaults.threshold in builtin_edges else (None, None)
-    if bi is None:
-        bi, bj, _s = knn_edges(vectors, defaults.threshold, DedupStage(k=defaults.k, index="flat"))
+    bi, bj, _s = knn_edges(vectors, defaults.threshold, DedupStage(k=defaults.k, index="flat"))
     name = f"default_phash_d{defaults.phash_max_distance}_builtin_t{defaults.threshold}"
     rows[name] = score(name, np.concatenate([pi, bi]), np.concatenate([pj, bj]), groups, kinds, pixels, figures)
     wrong = Counter()
@@ -613,8 +607,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.update(run_imagededup(images, workdir, figures, notes, groups, kinds, pixels, hashes))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if args.vit_originals > 0:
-        rows.update(run_vit(images, figures, groups, kinds, pixels, min(args.vit_originals, len(originals.images))))
+    if args.vit_originals > 0:  # a random network on a subset: it is slow on the CPU and detects nothing
+        subset = np.flatnonzero(groups < min(args.vit_originals, len(originals.images)))
+        found, _vectors = embedding_rows("vit_random", "timm:vit_small_patch16_224", [images[k] for k in subset],
+                                         VIT_THRESHOLDS, figures, groups[subset], kinds[subset],
+                                         pixels[subset])  # fmt: skip
+        rows.update(found)
 
     # report
     header = f"{'method':<34} {'prec':>6} {'recall':>6} {'edgeP':>6} {'edgeR':>6} {'merged':>6} {'lost':>5} {'kept':>5}"
