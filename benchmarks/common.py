@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import math
 import os
 import platform
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")  # Debian dataset-fashion-mnist
+# Debian's dataset-fashion-mnist; FASHION_MNIST_DIR points elsewhere (e.g. a copy carried to a lent GPU machine)
+FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 
 def cpu_model() -> str:
@@ -62,15 +64,27 @@ class CpuMeter:
         return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(1e-9, (wall1 - wall0) * cores())
 
 
+def fashion_mnist_installed() -> bool:
+    return any((FASHION_MNIST_DIR / f"train-images-idx3-ubyte{suffix}").is_file() for suffix in (".gz", ".xz"))
+
+
+def read_idx(name: str) -> np.ndarray:
+    """A Fashion-MNIST IDX array (`train-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, ...) from
+    FASHION_MNIST_DIR, gzip-compressed as Debian ships it or xz-compressed (smaller, to carry)."""
+    for suffix, opener in ((".gz", gzip.open), (".xz", lzma.open)):
+        path = FASHION_MNIST_DIR / f"{name}{suffix}"
+        if path.is_file():
+            with opener(path) as handle:
+                data = handle.read()
+            dims = data[3]
+            shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+            return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+    raise FileNotFoundError(f"{FASHION_MNIST_DIR}/{name}.gz (apt-get install dataset-fashion-mnist)")
+
+
 def load_fashion_mnist() -> np.ndarray | None:
-    """(count, 28, 28) uint8 from the IDX file, or None when it is not installed."""
-    if not FASHION_MNIST.is_file():
-        return None
-    raw = gzip.decompress(FASHION_MNIST.read_bytes())
-    magic, count, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
-    if magic != 2051:
-        raise ValueError(f"{FASHION_MNIST}: not an IDX image file (magic {magic})")
-    return np.frombuffer(raw[16:], dtype=np.uint8).reshape(int(count), int(rows), int(cols))
+    """(count, 28, 28) uint8 training images, or None when the data set is not installed."""
+    return read_idx("train-images-idx3-ubyte") if fashion_mnist_installed() else None
 
 
 def zipf_mixture(count: int, dim: int, seed: int, near_duplicates: float = 0.0) -> np.ndarray:

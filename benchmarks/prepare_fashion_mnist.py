@@ -2,36 +2,29 @@
 OUT/train/<class>/train-NNNNN.png (60,000) and OUT/test/<class>/t10k-NNNNN.png (10,000).
 
 Used by pipelines/default-embedder.yaml (the train split is the default embedder's training data) and by
-benchmarks/fashion_mnist_knn.py (labelled sets for k-NN). `apt-get install dataset-fashion-mnist` first.
+benchmarks/fashion_mnist_knn.py (labelled sets for k-NN). `apt-get install dataset-fashion-mnist` first (or
+point FASHION_MNIST_DIR at a folder of its IDX files).
 
     python benchmarks/prepare_fashion_mnist.py /tmp/fashion-mnist
 """
 
 from __future__ import annotations
 
-import gzip
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-SOURCE = Path("/usr/share/datasets/fashion-mnist")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import read_idx  # noqa: E402
+
 CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path) as handle:
-        data = handle.read()
-    dims = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def main(out: Path) -> None:
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(SOURCE / f"{prefix}-images-idx3-ubyte.gz")
-        labels = read_idx(SOURCE / f"{prefix}-labels-idx1-ubyte.gz")
+        images = read_idx(f"{prefix}-images-idx3-ubyte")
+        labels = read_idx(f"{prefix}-labels-idx1-ubyte")
         for name in CLASSES:
             (out / split / name).mkdir(parents=True, exist_ok=True)
         for index, (image, label) in enumerate(zip(images, labels)):

@@ -47,7 +47,6 @@ never asserted; nothing imports this file.
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
 import math
 import os
@@ -66,10 +65,18 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cores, cpu_model, print_figures, write_result, zipf_mixture  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    FASHION_MNIST_DIR,
+    cores,
+    cpu_model,
+    fashion_mnist_installed,
+    print_figures,
+    read_idx,
+    write_result,
+    zipf_mixture,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
 
 
@@ -237,17 +244,10 @@ def plot_toy(path: Path, points: np.ndarray, labels: np.ndarray, chosen: dict[st
 
 
 # --- part 1b: long-tailed Fashion-MNIST -------------------------------------------------------------------------
-def read_idx(path: Path) -> np.ndarray:
-    data = gzip.decompress(path.read_bytes())
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 def fmnist_longtail(top: int, exponent: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images [n, 28, 28] uint8, class labels [n], count per class): class at rank r gets top / r^exponent."""
-    images = read_idx(FMNIST / "train-images-idx3-ubyte.gz")
-    labels = read_idx(FMNIST / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    images = read_idx("train-images-idx3-ubyte")
+    labels = read_idx("train-labels-idx1-ubyte").astype(np.int64)
     rng = np.random.default_rng(seed)
     order = rng.permutation(10)  # order[r] = the class at rank r + 1
     counts = np.zeros(10, np.int64)
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             plot_toy(plot, points, labels, chosen, toy)
             plots.append(str(plot.relative_to(REPO)))
 
-        if (FMNIST / "train-images-idx3-ubyte.gz").exists():
+        if fashion_mnist_installed():
             images, labels, counts = fmnist_longtail(args.fmnist_top, args.fmnist_exponent, args.seed)
             print(f"\nfmnist: {len(images)} images, class sizes {sorted(counts.tolist(), reverse=True)}, subset "
                   f"{args.fmnist_target}", flush=True)  # fmt: skip
@@ -520,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                 plots.append(str(plot.relative_to(REPO)))
         else:
             notes.append(
-                f"Fashion-MNIST not found under {FMNIST} (apt-get install dataset-fashion-mnist): part 1b skipped."
+                f"Fashion-MNIST not found under {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist): "
+                "part 1b skipped."
             )
 
     if not args.skip_speed:

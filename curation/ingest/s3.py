@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from curation.config import S3Settings, S3Source
 from curation.errors import SpecError
 from curation.ingest.raw import SIDECAR_MAX_BYTES, RawInput, has_image_extension, parse_sidecar
-from curation.store.s3client import make_s3_client, split_s3_uri
+from curation.store.s3client import make_s3_client, s3_errors, split_s3_uri
 from curation.types import Reason
 
 
@@ -24,7 +22,7 @@ def list_prefix(source: S3Source, settings: S3Settings) -> list[tuple[str, str |
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             keys.update(item["Key"] for item in page.get("Contents", []))
-    except (BotoCoreError, ClientError) as error:
+    except s3_errors() as error:
         raise SpecError(f"source {source.name!r}: cannot list {source.uri}: {error}") from None
     items = []
     for key in sorted(keys):
@@ -45,7 +43,7 @@ def read_objects(items: tuple[tuple[str, str | None], ...], settings: S3Settings
                 yield RawInput(uri, reason=Reason.TOO_LARGE, detail=detail)
                 continue
             data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except (BotoCoreError, ClientError) as error:
+        except s3_errors() as error:
             yield RawInput(uri, reason=Reason.READ_FAILED, detail=str(error)[:300])
             continue
         meta, problem = _sidecar(client, bucket, sidecar) if sidecar else ({}, None)
@@ -55,6 +53,6 @@ def read_objects(items: tuple[tuple[str, str | None], ...], settings: S3Settings
 def _sidecar(client, bucket: str, key: str) -> tuple[dict, str | None]:
     try:
         raw = client.get_object(Bucket=bucket, Key=key)["Body"].read(SIDECAR_MAX_BYTES + 1)
-    except (BotoCoreError, ClientError) as error:
+    except s3_errors() as error:
         return {}, f"sidecar ignored: {error}"
     return parse_sidecar(raw)

@@ -14,13 +14,12 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import PurePosixPath
 
-from botocore.exceptions import BotoCoreError, ClientError
 from braceexpand import braceexpand
 
 from curation.config import S3Settings, WebDatasetSource
 from curation.errors import SpecError
 from curation.ingest.raw import SIDECAR_MAX_BYTES, RawInput, has_image_extension, parse_sidecar
-from curation.store.s3client import make_s3_client, split_s3_uri
+from curation.store.s3client import make_s3_client, s3_errors, split_s3_uri
 from curation.types import Reason
 
 _KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
@@ -41,7 +40,7 @@ def expand_shards(source: WebDatasetSource) -> list[str]:
 def read_shard(shard: str, settings: S3Settings, max_bytes: int) -> Iterator[RawInput]:
     try:
         stream = _open(shard, settings)
-    except (OSError, BotoCoreError, ClientError) as error:
+    except (OSError, *s3_errors()) as error:
         yield RawInput(shard, reason=Reason.READ_FAILED, detail=str(error)[:300])
         return
     with closing(stream):
@@ -78,7 +77,7 @@ def _read_stream(shard: str, stream, max_bytes: int) -> Iterator[RawInput]:
                 data = archive.extractfile(member).read() if wanted and member.size <= limit else None
                 if wanted:
                     group.append((member, extension, data))
-    except (tarfile.TarError, OSError, EOFError, BotoCoreError, ClientError) as error:
+    except (tarfile.TarError, OSError, EOFError, *s3_errors()) as error:
         yield from _emit(shard, group, max_bytes)
         group = []
         yield RawInput(shard, reason=Reason.CORRUPT_CONTAINER, detail=f"tar unreadable from here: {error}"[:300])

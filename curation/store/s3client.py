@@ -1,12 +1,13 @@
-"""boto3 clients built from spec settings or the usual AWS_* environment. Credentials are never logged."""
+"""boto3 clients built from spec settings or the usual AWS_* environment. Credentials are never logged.
+
+boto3 is imported on first use, so a machine without it (a bare GPU box running the trainer) still imports
+curation; only S3 paths need it.
+"""
 
 from __future__ import annotations
 
 import logging
 from urllib.parse import urlsplit
-
-import boto3
-from botocore.config import Config
 
 from curation.config import S3Settings
 from curation.errors import StoreError
@@ -18,6 +19,11 @@ for _noisy in ("boto3", "botocore", "s3transfer", "urllib3"):
 
 def make_s3_client(settings: S3Settings | None = None):
     """A client for `settings`; any field left None falls back to boto3's chain (AWS_* variables, profiles)."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as error:
+        raise StoreError(f"S3 needs boto3, which is not installed here ({error}): pip install boto3") from error
     settings = settings or S3Settings()
     secret = {
         "aws_access_key_id": settings.access_key_id,
@@ -33,6 +39,16 @@ def make_s3_client(settings: S3Settings | None = None):
         config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
         **kwargs,
     )
+
+
+def s3_errors() -> tuple[type[Exception], ...]:
+    """botocore's error types, for except clauses around S3 calls; empty where boto3 is not installed (then no
+    S3 call can have raised one)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return ()
+    return BotoCoreError, ClientError
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
