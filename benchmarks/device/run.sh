@@ -23,9 +23,9 @@ fashion_mnist_version() {  # fashion-mnist@v1 in $home, made once per machine
 }
 case "$step" in
   knn) "$python" benchmarks/knn_graph.py --sizes "${KNN_SIZES:-100000,1000000}" --flat-limit-s 60 --wait-idle 0 ;;
-  selection) "$python" benchmarks/selection_balance.py --device cuda --skip-balance --n "${SELECTION_N:-1000000}" \
-               --levels 10000,1000,100,10 --steps 1,10,10,10 --iterations 50 --faiss-repeats 1 ;;
-  embed) "$python" benchmarks/embed_throughput.py --device cuda ;;
+  selection) "$python" benchmarks/selection_balance.py --device "${DEVICE:-cuda}" --skip-balance --n "${SELECTION_N:-1000000}" \
+               --levels "${SELECTION_LEVELS:-10000,1000,100,10}" --steps 1,10,10,10 --iterations 50 --faiss-repeats 1 ;;
+  embed) "$python" benchmarks/embed_throughput.py --device "${DEVICE:-cuda}" ;;
   train) fashion_mnist_version
          "$python" benchmarks/train_throughput.py --home "$home" --dataset fashion-mnist@v1 ${TRAIN_ARGS:-} ;;
   fmnist) fashion_mnist_version

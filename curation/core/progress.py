@@ -8,6 +8,7 @@ resumed like a killed one.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -61,6 +62,9 @@ class Progress:
         return {"run_id": self.run_id, "current": self.current, "stages": stages}
 
 
+LOG_INTERVAL_S = 30.0  # bar redraws when stderr is a log file, not a terminal: a line every 30 s, not 10 a second
+
+
 class Bar:
     """A counted stage: draws a tqdm bar when the Progress shows, and keeps rate and ETA for the service."""
 
@@ -69,7 +73,7 @@ class Bar:
         self.done = initial
         self.started = time.perf_counter()
         self._tqdm = tqdm(total=total, initial=initial, desc=name, unit=unit, disable=not progress.show,
-                          dynamic_ncols=True)  # fmt: skip
+                          dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else LOG_INTERVAL_S)  # fmt: skip
 
     def update(self, count: int, **extra: Any) -> None:
         self.done += count
