@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "written, so in the page cache) -> float16 vectors + Parquet index in a local store, one process, model load "
         "excluded (<model>_load_s). decode = the embedder's own decode+resize+crop on in-memory bytes "
         + (
-            "(_gpu_pixels: batched nvjpeg + per-image GPU resize, per batch size)"
+            "(_gpu_pixels: batched nvjpeg, then one GPU resize per distinct image shape, per batch size)"
             if cuda
             else "(_cpu_pixels: Pillow, one image at a time, one core)"
         )

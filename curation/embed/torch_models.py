@@ -137,22 +137,27 @@ class TorchEmbedder(Embedder):
                                                               apply_exif_orientation=True))  # fmt: skip
                 except RuntimeError:
                     decoded.append(None)
-        result = {}
-        for index, image in zip(indices, decoded):
-            if image is not None:
-                result[index] = self._resize_crop_gpu(image)
-        return result
+        return self._resize_crop_tensors({index: image for index, image in zip(indices, decoded) if image is not None})
 
-    def _resize_crop_gpu(self, image):
+    def _resize_crop_tensors(self, images: dict[int, Any]) -> dict[int, Any]:
+        """Shortest side to `size`, centre crop, for uint8 [3, H, W] tensors on any device. Images of one shape
+        (common in a crawl's batch) go through one interpolate call together, not one kernel launch each."""
         torch = self.torch
-        height, width = image.shape[-2:]
-        scale = self.preprocess.size / min(height, width)
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        resized = torch.nn.functional.interpolate(image[None].float(), size=size, mode=self.preprocess.interpolation,
-                                                  antialias=True, align_corners=False)[0]  # fmt: skip
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for index, image in images.items():
+            by_shape.setdefault(tuple(image.shape[-2:]), []).append(index)
         crop = self.preprocess.crop
-        top, left = (size[0] - crop) // 2, (size[1] - crop) // 2
-        return resized[:, top : top + crop, left : left + crop].clamp_(0, 255)
+        result = {}
+        for (height, width), members in by_shape.items():
+            scale = self.preprocess.size / min(height, width)
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            stacked = torch.stack([images[index] for index in members]).float()
+            resized = torch.nn.functional.interpolate(stacked, size=size, mode=self.preprocess.interpolation,
+                                                      antialias=True, align_corners=False)  # fmt: skip
+            top, left = (size[0] - crop) // 2, (size[1] - crop) // 2
+            cropped = resized[:, :, top : top + crop, left : left + crop].clamp_(0, 255)
+            result.update(zip(members, cropped))
+        return result
 
     # --- forward ---------------------------------------------------------------------------------------
     def embed(self, images: Sequence[bytes]) -> tuple[np.ndarray, list[str | None]]:

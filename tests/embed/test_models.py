@@ -116,3 +116,23 @@ def test_preprocessing_is_part_of_the_model_id():
     timm_id = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}")).model_id
     builtin_id = create_embedder(EmbedStage(model="builtin")).model_id
     assert timm_id.split("-p")[-1] != builtin_id.split("-p")[-1]
+
+
+def test_tensor_resize_groups_shapes_and_matches_one_at_a_time():
+    """The GPU decode path's resize + centre crop (run here on CPU tensors): images of one shape are resized in one
+    call, and each comes out exactly as when resized alone, at the model's crop size."""
+    import torch
+
+    embedder = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}", device="cpu"))
+    rng = np.random.default_rng(0)
+    shapes = [(375, 500), (500, 375), (375, 500), (224, 224), (375, 500)]
+    images = {index: torch.from_numpy(rng.integers(0, 256, (3, *shape), dtype=np.uint8)) for index, shape in
+              enumerate(shapes)}  # fmt: skip
+    together = embedder._resize_crop_tensors(images)
+    crop = embedder.preprocess.crop
+    assert sorted(together) == list(range(len(shapes)))
+    for index, image in images.items():
+        alone = embedder._resize_crop_tensors({index: image})[index]
+        assert together[index].shape == (3, crop, crop)
+        torch.testing.assert_close(together[index], alone, atol=1e-3, rtol=0)
+    assert not torch.equal(together[0], together[2])  # distinct images stay distinct within a group
