@@ -38,7 +38,7 @@ class Points:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         data = torch.as_tensor(np.asarray(points, np.float32) if isinstance(points, np.ndarray) else points)
         data = data.to(device=device, dtype=torch.float32)
-        norms = (data * data).sum(dim=1)
+        norms = torch.linalg.vector_norm(data, dim=1).square_()  # no N x d temporary
         if half is None:
             largest = float(norms.max().sqrt()) if len(norms) else 0.0
             half = device.type == "cuda" and largest <= HALF_PRECISION_MAX_NORM
