@@ -91,6 +91,12 @@ def run_command(obj: Context, spec_path: str, fresh: bool, ray_address: str | No
         if embed:
             click.echo(f"embedded {embed['embedded']} images with {embed['model_id']} "
                        f"({embed['cached_images']} already had vectors, {embed['failed']} failed)")  # fmt: skip
+        dedup = data["stats"].get("dedup")
+        if dedup:
+            click.echo(f"dedup: {dedup['dropped_images']} images dropped in {dedup['groups']} groups (largest "
+                       f"{dedup['largest_group']})")  # fmt: skip
+            if dedup.get("warning"):
+                click.secho(f"WARNING {dedup['warning']}", fg="yellow", err=True)
         verb = "unchanged, still" if data["unchanged"] else "published"
         click.echo(f"{verb} {data['version']} ({kept} samples in {data['stats']['publish']['shards']} shards)")
         click.echo(f"  curate verify {data['version']}   curate rejects {data['run_id']}")

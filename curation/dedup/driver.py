@@ -9,6 +9,8 @@ image whose component (pool-pool and pool-evaluation edges at its stricter thres
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +33,10 @@ from curation.store.catalog import Catalog
 from curation.store.home import Home
 from curation.store.objects import read_parquet
 from curation.types import KEPT, Reason
+
+LOG = logging.getLogger(__name__)
+CHAIN_WARNING_MIN = 100  # a duplicate group at least this large (and CHAIN_WARNING_SHARE of the pool) is suspect
+CHAIN_WARNING_SHARE = 0.01
 
 
 def phash_block(block: Block, blobs: BlobStore) -> list[tuple[str, int | None]]:
@@ -107,16 +113,35 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
         m for m in group_duplicates(image_ids, pixels, edges, frozenset(published)) if m.image_id not in published
     ]
     catalog.record_duplicates(run_id, "dedup", members, model_id)
+    group_sizes = Counter(member.group_id for member in members)
+    largest = max(group_sizes.values()) + 1 if group_sizes else 0  # + the kept representative
     stats = {
         "images": len(image_ids),
         "perceptual_edges": int(sum(len(e.i) for e in edges if e.method == "perceptual")),
         "copy_edges": int(sum(len(e.i) for e in edges if e.method == "copy_detection")),
         "published_images": len(published),
-        "groups": len({member.group_id for member in members}),
+        "groups": len(group_sizes),
+        "largest_group": largest,
         "dropped_images": len(members),
         **{f"copy_graph_{key}": round(value, 3) for key, value in graph_timings.items()},  # where the time went
     }
+    warning = chaining_warning(largest, len(image_ids))
+    if warning:
+        stats["warning"] = warning
+        LOG.warning(warning)
     return stats, dedup_verdicts(members, frozenset(published))
+
+
+def chaining_warning(largest_group: int, images: int) -> str | None:
+    """Copies of one image rarely number in the hundreds; a group that large is a chain of look-alikes that the
+    descriptor cannot tell apart (A~B~C~... through the transitive closure), and it silently empties the pool."""
+    if largest_group < max(CHAIN_WARNING_MIN, CHAIN_WARNING_SHARE * images):
+        return None
+    return (
+        f"dedup: the largest duplicate group holds {largest_group} of {images} images: likely a chain of "
+        "look-alike images, not copies. Raise stages.dedup.threshold, lower phash_max_distance, or embed with "
+        "a copy-detection model (docs/dedup.md); `curate dups RUN` lists the groups."
+    )
 
 
 def dedup_verdicts(members: list[Member], published: frozenset[str]) -> dict[str, tuple[Reason, str]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from click.testing import CliRunner
 
 import curation
@@ -177,6 +178,7 @@ def test_planted_copies_leave_one_per_group_with_reasons(ray_local, planted, hom
         assert detail["kept"] == detail["group"] and detail["similarity"] >= detail["threshold"]
     assert sum(version.manifest["dropped"]["dedup"].values()) == 4
     assert result.stats["dedup"]["copy_edges"] >= 1 and result.stats["dedup"]["copy_graph_search_s"] >= 0
+    assert result.stats["dedup"]["largest_group"] == 2 and "warning" not in result.stats["dedup"]
 
     listing = CliRunner().invoke(cli, ["--home", str(home), "dups", result.run_id, "--json"])
     groups = {(row["group_id"], row["uri"].rsplit("/", 1)[1]) for row in json.loads(listing.output)}
@@ -246,3 +248,28 @@ def test_copy_detection_needs_an_embedder():
         parse_spec({"name": "x", "sources": [{"kind": "folder", "name": "a", "path": "."}], "stages": {"dedup": {}}})
     parse_spec({"name": "x", "sources": [{"kind": "folder", "name": "a", "path": "."}],
                 "stages": {"dedup": {"copy_detection": False}}})  # fmt: skip
+
+
+def test_a_chain_of_look_alikes_is_reported_not_silent(tmp_path):
+    """120 distinct images that differ only by faint noise chain into one duplicate group: the run still does
+    what the spec says, but its stats and the CLI say the group is suspect."""
+    from curation.dedup.driver import chaining_warning
+
+    assert chaining_warning(2, 20) is None and chaining_warning(150, 100_000) is None  # small, or a sliver
+    assert "150 of 1000 images" in chaining_warning(150, 1000)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    ramp = np.tile(np.linspace(0, 255, 64), (64, 1))
+    rng = np.random.default_rng(0)
+    for n in range(120):
+        pixels = np.clip(ramp + rng.normal(0, 2, ramp.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(pool / f"ramp-{n:03d}.png")
+    spec = {"name": "chain", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+            "stages": {"embed": {"model": "builtin"}, "dedup": {"threshold": 0.9}},
+            "execution": {"executor": "local"}}  # fmt: skip
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps(spec))
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "run", str(spec_file)])
+    assert result.exit_code == 0, result.output
+    assert "dedup: 119 images dropped in 1 groups (largest 120)" in result.output
+    assert "WARNING dedup: the largest duplicate group holds 120 of 120 images" in result.output
