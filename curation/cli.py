@@ -230,25 +230,34 @@ def rejects_command(obj: Context, run_id: str, as_json: bool, summary: bool) -> 
 
 @cli.command("dups")
 @click.argument("run_id", metavar="RUN", default="latest")
+@click.option("--largest", type=click.IntRange(min=1), help="Only the N largest groups, largest first.")
+@click.option("--members", type=click.IntRange(min=0), help="List at most M dropped images per group (text output).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def dups_command(obj: Context, run_id: str, as_json: bool) -> None:
+def dups_command(obj: Context, run_id: str, largest: int | None, members: int | None, as_json: bool) -> None:
     """Duplicate and contamination groups of a run, with paths: what was kept, what went and why."""
     from curation.audit.queries import run_duplicates
 
     with obj.reader() as catalog:
         rows = run_duplicates(catalog, catalog.run(run_id)["run_id"])
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["stage"], row["group_id"]), []).append(row)
+    if largest:
+        chosen = sorted(groups, key=lambda key: (-len(groups[key]), key))[:largest]
+        groups = {key: groups[key] for key in chosen}
+        rows = [row for key in chosen for row in groups[key]]
 
     def render(rows: list[dict]) -> None:
-        group = None
-        for row in rows:
-            if (row["stage"], row["group_id"]) != group:
-                group = (row["stage"], row["group_id"])
-                click.echo(
-                    f"{row['stage']} group {row['group_id'][:16]}: kept {row['kept_uri'] or row['representative']}"
-                )
-            click.echo(f"  - {row['uri']}  {row['method']} {row['similarity']:.3f} (threshold {row['threshold']})")
-        click.echo(f"{len({(r['stage'], r['group_id']) for r in rows})} groups, {len(rows)} images dropped")
+        for (stage, group_id), dropped in groups.items():
+            first = dropped[0]
+            click.echo(f"{stage} group {group_id[:16]}: kept {first['kept_uri'] or first['representative']}, "
+                       f"{len(dropped)} dropped")  # fmt: skip
+            for row in dropped[:members]:
+                click.echo(f"  - {row['uri']}  {row['method']} {row['similarity']:.3f} (threshold {row['threshold']})")
+            if members is not None and len(dropped) > members:
+                click.echo(f"  ... and {len(dropped) - members} more")
+        click.echo(f"{len(groups)} groups, {len(rows)} images dropped")
 
     _emit(rows, as_json, render)
 

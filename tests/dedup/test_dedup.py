@@ -273,3 +273,6 @@ def test_a_chain_of_look_alikes_is_reported_not_silent(tmp_path):
     assert result.exit_code == 0, result.output
     assert "dedup: 119 images dropped in 1 groups (largest 120)" in result.output
     assert "WARNING dedup: the largest duplicate group holds 120 of 120 images" in result.output
+    listing = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "dups", "--largest", "1", "--members", "3"])
+    assert listing.exit_code == 0, listing.output
+    assert "119 dropped" in listing.output and listing.output.count("  - ") == 3 and "... and 116 more" in listing.output
