@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.config import DedupStage, PipelineSpec
 from curation.core.progress import Progress
@@ -71,6 +72,18 @@ def _pixels(kept: pa.Table) -> tuple[list[str], list[int]]:
     return image_ids, [by_image[image_id] for image_id in image_ids]
 
 
+def _curated_images(spec: PipelineSpec, kept: pa.Table) -> frozenset[str]:
+    """Images from curated sources (composition's `source` parts and retrieval seeds): they represent their
+    duplicate groups, so a curated image is never dropped for a web copy of it."""
+    select = spec.stages.select
+    names = {name for part in select.parts if part.kind == "source" for name in part.sources}
+    names |= {name for part in select.parts if part.kind == "retrieval" for name in part.seeds}
+    if not names:
+        return frozenset()
+    curated = kept.filter(pc.is_in(kept["source"], pa.array(sorted(names))))
+    return frozenset(curated["image_id"].to_pylist())
+
+
 def _published_images(catalog: Catalog, refs: tuple[str, ...], pool: set[str]) -> dict[str, int]:
     """{image id: pixel count} of the images in the given versions that are not in this pool."""
     found: dict[str, int] = {}
@@ -109,8 +122,11 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
         vectors = np.asarray(load_matrix(catalog, home.vectors, model_id, image_ids), np.float32)
         i, j, similarity = knn_edges(vectors, settings.threshold, settings, timings=graph_timings)
         edges.append(Edges("copy_detection", i, j, similarity, settings.threshold))
+    curated = _curated_images(spec, kept)
     members = [
-        m for m in group_duplicates(image_ids, pixels, edges, frozenset(published)) if m.image_id not in published
+        m
+        for m in group_duplicates(image_ids, pixels, edges, frozenset(published), curated)
+        if m.image_id not in published
     ]
     catalog.record_duplicates(run_id, "dedup", members, model_id)
     group_sizes = Counter(member.group_id for member in members)
@@ -170,7 +186,7 @@ def _evaluation_images(spec: PipelineSpec, home: Home, run_id: str, executor: Ca
         list(executor().map(ingest_block, pending, evaluation, home.blobs(spec), home.runs, plan_id))
     tables = [read_parquet(home.runs, block_output_key(plan_id, block.index)) for block in blocks]
     rows = pa.concat_tables(tables)
-    return rows.filter(pa.compute.equal(rows["status"], KEPT))
+    return rows.filter(pc.equal(rows["status"], KEPT))
 
 
 def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,

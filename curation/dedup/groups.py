@@ -47,8 +47,10 @@ def components(count: int, edges: list[Edges]) -> np.ndarray:
 
 
 def group_duplicates(image_ids: list[str], pixels: list[int], edges: list[Edges],
-                     preferred: frozenset[str] = frozenset()) -> list[Member]:  # fmt: skip
-    """Non-representative members of every group. `preferred` images (already published) win representation."""
+                     preferred: frozenset[str] = frozenset(),
+                     curated: frozenset[str] = frozenset()) -> list[Member]:  # fmt: skip
+    """Non-representative members of every group. The representative: an already published image (`preferred`)
+    first, then one from a curated source, then the most pixels, then the smallest id."""
     labels = components(len(image_ids), edges)
     members: dict[int, list[int]] = {}
     for node, label in enumerate(labels):
@@ -63,7 +65,8 @@ def group_duplicates(image_ids: list[str], pixels: list[int], edges: list[Edges]
     for nodes in members.values():
         if len(nodes) < 2:
             continue
-        keeper = min(nodes, key=lambda node: (image_ids[node] not in preferred, -pixels[node], image_ids[node]))
+        keeper = min(nodes, key=lambda node: (image_ids[node] not in preferred, image_ids[node] not in curated,
+                                              -pixels[node], image_ids[node]))  # fmt: skip
         for node in sorted(nodes, key=lambda node: image_ids[node]):
             if node == keeper:
                 continue

@@ -119,6 +119,41 @@ def test_groups_are_transitive_and_deterministic():
     assert group_duplicates(ids, pixels, [pair, shuffled]) == members
 
 
+def test_curated_images_represent_their_groups_before_bigger_ones():
+    ids = [f"{n:064x}" for n in range(4)]
+    pixels = [900, 100, 400, 50]
+    edges = [Edges("copy_detection", np.array([0, 1, 2]), np.array([1, 2, 3]), np.array([0.95] * 3), 0.9)]
+    kept = lambda **sets: {m.representative for m in group_duplicates(ids, pixels, edges, **sets)}  # noqa: E731
+    assert kept() == {ids[0]}  # the most pixels
+    assert kept(curated=frozenset({ids[1], ids[3]})) == {ids[1]}  # curated first, then the most pixels among them
+    assert kept(preferred=frozenset({ids[3]}), curated=frozenset({ids[1]})) == {ids[3]}  # published before curated
+
+
+def test_a_curated_copy_is_kept_over_a_bigger_web_original(tmp_path):
+    """Composition names the curated source (a `source` part; the web is a balanced part's pool): dedup keeps the
+    curated (smaller) copy and drops the web original."""
+    curated, web = tmp_path / "curated", tmp_path / "web"
+    curated.mkdir()
+    web.mkdir()
+    files = sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:6]
+    for path in files:
+        shutil.copyfile(path, web / path.name)
+    (curated / "small-copy.jpg").write_bytes(transformed(files[0].read_bytes(), 0.6, 90))
+    spec = {"name": "cur", "sources": [{"kind": "folder", "name": "curated", "path": str(curated)},
+                                       {"kind": "folder", "name": "web", "path": str(web)}],
+            "stages": {"decode": {"min_side": 16}, "embed": {"model": "builtin"}, "dedup": {"threshold": 0.9},
+                       "select": {"mode": "compose", "parts": [
+                           {"kind": "source", "name": "curated", "sources": ["curated"]},
+                           {"kind": "balanced", "name": "web", "target": 5, "levels": [{"clusters": 2}]}]}},
+            "execution": {"executor": "local"}}  # fmt: skip
+    result = curation.run(spec, home=tmp_path / "home")
+    version = curation.open_version(result.version, home=tmp_path / "home")
+    dropped = [row for row in version.provenance().to_pylist() if row["stage"] == "dedup"]
+    assert [row["uri"].rsplit("/", 1)[1] for row in dropped] == [files[0].name]
+    kept = {s["provenance"][0]["uri"].rsplit("/", 1)[1] for s in version.samples().to_pylist()}
+    assert "small-copy.jpg" in kept and files[0].name not in kept and len(kept) == 6
+
+
 def test_memory_stays_bounded_on_a_pool_no_dense_matrix_could_hold(tmp_path):
     """200k vectors under a 6 GiB address-space cap (torch and faiss reserve ~3 GiB of it at import): a dense
     200k x 200k float32 matrix would need 160 GB."""
