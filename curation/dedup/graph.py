@@ -7,8 +7,8 @@ Since the queries are the pool itself, each cell is scanned once, as one matrix 
 probe it against the images it holds, instead of once per query as an IVF index search does. On 2 CPU cores
 that is ~5x faster than `IndexIVFFlat` at the same nlist and nprobe (benchmarks/knn_graph.py). Memory is
 bounded by the product blocks (`_BLOCK_ELEMENTS`) plus the edges, never N x N. On CUDA (whatever `index` says),
-tiled float16 matrix products + top-k in torch search exactly, even where a faiss GPU build is importable: its
-flat index multiplies in float32, off the tensor cores that make the float16 product the faster exact search.
+tiled float16 matrix products + top-k in torch search exactly, even where a faiss GPU build is importable: by
+default its flat index multiplies in float32, off the tensor cores that make float16 the faster exact search.
 """
 
 from __future__ import annotations
