@@ -148,7 +148,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             kept = _drop_images(catalog, run_id, "embed", 2, kept, verdicts)
         if spec.stages.dedup is not None:
             progress.stage("dedup")
-            stats["dedup"], verdicts = run_dedup(spec, home, catalog, run_id, kept, model_id, executor.get)
+            stats["dedup"], verdicts = run_dedup(spec, home, catalog, run_id, kept, model_id, executor.get, progress)
             kept = _drop_images(catalog, run_id, "dedup", 3, kept, verdicts)
             lineage.append(
                 {"stage": "dedup", "params": spec.stages.dedup.model_dump(mode="json"), "model_id": model_id}

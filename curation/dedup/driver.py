@@ -99,8 +99,8 @@ def _published_images(catalog: Catalog, refs: tuple[str, ...], pool: set[str]) -
     return found
 
 
-def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
-              model_id: str | None, executor: Callable[[], Any]) -> tuple[dict[str, Any], dict]:  # fmt: skip
+def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, model_id: str | None,
+              executor: Callable[[], Any], progress: Progress | None = None) -> tuple[dict, dict]:  # fmt: skip
     """Returns (stats, {dropped image id: (Reason, detail)})."""
     settings = spec.stages.dedup
     image_ids, pixels = _pixels(kept)
@@ -120,7 +120,7 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
         edges.append(Edges("perceptual", i, j, 1 - distance / 64, 1 - settings.phash_max_distance / 64))
     if settings.copy_detection and image_ids:
         vectors = np.asarray(load_matrix(catalog, home.vectors, model_id, image_ids), np.float32)
-        i, j, similarity = knn_edges(vectors, settings.threshold, settings, timings=graph_timings)
+        i, j, similarity = knn_edges(vectors, settings.threshold, settings, timings=graph_timings, progress=progress)
         edges.append(Edges("copy_detection", i, j, similarity, settings.threshold))
     curated = _curated_images(spec, kept)
     members = [
@@ -205,7 +205,8 @@ def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: 
     pool = np.asarray(load_matrix(catalog, home.vectors, model_id, pool_ids), np.float32)
     references = np.asarray(load_matrix(catalog, home.vectors, model_id, eval_ids), np.float32)
     hits_i, hits_j, hits_s = cross_edges(pool, references, settings.threshold, spec.stages.dedup or DedupStage())
-    pool_i, pool_j, pool_s = knn_edges(pool, settings.threshold, spec.stages.dedup or DedupStage())
+    pool_i, pool_j, pool_s = knn_edges(pool, settings.threshold, spec.stages.dedup or DedupStage(), progress=progress,
+                                       label="decontamination graph")  # fmt: skip
     count = len(pool_ids)
     graph = [
         Edges("pool", pool_i, pool_j, pool_s, settings.threshold),

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from curation.config import DedupStage
+from curation.core.progress import Progress
 
 _BLOCK_ELEMENTS = 1 << 24  # scores held at once by one product block: 64 MiB of float32
 _TILE_ELEMENTS = 1 << 30  # scores held at once by one GPU tile: 2 GiB of float16
@@ -47,7 +48,7 @@ def _top_hits(scores: np.ndarray, threshold: float, k: int) -> tuple[np.ndarray,
 
 
 def _ivf_join(
-    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict
+    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict, progress: Progress, label: str
 ) -> Iterator[Candidates]:
     import faiss
 
@@ -74,22 +75,29 @@ def _ivf_join(
     timings["build_s"] = time.perf_counter() - started
     stats = np.bincount(home, minlength=cells)
     timings["imbalance"] = float(cells * (stats.astype(np.float64) ** 2).sum() / count**2)  # FAISS's definition
-    for cell in range(cells):
-        members = held[held_bounds[cell] : held_bounds[cell + 1]]
-        if not len(members):
-            continue
-        targets = np.ascontiguousarray(vectors[members], np.float32).T
-        queries = probing[probe_bounds[cell] : probe_bounds[cell + 1]]
-        rows_per_block = max(1, min(settings.batch_size, _BLOCK_ELEMENTS // len(members)))
-        for start in range(0, len(queries), rows_per_block):
-            rows = queries[start : start + rows_per_block]
-            scores = np.asarray(vectors[rows], np.float32) @ targets
-            hit_rows, hit_columns = _top_hits(scores, threshold, k)
-            yield rows[hit_rows], members[hit_columns], scores[hit_rows, hit_columns]
+    with progress.bar(label, total=cells, unit="cell") as bar:
+        for cell in range(cells):
+            members = held[held_bounds[cell] : held_bounds[cell + 1]]
+            if len(members):
+                queries = probing[probe_bounds[cell] : probe_bounds[cell + 1]]
+                yield from _scan_cell(vectors, members, queries, threshold, k, settings.batch_size)
+            bar.update(1)
+
+
+def _scan_cell(vectors: np.ndarray, members: np.ndarray, queries: np.ndarray, threshold: float, k: int,
+               batch_size: int) -> Iterator[Candidates]:  # fmt: skip
+    """The queries probing one cell against the images it holds, one bounded matrix product per block."""
+    targets = np.ascontiguousarray(vectors[members], np.float32).T
+    rows_per_block = max(1, min(batch_size, _BLOCK_ELEMENTS // len(members)))
+    for start in range(0, len(queries), rows_per_block):
+        rows = queries[start : start + rows_per_block]
+        scores = np.asarray(vectors[rows], np.float32) @ targets
+        hit_rows, hit_columns = _top_hits(scores, threshold, k)
+        yield rows[hit_rows], members[hit_columns], scores[hit_rows, hit_columns]
 
 
 def _flat_search(
-    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict
+    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict, progress: Progress, label: str
 ) -> Iterator[Candidates]:
     import faiss
 
@@ -98,15 +106,24 @@ def _flat_search(
     for start in range(0, len(vectors), settings.batch_size):
         index.add(np.ascontiguousarray(vectors[start : start + settings.batch_size], np.float32))
     timings["build_s"] = time.perf_counter() - started
-    for start in range(0, len(vectors), settings.batch_size):
-        queries = np.ascontiguousarray(vectors[start : start + settings.batch_size], np.float32)
-        values, indices = index.search(queries, min(k, len(vectors)))
-        rows, columns = np.nonzero((values >= threshold) & (indices >= 0))
-        yield rows + start, indices[rows, columns], values[rows, columns]
+    with progress.bar(label, total=len(vectors), unit="img") as bar:
+        for start in range(0, len(vectors), settings.batch_size):
+            queries = np.ascontiguousarray(vectors[start : start + settings.batch_size], np.float32)
+            values, indices = index.search(queries, min(k, len(vectors)))
+            rows, columns = np.nonzero((values >= threshold) & (indices >= 0))
+            yield rows + start, indices[rows, columns], values[rows, columns]
+            bar.update(len(queries))
 
 
 def _torch_search(
-    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict, device: str = "cuda"
+    vectors: np.ndarray,
+    threshold: float,
+    k: int,
+    settings: DedupStage,
+    timings: dict,
+    progress: Progress,
+    label: str,
+    device: str = "cuda",
 ) -> Iterator[Candidates]:
     """Exact search as tiled matrix products + top-k in torch: float16 on CUDA (faiss-gpu is not assumed), float32
     elsewhere (tests run it on the CPU). A tile holds at most `_TILE_ELEMENTS` scores."""
@@ -115,11 +132,13 @@ def _torch_search(
     dtype = torch.float16 if device == "cuda" else torch.float32
     data = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).to(device=device, dtype=dtype)
     rows_per_tile = max(1, min(settings.batch_size, _TILE_ELEMENTS // len(data)))
-    for start in range(0, len(data), rows_per_tile):
-        values, indices = (data[start : start + rows_per_tile] @ data.T).topk(min(k, len(data)), dim=1)
-        values, indices = values.float().cpu().numpy(), indices.cpu().numpy()
-        rows, columns = np.nonzero(values >= threshold)
-        yield rows + start, indices[rows, columns], values[rows, columns]
+    with progress.bar(label, total=len(data), unit="img") as bar:
+        for start in range(0, len(data), rows_per_tile):
+            values, indices = (data[start : start + rows_per_tile] @ data.T).topk(min(k, len(data)), dim=1)
+            values, indices = values.float().cpu().numpy(), indices.cpu().numpy()
+            rows, columns = np.nonzero(values >= threshold)
+            yield rows + start, indices[rows, columns], values[rows, columns]
+            bar.update(len(values))
 
 
 def _cuda_available() -> bool:
@@ -130,11 +149,13 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage,
-              timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage, timings: dict | None = None,
+              progress: Progress | None = None,
+              label: str = "dedup graph") -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(i, j, cosine) with i < j for every pair where j is one of i's k nearest neighbours (or i one of j's) at
     or over `threshold`; self-matches excluded. `timings`, when given, receives build_s / search_s / post_s
-    (and the cells' imbalance for IVF) so callers can report where the time went."""
+    (and the cells' imbalance for IVF) so callers can report where the time went; the search reports to
+    `progress` as the stage `label` (a bar on the terminal, live counts in the service, and a cancel point)."""
     timings = {} if timings is None else timings
     timings["build_s"] = 0.0  # the flat and IVF searches set it; the CUDA search has no index to build
     count = len(vectors)
@@ -144,7 +165,8 @@ def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage,
     else:
         search = _ivf_join if use_ivf and count > 1 else _flat_search
     started = time.perf_counter()
-    parts = list(search(vectors, threshold, settings.k + 1, settings, timings))  # +1: each image finds itself
+    progress = progress or Progress()  # silent: no bar, never cancelled
+    parts = list(search(vectors, threshold, settings.k + 1, settings, timings, progress, label))  # +1: itself
     timings["search_s"] = time.perf_counter() - started - timings["build_s"]
     started = time.perf_counter()
     edges = _pairs(*(np.concatenate(column) if parts else np.empty(0) for column in zip(*parts)), settings.k, count)

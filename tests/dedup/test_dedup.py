@@ -9,15 +9,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
-from PIL import Image
 from click.testing import CliRunner
+from PIL import Image
 
 import curation
 from curation.cli import cli
 from curation.config import DedupStage
+from curation.core.progress import Progress
 from curation.dedup.graph import knn_edges
 from curation.dedup.groups import Edges, group_duplicates
 from curation.dedup.perceptual import hamming, near_pairs
@@ -78,11 +80,15 @@ def test_exhaustive_ivf_join_equals_exact_search_when_rows_have_more_hits_than_k
     brute = {(min(a, b), max(a, b)) for a in range(len(vectors)) for b in top[a] if scores[a, b] >= 0.5}
     exact = knn_edges(vectors, 0.5, DedupStage(k=6, index="flat"))
     limit, graph._BLOCK_ELEMENTS = graph._BLOCK_ELEMENTS, 1000  # force many small product blocks per cell
+    progress = Progress()
     try:
         timings = {}
-        joined = knn_edges(vectors, 0.5, DedupStage(k=6, index="ivf", nprobe=10_000), timings=timings)
+        joined = knn_edges(vectors, 0.5, DedupStage(k=6, index="ivf", nprobe=10_000), timings=timings,
+                           progress=progress)  # fmt: skip
     finally:
         graph._BLOCK_ELEMENTS = limit
+    (stage,) = progress.snapshot()["stages"]
+    assert stage["name"] == "dedup graph" and stage["unit"] == "cell" and stage["done"] == stage["total"] == 38
     for i, j, s in (exact, joined):
         assert set(zip(i.tolist(), j.tolist())) == brute
         np.testing.assert_allclose(s, scores[i, j], atol=1e-5)
@@ -97,10 +103,13 @@ def test_torch_tiled_search_gives_the_exact_graph():
     settings = DedupStage(k=5, index="flat")
     limit, graph._TILE_ELEMENTS = graph._TILE_ELEMENTS, 7 * len(vectors)
     try:
-        parts = list(graph._torch_search(vectors, 0.6, settings.k + 1, settings, {}, device="cpu"))
+        progress = Progress()
+        parts = list(graph._torch_search(vectors, 0.6, settings.k + 1, settings, {}, progress, "g", device="cpu"))
     finally:
         graph._TILE_ELEMENTS = limit
     assert len(parts) == 100  # 700 rows / 7 per tile
+    assert progress.snapshot()["stages"] == [{"name": "g", "started_at": ANY, "total": 700, "done": 700, "unit": "img",
+                                              "rate": ANY, "eta_s": ANY}]  # fmt: skip
     found = graph._pairs(*(np.concatenate(column) for column in zip(*parts)), settings.k, len(vectors))
     exact = knn_edges(vectors, 0.6, settings)
     assert set(zip(found[0].tolist(), found[1].tolist())) == set(zip(exact[0].tolist(), exact[1].tolist()))
@@ -310,4 +319,5 @@ def test_a_chain_of_look_alikes_is_reported_not_silent(tmp_path):
     assert "WARNING dedup: the largest duplicate group holds 120 of 120 images" in result.output
     listing = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "dups", "--largest", "1", "--members", "3"])
     assert listing.exit_code == 0, listing.output
-    assert "119 dropped" in listing.output and listing.output.count("  - ") == 3 and "... and 116 more" in listing.output
+    assert "119 dropped" in listing.output and listing.output.count("  - ") == 3
+    assert "... and 116 more" in listing.output
