@@ -14,6 +14,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from curation.store.blobs import image_id_of
 from tests.conftest import FIXTURE_IMAGES
+from tests.service.conftest import SPECS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Flags from the machine notes: no sandbox as root, and no background calls to the (closed) network.
@@ -96,3 +97,18 @@ def test_the_page_tells_a_visitor_without_a_token_what_to_do(service, page):
     page.click("#nav-optout")  # opt-out is open to the public by policy
     expect(page.locator("#optout-form")).to_be_visible()
     expect(page.locator("#error")).to_be_hidden()
+
+
+def test_a_run_whose_dedup_chained_look_alikes_shows_the_warning(service, page):
+    """The 120 Fashion-MNIST photos deduplicated with the builtin descriptor at cosine 0.5: one chain of look-alike
+    products, which the page must flag beside the run's rejects."""
+    spec = (SPECS / "fashion.yaml").read_text().replace("name: fashion", "name: chained")
+    spec = spec.replace("execution:", "  dedup: {threshold: 0.5, perceptual: false}\nexecution:")
+    job = service.wait_job(service.submit(spec)["job_id"])
+    assert job["status"] == "finished", job
+    page.goto(service.base + "/")
+    page.evaluate(f"localStorage.setItem('curation-token', {service.tokens['viewer']!r})")
+    page.reload()
+    page.locator("#runs tr", has_text="chained-").click()
+    expect(page.locator("#rejects")).to_contain_text("WARNING dedup: the largest duplicate group holds")
+    expect(page.locator("#rejects")).to_contain_text("near_duplicate")

@@ -121,8 +121,11 @@ async function runsView() {
   async function showRejects(run) {
     const detail = await json(`/api/runs/${encodeURIComponent(run.run_id)}`);
     const box = document.getElementById("rejects");
-    box.textContent = detail.rejects.length ? detail.rejects.map((row) =>
+    const warnings = Object.values(detail.stats || {}).filter((stage) => stage && stage.warning)
+      .map((stage) => `WARNING ${stage.warning}`);  // e.g. dedup chaining look-alikes into one huge group
+    const rejects = detail.rejects.length ? detail.rejects.map((row) =>
       `${row.stage}\t${row.reason}\t${row.inputs}`).join("\n") : `${run.run_id}: nothing rejected`;
+    box.textContent = [...warnings, rejects].join("\n");
     box.hidden = false;
   }
 
