@@ -90,13 +90,10 @@ def faiss_ivf_search(vectors: np.ndarray, cells: int, nprobe: int, k: int) -> tu
     search of every vector (seconds, (values, indices))."""
     import faiss
 
+    from curation.dedup.graph import cell_quantizer
+
     started = time.perf_counter()
-    sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), cells * 64), replace=False)
-    kmeans = faiss.Kmeans(vectors.shape[1], cells, niter=10, seed=0, spherical=True, max_points_per_centroid=64,
-                          min_points_per_centroid=1)  # fmt: skip
-    kmeans.train(vectors[np.sort(sample)])
-    quantizer = faiss.IndexFlatIP(vectors.shape[1])
-    quantizer.add(kmeans.centroids)
+    quantizer = cell_quantizer(vectors, cells)
     index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], cells, faiss.METRIC_INNER_PRODUCT)
     index.is_trained = True
     index.add(vectors)

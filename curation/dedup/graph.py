@@ -47,20 +47,28 @@ def _top_hits(scores: np.ndarray, threshold: float, k: int) -> tuple[np.ndarray,
     return np.nonzero(hit)
 
 
-def _ivf_join(
-    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict, progress: Progress, label: str
-) -> Iterator[Candidates]:
+def cell_quantizer(vectors: np.ndarray, cells: int):
+    """A FAISS `IndexFlatIP` over `cells` spherical k-means centroids, trained on a seeded sample of
+    `_TRAIN_POINTS_PER_CELL` vectors per cell: the coarse cells of the IVF self-join."""
     import faiss
 
     count, dim = vectors.shape
-    started = time.perf_counter()
-    cells = ivf_cells(count)
     sample = np.random.default_rng(0).choice(count, min(count, cells * _TRAIN_POINTS_PER_CELL), replace=False)
     kmeans = faiss.Kmeans(dim, cells, niter=_TRAIN_ITERATIONS, seed=0, spherical=True,
                           max_points_per_centroid=_TRAIN_POINTS_PER_CELL, min_points_per_centroid=1)  # fmt: skip
     kmeans.train(np.ascontiguousarray(vectors[np.sort(sample)], np.float32))
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(kmeans.centroids)
+    return quantizer
+
+
+def _ivf_join(
+    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict, progress: Progress, label: str
+) -> Iterator[Candidates]:
+    count = len(vectors)
+    started = time.perf_counter()
+    cells = ivf_cells(count)
+    quantizer = cell_quantizer(vectors, cells)
     probes = np.empty((count, min(settings.nprobe, cells)), np.int64)
     for start in range(0, count, settings.batch_size):
         batch = np.ascontiguousarray(vectors[start : start + settings.batch_size], np.float32)
