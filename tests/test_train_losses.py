@@ -152,3 +152,20 @@ def test_weighted_knn_by_hand():
     assert weighted_knn(train, labels, test, np.array([0]), k=1) == 1.0  # only the nearest votes
     # T=0.01: e^100 = 2.69e43 beats e^99.39 + e^99.12 = 2.58e43: the nearest dominates
     assert weighted_knn(train, labels, test, np.array([0]), k=3, temperature=0.01) == 1.0
+
+
+def test_losses_through_a_compiled_student_match_the_plain_student():
+    """`run.compile` hands meta.losses a torch.compile'd student (eager backend here: same wrapper, no C++ build)."""
+    from curation.train.config import parse_train_config
+    from curation.train.meta_arch import SSLMetaArch
+
+    config = parse_train_config({"model": {"preset": "tiny", "patch_size": 8, "depth": 1, "drop_path": 0.0},
+                                 "heads": {"prototypes": 16, "ibot_prototypes": 16, "hidden_dim": 16,
+                                           "bottleneck_dim": 8}})  # fmt: skip
+    torch.manual_seed(0)
+    meta = SSLMetaArch(config).eval()
+    views = {"global": torch.randn(4, 3, 16, 16), "local": torch.randn(4, 3, 8, 8)}
+    masks = masks_for_crops(4, 2, 2, torch.Generator().manual_seed(0), share=1.0, ratio_min=0.5, ratio_max=0.5)
+    plain = meta.losses(views, masks, 0.04, 0.0).loss
+    compiled = meta.losses(views, masks, 0.04, 0.0, torch.compile(meta.student, backend="eager")).loss
+    assert torch.allclose(plain, compiled)

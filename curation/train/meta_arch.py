@@ -96,7 +96,8 @@ class SSLMetaArch(nn.Module):
         cfg = self.config.loss
         global_crops, local_crops = views["global"], views.get("local")
         batch = global_crops.shape[0] // 2
-        student = (student_forward or self.student)(global_crops, local_crops, masks)
+        # `is None`, not `or`: a torch.compile'd module has no truth value (its __len__ raises)
+        student = (self.student if student_forward is None else student_forward)(global_crops, local_crops, masks)
         with torch.no_grad():
             teacher_features = self.teacher.backbone.forward_features(global_crops)
             teacher_logits = self.teacher.dino_head(teacher_features["cls"])
