@@ -9,6 +9,9 @@ raw-pixel k-NN (cosine on the 784 grey values) and a random-init ViT of the same
         --config curation/train/configs/default-embedder.yaml --out RUN                # the SSL part
     python benchmarks/fashion_mnist_knn.py --run RUN --data /tmp/fashion-mnist         # k-NN, baselines
 
+`--curve` also scores the EMA teacher of each earlier checkpoint (`ssl_vit_step_<N>_knn_top1`): how accuracy
+grows with training, which tells whether a longer run would pay.
+
 The run's exported teacher (RUN/export/*.json) embeds through the embed stage (bundled: backbone), exactly
 what curation would store. Epochs = images seen / samples in the training version (which also holds
 Openclipart); train wall time comes from the run's log. Timings are reported, never asserted.
@@ -27,11 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curation.config import EmbedStage
 from curation.embed.backbone import export_backbone, read_backbone
-from curation.embed.registry import create_embedder
 from curation.embed.torch_models import Preprocess
-from curation.train.knn import embed_paths, labelled_folder, weighted_knn
+from curation.train.knn import embed_paths, embedder_for, labelled_folder, weighted_knn
 from curation.train.models.vit import VisionTransformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="a finished `curate train` output folder")
     parser.add_argument("--data", type=Path, default=Path("/tmp/fashion-mnist"))
     parser.add_argument("--limit", type=int, default=None, help="images per class per split (default: all)")
+    parser.add_argument("--curve", action="store_true",
+                        help="also score the EMA teacher of every earlier checkpoint in RUN/checkpoints")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -89,14 +92,17 @@ def main() -> None:
     figures["raw_pixel_knn_top1"] = weighted_knn(pixels(train_paths), train_labels, pixels(test_paths), test_labels)
     figures["raw_pixel_s"] = round(time.perf_counter() - start, 1)
     with tempfile.TemporaryDirectory() as scratch:
-        models = (
+        models = [
             ("ssl_vit", exported),
             ("random_init_vit", random_init_like(exported, Path(scratch))),
             ("random_init_vit_layerscale1", random_init_like(exported, Path(scratch), 1.0)),
-        )
+        ]
+        if args.curve:  # the last checkpoint's teacher is the export itself
+            earlier = sorted((args.run / "checkpoints").glob("step-*.pt"))[:-1]
+            models += [(f"ssl_vit_step_{int(path.stem[5:])}", path) for path in earlier]
         for name, path in models:
             start = time.perf_counter()
-            embedder = create_embedder(EmbedStage(model=f"bundled:{path}"))
+            embedder = embedder_for(path, Path(scratch) / name)
             train, test = embed_paths(embedder, train_paths), embed_paths(embedder, test_paths)
             figures[f"{name}_knn_top1"] = weighted_knn(train, train_labels, test, test_labels)
             figures[f"{name}_embed_s"] = round(time.perf_counter() - start, 1)

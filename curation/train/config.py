@@ -72,7 +72,7 @@ class GramConfig(Strict):
 class OptimConfig(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"  # DINOv2 cosine decay, or DINOv3 constant after warm-up
     batch_size: int = 64  # per rank
-    lr: float = 5e-4  # after warm-up, for a total batch of 1024 (scaled by total batch / 1024, DINOv2)
+    lr: float = 5e-4  # after warm-up, for a total batch of 256 (scaled linearly by total batch / 256, DINO)
     min_lr: float = 1e-6
     warmup_steps: int = 1000
     weight_decay: float = 0.04
