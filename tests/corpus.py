@@ -35,14 +35,22 @@ def png_header_only(width: int, height: int) -> bytes:
     )
 
 
-def exif_rotated_jpeg() -> bytes:
-    """A 64x32 JPEG with EXIF orientation 6 (rotate 90): it displays as 32x64."""
+def exif_rotated_jpeg(orientation: int = 6) -> bytes:
+    """A 64x32 noise JPEG with this EXIF orientation (6, rotate 90, displays as 32x64)."""
     image = Image.fromarray(np.random.default_rng(7).integers(0, 256, (32, 64, 3), dtype=np.uint8))
     exif = Image.Exif()
-    exif[0x0112] = 6
+    exif[0x0112] = orientation
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", exif=exif.tobytes())
     return buffer.getvalue()
+
+
+def jpeg_header_claiming(width: int, height: int) -> bytes:
+    """A 16x16 JPEG whose frame header (SOF0) claims width x height: a bomb's shape to any header reader."""
+    data = bytearray(image_bytes(0, size=(16, 16)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
 
 
 def animated_gif() -> bytes:

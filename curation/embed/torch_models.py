@@ -2,7 +2,9 @@
 
 CPU path: Pillow decode (EXIF applied) -> shortest-side resize -> centre crop -> normalise, fp32 forward.
 CUDA path: JPEGs decoded in one batched nvjpeg call on the device (anything it refuses falls back to Pillow),
-resize/crop/normalise on the GPU, pinned-memory copies, channels_last, bf16 autocast, optional torch.compile.
+EXIF orientation applied after decode (nvjpeg ignores it), JPEGs over Pillow's pixel limit left to the CPU path
+(which rejects them as bombs instead of filling GPU memory), resize/crop/normalise on the GPU, pinned-memory
+copies, channels_last, bf16 autocast, optional torch.compile.
 Weights never download at import time; a weights path that does not exist is a SpecError naming it.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -21,12 +24,16 @@ import numpy as np
 from PIL import Image
 
 from curation.config import EmbedStage
-from curation.decode.safe import open_rgb
+from curation.decode.safe import EXIF_ORIENTATION, open_rgb
 from curation.embed.registry import Embedder, model_id_for, register_embedder
 from curation.errors import SpecError
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+JPEG_MAGIC = b"\xff\xd8\xff"
+# EXIF orientation -> (transpose H and W first?, dims to flip after): Pillow's exif_transpose, on [C, H, W] tensors
+ORIENTATION_OPS = {1: (False, ()), 2: (False, (-1,)), 3: (False, (-2, -1)), 4: (False, (-2,)),
+                   5: (True, ()), 6: (True, (-1,)), 7: (True, (-2, -1)), 8: (True, (-2,))}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,24 @@ def require(module: str):
         return importlib.import_module(module)
     except ImportError:
         raise SpecError(f"stages.embed.model needs {module!r}: pip install 'curation[embed]'") from None
+
+
+def jpeg_header(data: bytes) -> tuple[int, int] | None:
+    """(pixel count, EXIF orientation) read from the header without decoding; None if Pillow cannot parse it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            return image.width * image.height, orientation if orientation in ORIENTATION_OPS else 1
+    except Exception:  # noqa: BLE001 - hostile bytes: the CPU path records the reason
+        return None
+
+
+def apply_orientation(image, orientation: int):
+    """A decoded [C, H, W] tensor turned as its EXIF orientation says, as Pillow shows it."""
+    transpose, flips = ORIENTATION_OPS[orientation]
+    if transpose:
+        image = image.transpose(-2, -1)
+    return image.flip(flips) if flips else image
 
 
 def sha256_file(path: Path) -> str:
@@ -117,27 +142,30 @@ class TorchEmbedder(Embedder):
         return self.torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
     def _gpu_pixels(self, images: Sequence[bytes]) -> dict[int, Any]:
-        """Batched nvjpeg decode of the JPEGs; returns {index: uint8 [3, crop, crop] on the GPU}; others omitted."""
+        """Batched nvjpeg decode of the JPEGs on this embedder's device; returns {index: [3, crop, crop]} for
+        those it decoded. Others (not JPEG, unparsable header, over Pillow's pixel limit, refused by nvjpeg) are
+        omitted and go through the CPU path."""
         import torchvision
         from torchvision.io import ImageReadMode
 
         torch = self.torch
-        indices = [i for i, data in enumerate(images) if data[:3] == b"\xff\xd8\xff"]
+        headers = {i: jpeg_header(data) for i, data in enumerate(images) if data[:3] == JPEG_MAGIC}
+        indices = [i for i, header in headers.items() if header and header[0] <= Image.MAX_IMAGE_PIXELS]
         if not indices:
             return {}
         encoded = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in indices]
         try:
-            decoded = torchvision.io.decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device,
-                                                 apply_exif_orientation=True)  # fmt: skip
+            decoded = torchvision.io.decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:  # one bad JPEG fails the batched call: decode one by one, keep what works
             decoded = []
             for tensor in encoded:
                 try:
-                    decoded.append(torchvision.io.decode_jpeg(tensor, mode=ImageReadMode.RGB, device=self.device,
-                                                              apply_exif_orientation=True))  # fmt: skip
+                    decoded.append(torchvision.io.decode_jpeg(tensor, mode=ImageReadMode.RGB, device=self.device))
                 except RuntimeError:
                     decoded.append(None)
-        return self._resize_crop_tensors({index: image for index, image in zip(indices, decoded) if image is not None})
+        oriented = {index: apply_orientation(image, headers[index][1]) for index, image in zip(indices, decoded)
+                    if image is not None}  # fmt: skip
+        return self._resize_crop_tensors(oriented)
 
     def _resize_crop_tensors(self, images: dict[int, Any]) -> dict[int, Any]:
         """Shortest side to `size`, centre crop, for uint8 [3, H, W] tensors on any device. Images of one shape

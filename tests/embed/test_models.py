@@ -12,7 +12,7 @@ from PIL import Image
 from curation.config import EmbedStage
 from curation.embed.registry import create_embedder, list_embedders
 from curation.errors import SpecError
-from tests.corpus import exif_rotated_jpeg, image_bytes, palette_png
+from tests.corpus import exif_rotated_jpeg, image_bytes, jpeg_header_claiming, palette_png
 
 TIMM_ARCH = "vit_tiny_patch16_224"  # 5M parameters: quick on 2 CPU cores
 
@@ -136,3 +136,25 @@ def test_tensor_resize_groups_shapes_and_matches_one_at_a_time():
         assert together[index].shape == (3, crop, crop)
         torch.testing.assert_close(together[index], alone, atol=1e-3, rtol=0)
     assert not torch.equal(together[0], together[2])  # distinct images stay distinct within a group
+
+
+def test_device_decode_orients_like_pillow_and_leaves_bombs_and_non_jpegs_to_the_cpu_path():
+    """The nvjpeg path (here on CPU tensors: the same code with torchvision's CPU decoder). nvjpeg ignores EXIF,
+    so the path turns each image itself: all 8 orientations must match torchvision's EXIF-applying decode. A JPEG
+    header claiming 20000 x 20000 pixels, a corrupt JPEG and a PNG are left to Pillow, which records the bomb."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    embedder = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}", device="cpu"))
+    oriented = [exif_rotated_jpeg(orientation) for orientation in range(1, 9)]
+    images = [*oriented, jpeg_header_claiming(20000, 20000), b"\xff\xd8\xff\xe0 not a jpeg", image_bytes(1, fmt="PNG")]
+    decoded = embedder._gpu_pixels(images)
+    assert sorted(decoded) == list(range(8))
+    for index, data in enumerate(oriented):
+        shown = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                            apply_exif_orientation=True)  # fmt: skip
+        torch.testing.assert_close(decoded[index], embedder._resize_crop_tensors({0: shown})[0])
+    assert not any(torch.equal(decoded[a], decoded[b]) for a in range(8) for b in range(a))  # 8 distinct views
+    vectors, errors = embedder.embed(images)
+    assert "DecompressionBomb" in errors[8] and errors[9] and errors[10] is None
+    assert np.allclose(np.linalg.norm(vectors[[0, 10]], axis=1), 1.0, atol=1e-3)
