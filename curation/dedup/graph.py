@@ -9,10 +9,13 @@ that is ~5x faster than `IndexIVFFlat` at the same nlist and nprobe (benchmarks/
 bounded by the product blocks (`_BLOCK_ELEMENTS`) plus the edges, never N x N. On CUDA (whatever `index` says),
 tiled float16 matrix products + top-k in torch search exactly, even where a faiss GPU build is importable: by
 default its flat index multiplies in float32, off the tensor cores that make float16 the faster exact search.
+A pool whose float16 copy and score tile do not fit the GPU's free memory is searched on the CPU instead, with
+a warning, rather than failing out of memory.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -21,6 +24,8 @@ import numpy as np
 
 from curation.config import DedupStage
 from curation.core.progress import Progress
+
+log = logging.getLogger(__name__)
 
 _BLOCK_ELEMENTS = 1 << 24  # scores held at once by one product block: 64 MiB of float32
 _TILE_ELEMENTS = 1 << 30  # scores held at once by one GPU tile: 2 GiB of float16
@@ -137,8 +142,8 @@ def _torch_search(
     elsewhere (tests run it on the CPU). A tile holds at most `_TILE_ELEMENTS` scores."""
     import torch
 
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    data = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).to(device=device, dtype=dtype)
+    host = np.ascontiguousarray(vectors, np.float16 if device == "cuda" else np.float32)  # cast here, not there
+    data = torch.from_numpy(host).to(device)
     rows_per_tile = max(1, min(settings.batch_size, _TILE_ELEMENTS // len(data)))
     with progress.bar(label, total=len(data), unit="img") as bar:
         for start in range(0, len(data), rows_per_tile):
@@ -149,12 +154,20 @@ def _torch_search(
             bar.update(len(values))
 
 
-def _cuda_available() -> bool:
+def _cuda_free_bytes() -> int | None:
+    """Free memory of the current CUDA device; None without torch or a GPU."""
     try:
         import torch
     except ImportError:
-        return False
-    return torch.cuda.is_available()
+        return None
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+
+
+def gpu_has_room(count: int, dim: int, free_bytes: int) -> bool:
+    """Whether the CUDA search fits: the pool in float16, one score tile and top-k's workspace (as much again),
+    within 90% of the free memory."""
+    tile_bytes = 2 * min(_TILE_ELEMENTS, count * count)
+    return 2 * count * dim + 2 * tile_bytes <= 0.9 * free_bytes
 
 
 def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage, timings: dict | None = None,
@@ -168,9 +181,13 @@ def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage, timin
     timings["build_s"] = 0.0  # the flat and IVF searches set it; the CUDA search has no index to build
     count = len(vectors)
     use_ivf = settings.index == "ivf" or (settings.index == "auto" and count >= settings.ivf_min_size)
-    if _cuda_available():
+    free_gpu_bytes = _cuda_free_bytes()
+    if free_gpu_bytes is not None and gpu_has_room(count, vectors.shape[1], free_gpu_bytes):
         search = _torch_search
     else:
+        if free_gpu_bytes is not None:
+            log.warning("%s: %d vectors do not fit the GPU's %.1f GiB free; searching on the CPU", label, count,
+                        free_gpu_bytes / 2**30)  # fmt: skip
         search = _ivf_join if use_ivf and count > 1 else _flat_search
     started = time.perf_counter()
     progress = progress or Progress()  # silent: no bar, never cancelled

@@ -95,6 +95,15 @@ def test_exhaustive_ivf_join_equals_exact_search_when_rows_have_more_hits_than_k
     assert timings["build_s"] > 0 and timings["imbalance"] >= 1
 
 
+def test_gpu_search_is_chosen_only_when_the_pool_fits_the_free_memory():
+    from curation.dedup.graph import gpu_has_room
+
+    gib = 2**30
+    assert gpu_has_room(1_000_000, 768, 78 * gib)  # 1.4 GiB of float16 + 4 GiB of tile and top-k
+    assert not gpu_has_room(60_000_000, 768, 78 * gib)  # 86 GiB of float16 alone
+    assert not gpu_has_room(1_000_000, 768, 5 * gib) and gpu_has_room(1_000, 768, 5 * gib)
+
+
 def test_torch_tiled_search_gives_the_exact_graph():
     """The CUDA path (tiled matrix products + top-k), run here in float32 on the CPU with tiles of 7 rows."""
     from curation.dedup import graph
