@@ -444,6 +444,7 @@ def train_command(obj: Context, dataset, config_path, out_dir, overrides, allow_
     """Self-supervised DINOv2/DINOv3-style training on a published version (torchrun for several processes)."""
     import yaml
 
+    from curation.core.progress import Progress
     from curation.train.config import load_train_config
     from curation.train.train import train
 
@@ -454,7 +455,8 @@ def train_command(obj: Context, dataset, config_path, out_dir, overrides, allow_
             raise click.BadParameter(f"expected SECTION.KEY=VALUE, got {item!r}", param_hint="--set")
         parsed[key] = yaml.safe_load(value)
     config = load_train_config(config_path, parsed)
-    result = train(config, home=obj.home.root, dataset=dataset, out_dir=out_dir, allow_superseded=allow_superseded)
+    result = train(config, home=obj.home.root, dataset=dataset, out_dir=out_dir, allow_superseded=allow_superseded,
+                   progress=Progress(show=not as_json))  # fmt: skip
     last = result.history[-1] if result.history else {}
     data = {"out_dir": str(result.out_dir), "steps": result.steps, "last": last,
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,

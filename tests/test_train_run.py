@@ -21,6 +21,7 @@ import curation  # noqa: E402
 from curation.audit.queries import audit_image, audit_version  # noqa: E402
 from curation.cli import cli  # noqa: E402
 from curation.config import EmbedStage  # noqa: E402
+from curation.core.progress import Progress  # noqa: E402
 from curation.embed.registry import create_embedder  # noqa: E402
 from curation.errors import TrainError  # noqa: E402
 from curation.train.checkpoint import load_checkpoint  # noqa: E402
@@ -60,7 +61,11 @@ def home(tmp_path_factory):
 
 def test_a_few_steps_reduce_the_loss(home, tmp_path):
     config = parse_train_config(tiny(run__steps=12, optim__schedule="constant", run__checkpoint_every=100))
-    history = train(config, home=home, dataset="fixture@v1", out_dir=tmp_path / "run").history
+    progress = Progress()
+    history = train(config, home=home, dataset="fixture@v1", out_dir=tmp_path / "run", progress=progress).history
+    (stage,) = progress.snapshot()["stages"]
+    assert stage["name"] == "train" and stage["done"] == stage["total"] == 12 and stage["unit"] == "step"
+    assert stage["loss"] == round(history[-1]["loss"], 4) and stage["img_s"] > 0
     losses = [record["loss"] for record in history]
     assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert {"dino", "ibot", "koleo", "teacher_entropy", "feature_std"} <= set(history[-1])

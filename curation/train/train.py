@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from curation.core.progress import Progress
 from curation.errors import TrainError
 from curation.train.checkpoint import latest_checkpoint, load_checkpoint, record_checkpoint, save_checkpoint
 from curation.train.config import TrainConfig
@@ -107,10 +108,12 @@ def all_finite(loss: torch.Tensor) -> bool:
 
 
 def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str | Path,
-          allow_superseded: bool = False, stop_after: int | None = None) -> TrainResult:  # fmt: skip
+          allow_superseded: bool = False, stop_after: int | None = None,
+          progress: Progress | None = None) -> TrainResult:  # fmt: skip
     """Train on `dataset` (NAME@vN in `home`), writing OUT/checkpoints, OUT/log.jsonl and, at the last step,
     OUT/export/NAME.json. Resumes from the latest checkpoint in OUT. `stop_after` ends this call after that
-    many steps (a simulated interruption for tests) without exporting."""
+    many steps (a simulated interruption for tests) without exporting. Rank 0 reports steps, loss and images/s
+    to `progress` (a bar on the terminal for `curate train`)."""
     out_dir = Path(out_dir)
     rank, world_size = distributed()
     device = pick_device(config)
@@ -164,6 +167,8 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
     end = config.run.steps if stop_after is None else min(config.run.steps, start_step + stop_after)
     meta.train()
     log_file = (out_dir / "log.jsonl").open("a") if rank == 0 else None
+    bar = (progress if progress and rank == 0 else Progress()).bar("train", total=config.run.steps,
+                                                                   initial=start_step, unit="step")  # fmt: skip
     started = time.monotonic()
     for step in range(start_step, end):
         batch = next(batches)
@@ -190,6 +195,7 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
                   "images_per_s": (step + 1 - start_step) * config.optim.batch_size * world_size
                   / (time.monotonic() - started)}  # fmt: skip
         result.history.append(record)
+        bar.update(1, loss=round(record["loss"], 4), img_s=round(record["images_per_s"], 1))
         if log_file and (step % config.run.log_every == 0 or step + 1 == end):
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
@@ -200,6 +206,7 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
                          "config": config.model_dump(mode="json"), "world_size": world_size}  # fmt: skip
                 result.checkpoint = save_checkpoint(out_dir, step + 1, state, lineage)
                 record_checkpoint(home, result.checkpoint, lineage, step + 1)
+    bar.close()
     if log_file:
         log_file.close()
     if rank == 0 and end == config.run.steps:
