@@ -82,6 +82,7 @@ def test_resume_reproduces_the_next_steps_exactly(home, tmp_path):
     assert [r["step"] for r in second.history] == [3, 4]
     assert [r["loss"] for r in second.history] == [r["loss"] for r in straight[3:]]  # bit-identical
     assert "gram" in second.history[0]
+    assert second.history[0]["wall_s"] > load_checkpoint(first.checkpoint)["wall_s"] > 0  # training time adds up
 
 
 def test_checkpoints_carry_lineage_and_the_export_embeds(home, tmp_path):

@@ -30,7 +30,7 @@ case "$step" in
          "$python" benchmarks/train_throughput.py --home "$home" --dataset fashion-mnist@v1 ${TRAIN_ARGS:-} ;;
   fmnist) fashion_mnist_version
           # shellcheck disable=SC2086  # TRAIN_SET holds several --set KEY=VALUE words
-          curate train --dataset fashion-mnist@v1 --config curation/train/configs/default-embedder.yaml \
+          curate train --dataset fashion-mnist@v1 --config "${TRAIN_CONFIG:-curation/train/configs/fashion-mnist-gpu.yaml}" \
             --out /tmp/fmnist-run ${TRAIN_SET:-}
           "$python" benchmarks/fashion_mnist_knn.py --run /tmp/fmnist-run --data /tmp/fashion-mnist ;;
   *) echo "unknown step: $step" >&2; exit 2 ;;

@@ -123,7 +123,7 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
     meta = SSLMetaArch(config).to(device)
     depth = len(meta.student.backbone.blocks)
     optimizer = build_optimizer(meta.student, depth, config.optim.layer_decay, config.optim.betas)
-    start_step, positions = 0, {}
+    start_step, positions, wall_before = 0, {}, 0.0
     resumed = latest_checkpoint(out_dir)
     if resumed is not None:
         state = load_checkpoint(resumed)
@@ -134,7 +134,7 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
             meta.refresh_gram_teacher()
         meta.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_step, positions = state["step"], state["positions"]
+        start_step, positions, wall_before = state["step"], state["positions"], state.get("wall_s", 0.0)
         log.info("resumed from %s at step %d", resumed, start_step)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,8 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
         record = {"step": step, "loss": output.loss.item(), **output.parts, "lr": lr, "weight_decay": weight_decay,
                   "grad_norm": grad_norm.item(), "epoch": step // config.run.steps_per_epoch,
                   "images_per_s": (step + 1 - start_step) * config.optim.batch_size * world_size
-                  / (time.monotonic() - started)}  # fmt: skip
+                  / (time.monotonic() - started),
+                  "wall_s": round(wall_before + time.monotonic() - started, 3)}  # fmt: skip
         result.history.append(record)
         bar.update(1, loss=round(record["loss"], 4), img_s=round(record["images_per_s"], 1))
         if log_file and (step % config.run.log_every == 0 or step + 1 == end):
@@ -203,7 +204,8 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
             everyone = gather_positions(positions, world_size)
             if rank == 0:
                 state = {"model": meta.state_dict(), "optimizer": optimizer.state_dict(), "positions": everyone,
-                         "config": config.model_dump(mode="json"), "world_size": world_size}  # fmt: skip
+                         "config": config.model_dump(mode="json"), "world_size": world_size,
+                         "wall_s": record["wall_s"]}  # fmt: skip
                 result.checkpoint = save_checkpoint(out_dir, step + 1, state, lineage)
                 record_checkpoint(home, result.checkpoint, lineage, step + 1)
     bar.close()
