@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import io
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -24,13 +23,13 @@ import numpy as np
 from PIL import Image
 
 from curation.config import EmbedStage
-from curation.decode.safe import EXIF_ORIENTATION, open_rgb
+from curation.decode.jpeg_header import read_jpeg_header
+from curation.decode.safe import open_rgb
 from curation.embed.registry import Embedder, model_id_for, register_embedder
 from curation.errors import SpecError
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-JPEG_MAGIC = b"\xff\xd8\xff"
 # EXIF orientation -> (transpose H and W first?, dims to flip after): Pillow's exif_transpose, on [C, H, W] tensors
 ORIENTATION_OPS = {1: (False, ()), 2: (False, (-1,)), 3: (False, (-2, -1)), 4: (False, (-2,)),
                    5: (True, ()), 6: (True, (-1,)), 7: (True, (-2, -1)), 8: (True, (-2,))}  # fmt: skip
@@ -56,16 +55,6 @@ def require(module: str):
         return importlib.import_module(module)
     except ImportError:
         raise SpecError(f"stages.embed.model needs {module!r}: pip install 'curation[embed]'") from None
-
-
-def jpeg_header(data: bytes) -> tuple[int, int] | None:
-    """(pixel count, EXIF orientation) read from the header without decoding; None if Pillow cannot parse it."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-            return image.width * image.height, orientation if orientation in ORIENTATION_OPS else 1
-    except Exception:  # noqa: BLE001 - hostile bytes: the CPU path records the reason
-        return None
 
 
 def apply_orientation(image, orientation: int):
@@ -149,8 +138,8 @@ class TorchEmbedder(Embedder):
         from torchvision.io import ImageReadMode
 
         torch = self.torch
-        headers = {i: jpeg_header(data) for i, data in enumerate(images) if data[:3] == JPEG_MAGIC}
-        indices = [i for i, header in headers.items() if header and header[0] <= Image.MAX_IMAGE_PIXELS]
+        headers = {i: read_jpeg_header(data) for i, data in enumerate(images)}
+        indices = [i for i, header in headers.items() if header and header.pixels <= Image.MAX_IMAGE_PIXELS]
         if not indices:
             return {}
         encoded = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in indices]
@@ -163,8 +152,8 @@ class TorchEmbedder(Embedder):
                     decoded.append(torchvision.io.decode_jpeg(tensor, mode=ImageReadMode.RGB, device=self.device))
                 except RuntimeError:
                     decoded.append(None)
-        oriented = {index: apply_orientation(image, headers[index][1]) for index, image in zip(indices, decoded)
-                    if image is not None}  # fmt: skip
+        oriented = {index: apply_orientation(image, headers[index].orientation)
+                    for index, image in zip(indices, decoded) if image is not None}  # fmt: skip
         return self._resize_crop_tensors(oriented)
 
     def _resize_crop_tensors(self, images: dict[int, Any]) -> dict[int, Any]:
