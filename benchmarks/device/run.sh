@@ -25,7 +25,8 @@ case "$step" in
   knn) "$python" benchmarks/knn_graph.py --sizes "${KNN_SIZES:-100000,1000000}" --flat-limit-s 60 --wait-idle 0 ;;
   selection) "$python" benchmarks/selection_balance.py --device "${DEVICE:-cuda}" --skip-balance --n "${SELECTION_N:-1000000}" \
                --levels "${SELECTION_LEVELS:-10000,1000,100,10}" --steps 1,10,10,10 --iterations 50 --faiss-repeats 1 ;;
-  embed) "$python" benchmarks/embed_throughput.py --device "${DEVICE:-cuda}" ;;
+  # shellcheck disable=SC2086  # EMBED_ARGS holds several words, e.g. "--compile --batch-sizes 512"
+  embed) "$python" benchmarks/embed_throughput.py --device "${DEVICE:-cuda}" ${EMBED_ARGS:-} ;;
   train) fashion_mnist_version
          "$python" benchmarks/train_throughput.py --home "$home" --dataset fashion-mnist@v1 ${TRAIN_ARGS:-} ;;
   fmnist) fashion_mnist_version
