@@ -466,22 +466,46 @@ def train_command(obj: Context, dataset, config_path, out_dir, overrides, allow_
                                               f"checkpoint {d['checkpoint']}; backbone {d['export']}"))  # fmt: skip
 
 
+def labelled_evaluation(command):
+    """The arguments every evaluation command shares: MODEL, the labelled folders, --limit and --json."""
+    for option in reversed([
+        click.argument("model"),
+        click.option("--train", "train_dir", required=True, type=click.Path(file_okay=False, exists=True),
+                     help="Labelled images: one sub-folder per class."),
+        click.option("--test", "test_dir", required=True, type=click.Path(file_okay=False, exists=True)),
+        click.option("--limit", type=int, default=None, help="At most this many images per class (a quick check)."),
+        click.option("--json", "as_json", is_flag=True),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _accuracy_summary(report: dict, protocol: str) -> str:
+    return (f"{protocol} top-1 {report['accuracy']:.4f} ({report['train_images']} train / {report['test_images']} "
+            f"test images, {report['classes']} classes)")  # fmt: skip
+
+
 @cli.command("eval-knn")
-@click.argument("model")
-@click.option("--train", "train_dir", required=True, type=click.Path(file_okay=False, exists=True),
-              help="Labelled images: one sub-folder per class.")  # fmt: skip
-@click.option("--test", "test_dir", required=True, type=click.Path(file_okay=False, exists=True))
+@labelled_evaluation
 @click.option("--k", default=20, show_default=True)
 @click.option("--temperature", default=0.07, show_default=True)
-@click.option("--limit", type=int, default=None, help="At most this many images per class (a quick check).")
-@click.option("--json", "as_json", is_flag=True)
-def eval_knn_command(model, train_dir, test_dir, k, temperature, limit, as_json) -> None:
+def eval_knn_command(model, train_dir, test_dir, limit, as_json, k, temperature) -> None:
     """Weighted k-NN accuracy of MODEL (a checkpoint .pt, an exported backbone .json, or an embed model name)."""
     from curation.train.knn import evaluate_knn
 
     report = evaluate_knn(model, train_dir, test_dir, k=k, temperature=temperature, limit=limit)
-    summary = f"k-NN top-1 {report['accuracy']:.4f} (k={k}, T={temperature}, {report['train_images']} train / "
-    _emit(report, as_json, lambda r: click.echo(summary + f"{r['test_images']} test images)"))
+    _emit(report, as_json, lambda r: click.echo(_accuracy_summary(r, f"k-NN (k={k}, T={temperature})")))
+
+
+@cli.command("eval-linear")
+@labelled_evaluation
+@click.option("--weight-decay", default=1e-4, show_default=True, help="L2 penalty of the logistic regression.")
+def eval_linear_command(model, train_dir, test_dir, limit, as_json, weight_decay) -> None:
+    """Linear-probe accuracy of MODEL: logistic regression on its frozen features (same MODEL forms as eval-knn)."""
+    from curation.train.linear import evaluate_linear
+
+    report = evaluate_linear(model, train_dir, test_dir, weight_decay=weight_decay, limit=limit)
+    _emit(report, as_json, lambda r: click.echo(_accuracy_summary(r, "linear")))
 
 
 @cli.command("serve")

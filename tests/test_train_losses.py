@@ -12,6 +12,7 @@ pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 from curation.train.knn import weighted_knn  # noqa: E402
 from curation.train.layers.rope import Rope2D, apply_rope  # noqa: E402
+from curation.train.linear import linear_probe  # noqa: E402
 from curation.train.loss.centering import Centering, sinkhorn_knopp  # noqa: E402
 from curation.train.loss.dino import dino_loss  # noqa: E402
 from curation.train.loss.gram import downsample_patches, gram_loss  # noqa: E402
@@ -152,6 +153,19 @@ def test_weighted_knn_by_hand():
     assert weighted_knn(train, labels, test, np.array([0]), k=1) == 1.0  # only the nearest votes
     # T=0.01: e^100 = 2.69e43 beats e^99.39 + e^99.12 = 2.58e43: the nearest dominates
     assert weighted_knn(train, labels, test, np.array([0]), k=3, temperature=0.01) == 1.0
+
+
+def test_linear_probe_fits_linear_classes_and_not_xor():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 5
+    labels = np.repeat(np.arange(3), 40)
+    blobs = centres[labels] + rng.normal(size=(120, 8))
+    assert linear_probe(blobs[::2], labels[::2], blobs[1::2], labels[1::2]) == 1.0
+    corners = rng.choice([-1.0, 1.0], size=(400, 2))
+    xor = corners + rng.normal(scale=0.1, size=(400, 2))
+    labels = (corners[:, 0] * corners[:, 1] > 0).astype(int)  # same-sign corners vs the others: not linear
+    assert linear_probe(xor[:200], labels[:200], xor[200:], labels[200:]) < 0.75
+    assert weighted_knn(xor[:200], labels[:200], xor[200:], labels[200:]) > 0.95  # the classes are learnable
 
 
 def test_losses_through_a_compiled_student_match_the_plain_student():

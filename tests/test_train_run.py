@@ -146,6 +146,10 @@ def test_cli_train_then_eval_knn(home, tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.output)
     assert 0.0 <= report["accuracy"] <= 1.0 and report["test_images"] == report["train_images"] == 40
+    linear = runner.invoke(cli, ["eval-linear", "builtin", "--train", labelled, "--test", labelled, "--limit", "4",
+                                 "--json"])  # fmt: skip
+    assert linear.exit_code == 0, linear.output
+    assert json.loads(linear.output)["accuracy"] == 1.0  # 40 training images in a wide feature space: separable
     bad = runner.invoke(cli, ["--home", str(home), "train", "--dataset", "fixture@v1", "--out", str(tmp_path / "x"),
                               "--set", "run.stepz=2"])  # fmt: skip
     assert bad.exit_code != 0 and "run.stepz: unknown key" in str(bad.exception or bad.output)

@@ -83,8 +83,10 @@ def embedder_for(model: str | Path, out_dir: Path) -> Embedder:
     return create_embedder(EmbedStage(model=text))
 
 
-def evaluate_knn(model: str | Path, train_folder: str | Path, test_folder: str | Path, *, k: int = 20,
-                 temperature: float = 0.07, limit: int | None = None) -> dict:  # fmt: skip
+def labelled_features(
+    model: str | Path, train_folder: str | Path, test_folder: str | Path, limit: int | None = None
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MODEL's features of two labelled folders: (report basics, train, train labels, test, test labels)."""
     train_paths, train_labels, classes = labelled_folder(train_folder, limit)
     test_paths, test_labels, test_classes = labelled_folder(test_folder, limit)
     if test_classes != classes:
@@ -92,7 +94,13 @@ def evaluate_knn(model: str | Path, train_folder: str | Path, test_folder: str |
     with tempfile.TemporaryDirectory() as scratch:
         embedder = embedder_for(model, Path(scratch))
         train, test = embed_paths(embedder, train_paths), embed_paths(embedder, test_paths)
+    report = {"model": str(model), "model_id": embedder.model_id, "train_images": len(train_paths),
+              "test_images": len(test_paths), "classes": len(classes)}  # fmt: skip
+    return report, train, train_labels, test, test_labels
+
+
+def evaluate_knn(model: str | Path, train_folder: str | Path, test_folder: str | Path, *, k: int = 20,
+                 temperature: float = 0.07, limit: int | None = None) -> dict:  # fmt: skip
+    report, train, train_labels, test, test_labels = labelled_features(model, train_folder, test_folder, limit)
     accuracy = weighted_knn(train, train_labels, test, test_labels, k=k, temperature=temperature)
-    return {"model": str(model), "model_id": embedder.model_id, "accuracy": accuracy, "k": k,
-            "temperature": temperature, "train_images": len(train_paths), "test_images": len(test_paths),
-            "classes": len(classes)}  # fmt: skip
+    return {**report, "accuracy": accuracy, "k": k, "temperature": temperature}
