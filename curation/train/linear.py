@@ -19,11 +19,7 @@ def linear_probe(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, 
     import torch
     import torch.nn.functional as F
 
-    def prepared(features: np.ndarray) -> torch.Tensor:
-        features = torch.from_numpy(np.asarray(features, np.float32))
-        return F.normalize(features, dim=1)
-
-    x, x_test = prepared(train), prepared(test)
+    x, x_test = (F.normalize(torch.from_numpy(np.asarray(part, np.float32)), dim=1) for part in (train, test))
     mean, std = x.mean(dim=0), x.std(dim=0).clamp(min=1e-6)
     x, x_test = (x - mean) / std, (x_test - mean) / std
     y = torch.from_numpy(train_labels.astype(np.int64))

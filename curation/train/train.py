@@ -190,11 +190,11 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
         except FloatingPointError as error:
             raise TrainError(f"step {step}: {error}; stopped (NaN guard). Lower optim.lr or resume from "
                              f"{latest_checkpoint(out_dir)}") from None  # fmt: skip
+        elapsed = time.monotonic() - started
         record = {"step": step, "loss": output.loss.item(), **output.parts, "lr": lr, "weight_decay": weight_decay,
                   "grad_norm": grad_norm.item(), "epoch": step // config.run.steps_per_epoch,
-                  "images_per_s": (step + 1 - start_step) * config.optim.batch_size * world_size
-                  / (time.monotonic() - started),
-                  "wall_s": round(wall_before + time.monotonic() - started, 3)}  # fmt: skip
+                  "images_per_s": (step + 1 - start_step) * config.optim.batch_size * world_size / elapsed,
+                  "wall_s": round(wall_before + elapsed, 3)}  # fmt: skip
         result.history.append(record)
         bar.update(1, loss=round(record["loss"], 4), img_s=round(record["images_per_s"], 1))
         if log_file and (step % config.run.log_every == 0 or step + 1 == end):
