@@ -72,9 +72,7 @@ def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add)
 def _balance(part: BalancedPart, members: list[int], vectors, seed, workdir, add) -> dict[str, Any]:
     if not members:
         return {"kind": "balanced", "before": [], "after": []}
-    levels = [
-        Level(level.clusters, level.resampling_steps, level.sample_size, level.selection) for level in part.levels
-    ]
+    levels = [Level(**level.model_dump()) for level in part.levels]
     points = np.asarray(vectors[members], np.float32)
     folder = None if workdir is None else Path(workdir) / part.name
     paths, centroids = hierarchical_kmeans(points, levels, seed=seed, iterations=part.iterations, workdir=folder)

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from curation.config import BalancedPart, LevelSpec, SelectStage
 from curation.select.balance import hierarchical_sample, water_fill
 from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans, kmeans_plus_plus
+from curation.select.compose import compose
 from curation.select.retrieval import cluster_based, sample_based
 
 
@@ -118,6 +120,21 @@ def test_split_refines_each_finest_cluster(tmp_path):
     assert np.array_equal(again, paths)
     selected = hierarchical_sample(paths, 100, seed=0)
     assert len(selected) == 100
+
+
+def test_compose_honours_the_specs_split(tmp_path):
+    """`levels[0].split` in a spec reaches the hierarchy: leaves are the split sub-clusters, one more path entry."""
+    points, _ = long_tailed_toy(3)
+    vectors = np.concatenate([points, np.ones((len(points), 1))], axis=1).astype(np.float32)
+    stage = SelectStage(mode="compose", parts=[BalancedPart(
+        kind="balanced", name="balanced", target=200, rule="closest",
+        levels=[LevelSpec(clusters=12, split=3), LevelSpec(clusters=4)])])  # fmt: skip
+    ids = [f"{i:05d}" for i in range(len(points))]
+    reasons, details = compose(stage, ids, [{"pool"}] * len(points), vectors, workdir=tmp_path)
+    paths = [reason[0]["cluster_path"] for reason in reasons.values()]
+    assert len(reasons) == 200 and all(len(path) == 3 for path in paths)
+    assert all(path[2] // 3 == path[1] for path in paths)  # each leaf inside its finest cluster
+    assert (tmp_path / "balanced" / "split-leaves.npy").exists() and len(details["balanced"]["before"]) <= 4
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
