@@ -9,8 +9,8 @@ import torch
 
 from curation.config import BalancedPart, LevelSpec, SelectStage
 from curation.select.balance import hierarchical_sample, water_fill
-from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans, kmeans_plus_plus
 from curation.select.compose import compose
+from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans, kmeans_plus_plus
 from curation.select.retrieval import cluster_based, sample_based
 
 
