@@ -135,6 +135,15 @@ class BalancedPart(Strict):
     sources: tuple[str, ...] = ()  # the pool; empty: every source that is no other part's seed or curated set
     iterations: int = Field(default=20, ge=1)  # Lloyd iterations per k-means
 
+    @model_validator(mode="after")
+    def _levels_coarsen(self) -> BalancedPart:
+        clusters = [level.clusters for level in self.levels]
+        if any(finer <= coarser for finer, coarser in zip(clusters, clusters[1:])):
+            raise ValueError(f"levels go finest first, each with fewer clusters than the one before; got {clusters}")
+        if any(level.split > 1 for level in self.levels[1:]):
+            raise ValueError("split applies to the finest level only (levels[0])")
+        return self
+
 
 Part = Annotated[SourcePart | RetrievalPart | BalancedPart, Field(discriminator="kind")]
 

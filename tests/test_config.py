@@ -24,6 +24,11 @@ def test_relative_paths_resolve_against_the_spec_file(tmp_path):
     assert spec.sources[0].path == tmp_path / "images"
 
 
+def balanced(levels: list[dict]) -> dict:
+    part = {"kind": "balanced", "name": "balanced", "target": 5, "levels": levels}
+    return {"embed": {"model": "builtin"}, "select": {"mode": "compose", "parts": [part]}}
+
+
 @pytest.mark.parametrize(
     ("mutation", "expected"),
     [
@@ -36,6 +41,9 @@ def test_relative_paths_resolve_against_the_spec_file(tmp_path):
         (lambda s: s.update(sources=[]), "sources"),
         (lambda s: s["sources"].append(dict(s["sources"][0])), "repeated: pool"),
         (lambda s: s.update(execution={"executor": "spark"}), "execution.executor"),
+        (lambda s: s.update(stages=balanced([{"clusters": 10}, {"clusters": 100}])), "finest first"),
+        (lambda s: s.update(stages=balanced([{"clusters": 10}, {"clusters": 10}])), "got [10, 10]"),
+        (lambda s: s.update(stages=balanced([{"clusters": 10}, {"clusters": 2, "split": 4}])), "levels[0]"),
     ],
 )
 def test_bad_specs_name_the_file_and_key(tmp_path, mutation, expected):
