@@ -12,7 +12,7 @@ import numpy as np
 
 from curation.config import BalancedPart, RetrievalPart, SelectStage, SourcePart
 from curation.select.balance import hierarchical_sample
-from curation.select.kmeans import Level, assign, hierarchical_kmeans, kmeans
+from curation.select.kmeans import Level, assign, cached, hierarchical_kmeans, kmeans
 from curation.select.retrieval import cluster_based, sample_based
 
 Reasons = dict[str, list[dict[str, Any]]]
@@ -34,6 +34,8 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
     def add(index: int, reason: dict[str, Any]) -> None:
         reasons.setdefault(image_ids[index], []).append(reason)
 
+    pool_clusters = _PoolClusters(vectors, pool, stage.seed, workdir)
+
     for number, part in enumerate(stage.parts):
         if isinstance(part, SourcePart):
             members = [i for i, came_from in enumerate(sources) if came_from & set(part.sources)]
@@ -42,22 +44,48 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
             for index in members:
                 add(index, {"part": part.name, "rule": "source"})
         elif isinstance(part, RetrievalPart):
-            details[part.name] = _retrieve(part, image_ids, sources, vectors, pool, stage.seed + number, add)
+            details[part.name] = _retrieve(part, image_ids, sources, vectors, pool, stage.seed + number, add,
+                                           pool_clusters.of)  # fmt: skip
         elif isinstance(part, BalancedPart):
             members = pool if not part.sources else [i for i, c in enumerate(sources) if c & set(part.sources)]
             details[part.name] = _balance(part, members, vectors, stage.seed + number, workdir, add)
     return reasons, details
 
 
-def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add) -> dict[str, Any]:
+class _PoolClusters:
+    """The pool's k-means, once per cluster count, shared by every cluster-based part that asks for that many
+    (DINOv2 clustered its pool once for all its small seed sets); the centroids are saved under the run's select
+    folder, so a rerun does not cluster again."""
+
+    def __init__(self, vectors: np.ndarray | None, pool: list[int], seed: int, workdir: Path | None):
+        self.vectors, self.pool, self.seed, self.workdir = vectors, pool, seed, workdir
+        self.fitted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def of(self, clusters: int) -> tuple[np.ndarray, np.ndarray]:
+        """(centroids, pool labels) for `clusters` clusters."""
+        if clusters not in self.fitted:
+            name = f"_pool-kmeans-{clusters}"  # no part name starts with "_"
+            folder = None if self.workdir is None else Path(self.workdir) / name
+            points = self.vectors[self.pool]
+            if folder is not None and (folder / "centroids.npy").exists():
+                centroids = np.load(folder / "centroids.npy")
+                labels = assign(points, centroids)[0]
+            else:
+                centroids, labels = kmeans(points, clusters, seed=self.seed)
+                cached(folder, "centroids", lambda: centroids)
+            self.fitted[clusters] = centroids, labels
+        return self.fitted[clusters]
+
+
+def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add, pool_clusters) -> dict[str, Any]:
     seeds = [i for i, came_from in enumerate(sources) if came_from & set(part.seeds)]
     if not seeds or not pool:
         return {"kind": "retrieval", "similarities": []}
-    pool_vectors, seed_vectors = vectors[pool], vectors[seeds]
+    seed_vectors = vectors[seeds]
     if part.method == "sample":
-        pulls = sample_based(seed_vectors, pool_vectors, k=part.k, floor=part.floor, cap=part.cap)
+        pulls = sample_based(seed_vectors, vectors[pool], k=part.k, floor=part.floor, cap=part.cap)
     else:
-        centroids, pool_labels = kmeans(pool_vectors, part.clusters, seed=seed)
+        centroids, pool_labels = pool_clusters(part.clusters)
         seed_labels, _ = assign(seed_vectors, centroids)
         pulls = cluster_based(pool_labels, seed_labels, min_seeds=part.min_seeds, per_cluster=part.per_cluster,
                               cap=part.cap, seed=seed)  # fmt: skip

@@ -200,13 +200,11 @@ def hierarchical_kmeans(points: np.ndarray, levels: list[Level], *, seed: int = 
     all_centroids, labels_per_level = [], []
     for number, level in enumerate(levels, start=1):
         first = partial(kmeans, current, level.clusters, iterations=iterations, seed=seed + number)
-        centroids = _cached(workdir, f"level-{number}-step-0", lambda first=first: first()[0])
+        centroids = cached(workdir, f"level-{number}-step-0", lambda first=first: first()[0])
         for step in range(1, level.resampling_steps + 1):
             previous = centroids
             rng = np.random.default_rng([seed, number, step])  # per step: a resumed run draws the same numbers
-            centroids = _cached(
-                workdir, f"level-{number}-step-{step}", partial(resample, current, previous, level, rng)
-            )
+            centroids = cached(workdir, f"level-{number}-step-{step}", partial(resample, current, previous, level, rng))
         labels, _ = assign(current, centroids)
         all_centroids.append(centroids)
         labels_per_level.append(labels)
@@ -237,12 +235,13 @@ def _split(points: Points, labels: np.ndarray, parts: int, seed: int, iterations
         sub_centroids, sub_labels = kmeans(points.take(members), parts, iterations=iterations, seed=seed + int(cluster))
         leaves[members] = cluster * parts + sub_labels
         centroids[cluster * parts : cluster * parts + len(sub_centroids)] = sub_centroids
-    _cached(workdir, "split-centroids", lambda: centroids)
-    _cached(workdir, "split-leaves", lambda: leaves)  # written last: the split's completion marker
+    cached(workdir, "split-centroids", lambda: centroids)
+    cached(workdir, "split-leaves", lambda: leaves)  # written last: the split's completion marker
     return leaves, centroids
 
 
-def _cached(workdir: Path | None, name: str, compute) -> np.ndarray:
+def cached(workdir: Path | None, name: str, compute) -> np.ndarray:
+    """`compute()`, saved as workdir/name.npy (atomically) and loaded from there by a rerun; no workdir: no cache."""
     if workdir is None:
         return compute()
     path = Path(workdir) / f"{name}.npy"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from curation.config import BalancedPart, LevelSpec, SelectStage
+from curation.config import BalancedPart, LevelSpec, RetrievalPart, SelectStage
 from curation.select.balance import hierarchical_sample, water_fill
 from curation.select.compose import compose
 from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans, kmeans_plus_plus
@@ -209,3 +209,30 @@ def test_float16_storage_clusters_like_float32():
     half_centroids, half_labels = kmeans(half, 30, iterations=10, seed=0)
     assert half_centroids.dtype == np.float32 and (assign(points, half_centroids)[0] == half_labels).mean() > 0.99
     assert assign(points, half_centroids)[1].sum() <= 1.01 * exact_distances.sum()
+
+
+def test_cluster_retrieval_parts_share_one_pool_clustering(tmp_path, monkeypatch):
+    """Two small seed sets asking for the same cluster count cluster the pool once (and a rerun not at all); each
+    still pulls exactly the cluster its seeds fall in."""
+    import curation.select.compose as compose_module
+
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(6, 16)))
+    pool = unit(np.repeat(centres, 40, axis=0) + 0.05 * rng.normal(size=(240, 16)))
+    seeds_a = unit(centres[[0, 0, 0, 0, 1]] + 0.01 * rng.normal(size=(5, 16)))  # 4 seeds in mode 0, 1 in mode 1
+    seeds_b = unit(centres[[2, 2, 2, 2]] + 0.01 * rng.normal(size=(4, 16)))
+    vectors = np.concatenate([pool, seeds_a, seeds_b])
+    sources = [{"pool"}] * 240 + [{"a"}] * 5 + [{"b"}] * 4
+    ids = [f"{i:04d}" for i in range(len(vectors))]
+    parts = [RetrievalPart(kind="retrieval", name=f"r{name}", seeds=[name], method="cluster", clusters=6, min_seeds=3,
+                           per_cluster=100) for name in "ab"]  # fmt: skip
+    stage = SelectStage(mode="compose", parts=parts)
+    fits, real_kmeans = [], compose_module.kmeans
+    monkeypatch.setattr(compose_module, "kmeans", lambda *args, **kw: fits.append(args[1]) or real_kmeans(*args, **kw))
+    reasons, _ = compose(stage, ids, sources, vectors, workdir=tmp_path)
+    pulled = {part.name: {int(i) for i, rs in reasons.items() if any(r["part"] == part.name for r in rs)}
+              for part in parts}  # fmt: skip
+    assert fits == [6] and (tmp_path / "_pool-kmeans-6" / "centroids.npy").exists()
+    assert pulled == {"ra": set(range(0, 40)), "rb": set(range(80, 120))}
+    again, _ = compose(stage, ids, sources, vectors, workdir=tmp_path)
+    assert fits == [6] and again == reasons  # the saved clustering is reused
