@@ -104,6 +104,37 @@ def run_command(obj: Context, spec_path: str, fresh: bool, ray_address: str | No
     _emit(data, as_json, render)
 
 
+@cli.command("check")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check_command(spec_path: str, as_json: bool) -> None:
+    """Validate SPEC and show what a run would read and do, without running it (no Ray, no S3).
+
+    Exit 0 when a run could start, 1 when it would fail on a listed error, 2 when the spec itself is invalid.
+    """
+    from curation.config import load_spec
+    from curation.core.check import check_spec
+
+    report = check_spec(load_spec(spec_path))
+
+    def render(data: dict) -> None:
+        click.echo(f"{spec_path}: {data['name']}, a valid spec")
+        click.echo("sources:")
+        _table(data["sources"], ["name", "kind", "what"])
+        click.echo("stages:")
+        for stage in data["stages"]:
+            click.echo(f"  {stage}")
+        for warning in data["warnings"]:
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
+        for error in data["errors"]:
+            click.secho(f"error: {error}", fg="red", err=True)
+        click.echo("a run could start" if data["ok"] else f"a run would fail: {len(data['errors'])} error(s)")
+
+    _emit(report.as_dict(), as_json, render)
+    if not report.ok:
+        sys.exit(1)
+
+
 @cli.command("runs")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

@@ -82,6 +82,11 @@ def sha256_state(module) -> str:
     return digest.hexdigest()
 
 
+def is_weights_path(pretrained: str) -> bool:
+    """open_clip's `pretrained` is a file when it looks like a path, else a tag (which downloads)."""
+    return "/" in pretrained or pretrained.endswith(WEIGHT_SUFFIXES)
+
+
 def existing_weights(path: str | None, what: str) -> Path | None:
     """A local weights path must exist; returns None for None. Raises a SpecError naming the path."""
     if path is None:
@@ -273,7 +278,7 @@ def _create_open_clip(stage: EmbedStage, arch: str) -> Embedder:
 
     pretrained = stage.pretrained
     weights = None
-    if pretrained is not None and ("/" in pretrained or pretrained.endswith(WEIGHT_SUFFIXES)):
+    if pretrained is not None and is_weights_path(pretrained):
         weights = existing_weights(pretrained, "open_clip")
     if arch not in open_clip.list_models():
         raise SpecError(f"stages.embed.model: open_clip has no architecture {arch!r}")

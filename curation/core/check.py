@@ -1,0 +1,157 @@
+"""`curate check SPEC`: what a run of a spec would read and do, found out without running it.
+
+A paper-scale spec is launched on a cluster long after it is written. A missing folder, an unreadable URL table, a
+tar pattern that matches nothing or a weights file that is not there should show up before that, on the machine
+that writes the spec, without starting Ray or contacting S3. The check reads only local things: it counts what
+the planner would list (folders, URL tables, tar shards), lists S3 locations without contacting them, and checks
+the embedder's files. Problems the driver would hit are errors; a weights path is only a warning, because actors
+read it on their own nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.config import (
+    BalancedPart,
+    EmbedStage,
+    FolderSource,
+    PipelineSpec,
+    RetrievalPart,
+    S3Source,
+    SourcePart,
+    UrlListSource,
+    WebDatasetSource,
+)
+from curation.embed.registry import list_embedders
+from curation.embed.torch_models import is_weights_path
+from curation.errors import SpecError
+from curation.ingest.folder import list_folder
+from curation.ingest.tars import expand_shards
+from curation.ingest.urls import read_url_table
+
+
+@dataclass
+class CheckReport:
+    name: str
+    sources: list[dict[str, Any]] = field(default_factory=list)  # name, kind, what (one line), count (or None)
+    stages: list[str] = field(default_factory=list)  # the stages a run goes through, each with its key settings
+    errors: list[str] = field(default_factory=list)  # the run would fail on these
+    warnings: list[str] = field(default_factory=list)  # worth a look; a run may still succeed
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "sources": self.sources, "stages": self.stages,
+                "errors": self.errors, "warnings": self.warnings}  # fmt: skip
+
+
+def check_spec(spec: PipelineSpec) -> CheckReport:
+    """Everything `curate check` reports about an already validated spec."""
+    report = CheckReport(spec.name)
+    for number, source in enumerate(spec.sources):
+        report.sources.append(_inspect_source(source, f"sources.{number}", report))
+    report.stages = _describe_stages(spec, report)
+    return report
+
+
+def _inspect_source(source, where: str, report: CheckReport) -> dict[str, Any]:
+    """One line about a source, with the number of inputs the planner would list where that is known offline."""
+    entry: dict[str, Any] = {"name": source.name, "kind": source.kind, "count": None}
+    try:
+        if isinstance(source, FolderSource):
+            entry["count"] = len(list_folder(source))
+            entry["what"] = f"{entry['count']:,} image files under {source.path}"
+        elif isinstance(source, UrlListSource):
+            entry["count"] = len(read_url_table(source))
+            entry["what"] = f"{entry['count']:,} URLs in {source.path}"
+        elif isinstance(source, WebDatasetSource):
+            shards = expand_shards(source)  # brace ranges and local globs; s3:// shards are not contacted
+            entry["count"] = len(shards)
+            remote = " (S3, not contacted)" if any(shard.startswith("s3://") for shard in shards) else ""
+            entry["what"] = f"{entry['count']:,} tar shards{remote}"
+        elif isinstance(source, S3Source):
+            entry["what"] = f"objects under {source.uri} (S3, not contacted)"
+    except SpecError as error:
+        report.errors.append(f"{where}: {error}")
+        entry["what"] = "unreadable"
+    if entry["count"] == 0:
+        report.warnings.append(f"{where}: source {source.name!r} has no inputs")
+    return entry
+
+
+def _describe_stages(spec: PipelineSpec, report: CheckReport) -> list[str]:
+    stages = spec.stages
+    decode = stages.decode
+    described = [f"decode (min side {decode.min_side} px, at most {decode.max_pixels:,} pixels and "
+                 f"{decode.max_bytes:,} bytes)"]  # fmt: skip
+    policy = stages.license
+    described.append(f"license (allow {list(policy.allow) if policy.allow is not None else 'any'}, deny "
+                     f"{list(policy.deny)}, unknown: {policy.unknown})")  # fmt: skip
+    if stages.embed and stages.embed.model.partition(":")[0] not in list_embedders():
+        report.errors.append(f"stages.embed.model: unknown embedder {stages.embed.model!r}; known: "
+                             f"{', '.join(list_embedders())}")  # fmt: skip
+    elif stages.embed:
+        described.append(f"embed ({stages.embed.model}; {_weights(stages.embed, report)})")
+    if stages.dedup:
+        dedup = stages.dedup
+        methods = [f"pHash d<={dedup.phash_max_distance}"] if dedup.perceptual else []
+        if dedup.copy_detection:
+            methods.append(f"k-NN graph k={dedup.k}, cosine>={dedup.threshold}, index {dedup.index}")
+        if dedup.against:
+            methods.append(f"against {', '.join(dedup.against)}")
+        described.append(f"dedup ({'; '.join(methods) or 'exact copies only'})")
+    if stages.decontaminate:
+        sets = stages.decontaminate.sets
+        for number, source in enumerate(sets):
+            _inspect_source(source, f"stages.decontaminate.sets.{number}", report)
+        described.append(f"decontaminate ({len(sets)} evaluation sets, cosine>={stages.decontaminate.threshold})")
+    select = stages.select
+    if select.mode == "compose":
+        described.append(f"select compose, seed {select.seed}; parts in priority order:")
+        described += [f"  {part.name}: {_describe_part(part)}" for part in select.parts]
+    else:
+        described.append("select keep_all")
+    target = spec.publish.uri or "HOME/datasets"
+    described.append(f"publish {spec.name}@vN to {target} ({spec.publish.shard_max_samples:,} samples per shard)")
+    return described
+
+
+def _describe_part(part: SourcePart | RetrievalPart | BalancedPart) -> str:
+    if isinstance(part, SourcePart):
+        subset = f", {part.target:,} of them at random" if part.target else ""
+        return f"the sources {', '.join(part.sources)} as they are{subset}"
+    if isinstance(part, RetrievalPart):
+        cap = f", at most {part.cap:,}" if part.cap else ""
+        if part.method == "sample":
+            return f"the {part.k} nearest pool images of each {'/'.join(part.seeds)} image{cap}"
+        return (f"up to {part.per_cluster:,} pool images from each of {part.clusters:,} pool clusters holding more "
+                f"than {part.min_seeds} {'/'.join(part.seeds)} images{cap}")  # fmt: skip
+    levels = " -> ".join(f"{level.clusters:,}" for level in part.levels)
+    return f"{part.target:,} images balanced over hierarchical k-means {levels} clusters, {part.rule} in each leaf"
+
+
+def _weights(stage: EmbedStage, report: CheckReport) -> str:
+    """Where the embedder's weights come from; a file that is not on this machine is a warning."""
+    prefix, _, argument = stage.model.partition(":")
+    if prefix == "builtin":
+        return "no weights"
+    if prefix == "bundled":
+        if argument == "default":
+            return "the shipped default embedder"
+        path = Path(argument).expanduser()
+    elif stage.pretrained is None:
+        return "random init"
+    elif prefix == "open_clip" and not is_weights_path(stage.pretrained):
+        report.warnings.append(f"stages.embed.pretrained: open_clip tag {stage.pretrained!r} downloads its weights "
+                               f"on first use (needs a network on every embed node)")  # fmt: skip
+        return f"tag {stage.pretrained}"
+    else:
+        path = Path(stage.pretrained).expanduser()
+    if not path.is_file():
+        report.warnings.append(f"stages.embed: {path} is not on this machine (every embed actor's node needs it)")
+    return str(path)

@@ -1,0 +1,104 @@
+"""`curate check`: validates a spec and reports what a run would read, offline: counts what is local, lists S3
+without contacting it, names every problem (exit 1) and never starts a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from curation.cli import cli
+from tests.conftest import REPO, write_spec
+from tests.corpus import image_bytes, tar_bytes
+
+
+def check(spec_path: Path, *extra: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(cli, ["check", str(spec_path), "--json", *extra])
+    return result.exit_code, json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("spec", ["quickstart.yaml", "lvd-142m.yaml", "lvd-1689m.yaml"])
+def test_shipped_specs_check_clean(spec):
+    """The quickstart reads its fixtures; the paper-scale specs validate and only warn that their weights file is
+    not on this machine (S3 is never contacted: no endpoint or credentials exist here)."""
+    code, report = check(REPO / "pipelines" / spec)
+    assert code == 0 and report["ok"] and report["errors"] == []
+    if spec == "quickstart.yaml":
+        assert [source["count"] for source in report["sources"]] == [84, 120] and report["warnings"] == []
+    else:
+        assert [w for w in report["warnings"] if "is not on this machine" not in w] == []
+        assert any(stage.startswith("select compose") for stage in report["stages"])
+
+
+def test_counts_what_the_planner_would_list(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for index in range(3):
+        (pool / f"{index}.jpg").write_bytes(image_bytes(index))
+    (pool / "notes.txt").write_text("not an image")
+    for index in range(4):
+        (tmp_path / f"shard-{index}.tar").write_bytes(tar_bytes([("a.jpg", image_bytes(index))]))
+    (tmp_path / "urls.csv").write_text("url\nhttp://127.0.0.1:9/a.jpg\nhttp://127.0.0.1:9/b.jpg\n")
+    spec = write_spec(tmp_path / "spec.yaml", {"name": "counts", "sources": [
+        {"kind": "folder", "name": "pool", "path": "pool"},
+        {"kind": "webdataset", "name": "tars", "urls": ["shard-{0..3}.tar"]},
+        {"kind": "webdataset", "name": "remote", "urls": ["s3://nowhere/part-{000..099}.tar"]},
+        {"kind": "urls", "name": "web", "path": "urls.csv"},
+        {"kind": "s3", "name": "bucket", "uri": "s3://nowhere/prefix/"},
+    ]})  # fmt: skip
+    before = sorted(tmp_path.rglob("*"))
+    code, report = check(spec)
+    assert code == 0 and [source["count"] for source in report["sources"]] == [3, 4, 100, 2, None]
+    assert "not contacted" in report["sources"][2]["what"] and "not contacted" in report["sources"][4]["what"]
+    assert sorted(tmp_path.rglob("*")) == before  # nothing was written: no home, no run
+
+
+def test_every_problem_is_named_and_fails_the_check(tmp_path):
+    (tmp_path / "urls.csv").write_text("link\nhttp://127.0.0.1:9/a.jpg\n")  # no `url` column
+    (tmp_path / "empty").mkdir()
+    spec = write_spec(tmp_path / "spec.yaml", {"name": "broken", "sources": [
+        {"kind": "folder", "name": "missing", "path": "nope"},
+        {"kind": "urls", "name": "web", "path": "urls.csv"},
+        {"kind": "webdataset", "name": "tars", "urls": ["shards/*.tar"]},
+        {"kind": "folder", "name": "empty", "path": "empty"},
+    ], "stages": {
+        "embed": {"model": "timm:vit_small_patch16_224", "pretrained": str(tmp_path / "absent.pth")},
+        "decontaminate": {"sets": [{"kind": "folder", "name": "eval", "path": "no-eval"}]},
+    }})  # fmt: skip
+    code, report = check(spec)
+    assert code == 1 and not report["ok"]
+    errors = "\n".join(report["errors"])
+    assert "sources.0: source 'missing': folder does not exist" in errors
+    assert "sources.1: source 'web'" in errors and "no column 'url'" in errors
+    assert "sources.2: source 'tars': no tar shard matches" in errors
+    assert "stages.decontaminate.sets.0: source 'eval': folder does not exist" in errors
+    assert len(report["errors"]) == 4
+    warnings = "\n".join(report["warnings"])
+    assert "source 'empty' has no inputs" in warnings and "absent.pth is not on this machine" in warnings
+
+
+def test_embedder_problems(tmp_path):
+    (tmp_path / "pool").mkdir()
+    base = {"name": "m", "sources": [{"kind": "folder", "name": "pool", "path": "pool"}]}
+    unknown = write_spec(tmp_path / "unknown.yaml", {**base, "stages": {"embed": {"model": "clip:ViT-B-32"}}})
+    code, report = check(unknown)
+    assert code == 1 and "unknown embedder 'clip:ViT-B-32'" in report["errors"][0]
+    tag = write_spec(
+        tmp_path / "tag.yaml",
+        {**base, "stages": {"embed": {"model": "open_clip:ViT-B-32", "pretrained": "laion2b_s34b_b79k"}}},
+    )
+    code, report = check(tag)
+    assert code == 0 and any("downloads its weights on first use" in w for w in report["warnings"])
+
+
+def test_an_invalid_spec_exits_2_naming_the_key(tmp_path):
+    spec = write_spec(tmp_path / "bad.yaml", {"name": "bad", "sources": [{"kind": "folder", "name": "p", "path": "."}],
+                                             "stages": {"dedup": {"treshold": 0.5}}})  # fmt: skip
+    command = [str(Path(sys.executable).parent / "curate"), "check", str(spec)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=os.environ)
+    assert result.returncode == 2 and "stages.dedup.treshold: unknown key" in result.stderr
