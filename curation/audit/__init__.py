@@ -3,6 +3,7 @@
 >>> from curation import audit
 >>> audit.add_optout("curation-home", kind="domain", value="example.com", reason="owner")  # doctest: +SKIP
 >>> audit.apply_optouts("curation-home", "quickstart")                                      # doctest: +SKIP
+>>> audit.search("curation-home", "quickstart", image=open("mine.jpg", "rb").read(), k=5)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -45,3 +46,11 @@ def apply_optouts(home: str | Path, name: str, **kwargs):
     from curation.audit.apply import apply_optouts as apply
 
     return apply(Home(home), name, **kwargs)
+
+
+def search(home: str | Path, ref: str, *, image: bytes | None = None, image_id: str | None = None,
+           k: int = 10) -> dict:  # fmt: skip
+    """The k samples of a version nearest to an image (bytes) or to one of its samples (`curate search`)."""
+    from curation.audit.similar import similar_samples
+
+    return similar_samples(home, ref, image=image, image_id=image_id, k=k)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +76,7 @@ def load_matrix(catalog: Catalog, store: LocalStore, model_id: str, image_ids: l
     if missing:
         raise KeyError(f"{len(missing)} image(s) have no {model_id} vector, e.g. {missing[0]}")
     dim = json.loads(store.get(f"{model_key(model_id)}/model.json"))["dim"]
-    temporary = path.with_suffix(".tmp.npy")
+    temporary = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npy")  # concurrent builders: one each
     matrix = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float16, shape=(len(image_ids), dim))
     by_file: dict[str, list[tuple[int, int]]] = {}
     for position, image_id in enumerate(image_ids):

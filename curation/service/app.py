@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from curation.audit.registry import RequestError
+from curation.audit.similar import MAX_K
 from curation.errors import CurationError, StoreError, VersionError
 from curation.service.jobs import JobError, JobNotFound, JobRunner
 from curation.service.settings import ServiceSettings
@@ -346,6 +347,31 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
             temporary.write_bytes(_thumbnail(home, version, image_id))
             temporary.replace(path)
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    @route("GET", "/api/versions/{ref}/similar", "viewer")
+    def similar_to_sample(ref: str, image_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 12) -> dict:
+        """The k samples nearest to one of the version's samples (itself left out), by the version's embedder."""
+        from curation.audit.similar import similar_samples
+
+        return _or_404(similar_samples, home.root, ref, image_id=image_id, k=k)
+
+    @route("POST", "/api/versions/{ref}/similar", "viewer")
+    async def similar_to_upload(ref: str, request: Request) -> dict:
+        """The k samples nearest to an uploaded image: a form with the file as 'image' and optionally 'k'."""
+        from curation.audit.similar import similar_samples
+
+        form = await request.form(max_files=1, max_fields=2)
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "attach the image as the form field 'image'")
+        image = await upload.read(settings.max_upload_bytes + 1)
+        if len(image) > settings.max_upload_bytes:
+            raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
+        try:
+            k = int(form.get("k") or 12)
+        except ValueError:
+            raise HTTPException(422, "k must be a whole number") from None
+        return await run_in_threadpool(_or_404, similar_samples, home.root, ref, image=image, k=k)
 
     @route("GET", "/api/diff", "viewer")
     def diff(first: str, second: str) -> dict:

@@ -115,6 +115,33 @@ def test_submitted_specs_are_confined_to_the_data_root_and_home(service):
     assert "hunter2" not in json.dumps(service.get("/api/jobs").json())
 
 
+def test_search_by_example_over_http(service, published):
+    """A sample's neighbours (itself left out) and an uploaded file's (itself first), by the version's embedder."""
+    samples = service.get("/api/versions/fashion@v1/samples", params={"limit": 500}).json()["samples"]
+    query = samples[5]["image_id"]
+    near = service.get("/api/versions/fashion@v1/similar", role="viewer", params={"image_id": query, "k": 7}).json()
+    assert [hit["rank"] for hit in near["neighbours"]] == list(range(1, 8)) and near["query_image_id"] == query
+    assert query not in {hit["image_id"] for hit in near["neighbours"]}
+    upload = sorted((FIXTURE_IMAGES / "fashion-mnist" / "coat").iterdir())[0]
+    found = service.post("/api/versions/fashion@v1/similar", role="viewer", data={"k": "3"},
+                         files={"image": (upload.name, upload.read_bytes(), "image/png")}).json()  # fmt: skip
+    assert len(found["neighbours"]) == 3 and found["neighbours"][0]["uri"] == str(upload)
+    assert found["neighbours"][0]["similarity"] > 0.99 and found["model_id"].startswith("builtin:")
+
+    def post(**kwargs):
+        return service.post("/api/versions/fashion@v1/similar", role="viewer", **kwargs)
+
+    corrupt = post(files={"image": ("x.png", b"\x89PNG\r\n\x1a\n broken", "image/png")})
+    assert corrupt.status_code == 400 and "not a usable image" in corrupt.json()["detail"]
+    assert post(files={"image": ("big.png", b"\x89PNG" + b"\0" * (17 * 2**20), "image/png")}).status_code == 413
+    assert post(data={"k": "3"}).status_code == 422
+    assert post(data={"k": "many"}, files={"image": (upload.name, upload.read_bytes(), "image/png")}).status_code == 422
+    unknown = service.get("/api/versions/fashion@v1/similar", params={"image_id": "0" * 64})
+    assert unknown.status_code == 400 and "is not a sample" in unknown.json()["detail"]
+    assert service.get("/api/versions/fashion@v1/similar", params={"image_id": query, "k": 0}).status_code == 422
+    assert service.get("/api/versions/nope@v1/similar", params={"image_id": query}).status_code == 404
+
+
 def test_opt_out_from_the_public_then_applied_removes_the_image(service, published):
     sample = service.get("/api/versions/fashion@v1/samples", params={"limit": 1}).json()["samples"][0]
     form = {"kind": "sha256", "value": sample["image_id"], "requester": "owner"}

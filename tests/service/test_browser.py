@@ -112,3 +112,32 @@ def test_a_run_whose_dedup_chained_look_alikes_shows_the_warning(service, page):
     page.locator("#runs tr", has_text="chained-").click()
     expect(page.locator("#rejects")).to_contain_text("WARNING dedup: the largest duplicate group holds")
     expect(page.locator("#rejects")).to_contain_text("near_duplicate")
+
+
+def test_search_by_example_from_the_page(service, page, tmp_path):
+    """Upload a photo: the version's own copy of it comes first; "similar" on a card lists its look-alikes."""
+    spec = (SPECS / "fashion.yaml").read_text().replace("name: fashion", "name: searchable")
+    job = service.wait_job(service.submit(spec)["job_id"])
+    assert job["status"] == "finished", job
+    page.goto(service.base + "/")
+    page.evaluate(f"localStorage.setItem('curation-token', {service.tokens['viewer']!r})")
+    page.goto(service.base + f"/#/version/{job['version']}")
+    page.reload()
+    upload = sorted((FIXTURE_IMAGES / "fashion-mnist" / "sneaker").iterdir())[0]
+    page.set_input_files("#similar-image", str(upload))
+    page.click("#similar-submit")
+    first = page.locator("#similar .card[data-rank='1']")
+    expect(first).to_have_attribute("data-image", image_id_of(upload.read_bytes()))
+    expect(first).to_contain_text("#1 · 1.000")
+    expect(page.locator("#similar .card")).to_have_count(12)
+    expect(page.locator("#similar .card img[src^='blob:']").first).to_be_visible()
+    page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+
+    card = page.locator("#samples .card").nth(2)
+    query = card.get_attribute("data-image")
+    card.locator("button.similar").click()
+    expect(page.locator("#similar")).to_contain_text(f"12 nearest to {query[:12]}")
+    expect(page.locator(f"#similar .card[data-image='{query}']")).to_have_count(0)  # itself left out
+    expect(page.locator("#audit-query")).to_have_count(0)  # the button did not open the card's provenance
+    page.locator("#similar .card").first.click()
+    expect(page.locator("#provenance")).to_contain_text("fashion-mnist")

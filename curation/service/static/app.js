@@ -172,6 +172,7 @@ async function datasetsView() {
 
 async function versionView(ref) {
   const [version, audit] = await Promise.all([json(`/api/versions/${ref}`), json(`/api/audit/version/${ref}`)]);
+  const searchable = version.lineage.includes("embed");  // its samples have vectors
   const counts = (object) => table(Object.entries(object).map(([key, value]) => ({ key, value })),
     [["key", ""], ["value", "samples"]]);
   const plots = el("div", { class: "plots" });
@@ -201,11 +202,50 @@ async function versionView(ref) {
         el("div", {}, el("h3", {}, "by source"), counts(audit.by_source)),
         el("div", {}, el("h3", {}, "by licence"), counts(audit.by_license)))),
     version.plots.length ? el("section", {}, el("h2", {}, "Cluster balance"), plots) : "",
+    searchable ? searchSection(ref) : "",
     el("section", {}, el("h2", {}, "Samples"), el("div", { id: "samples" })));
-  await samplesBrowser(ref, document.getElementById("samples"), { offset: 0 });
+  await samplesBrowser(ref, document.getElementById("samples"), { offset: 0 }, searchable);
 }
 
-async function samplesBrowser(ref, box, filters) {
+// Search by example: the version's own embedder ranks its samples against an uploaded image or a sample.
+function searchSection(ref) {
+  const file = el("input", { type: "file", id: "similar-image", accept: "image/*" });
+  const submit = el("button", { id: "similar-submit", onclick: () => {
+    if (!file.files.length) { showError("choose an image file first"); return; }
+    const body = new FormData();
+    body.append("image", file.files[0]);
+    showSimilar(ref, `/api/versions/${ref}/similar`, { method: "POST", body });
+  } }, "Find similar");
+  return el("section", {}, el("h2", {}, "Search by example"),
+    el("p", { class: "muted" }, "The samples most like an image, by this version's embedder; " +
+      "or press “similar” on a sample."), file, " ", submit, el("div", { id: "similar" }));
+}
+
+async function showSimilar(ref, path, options) {
+  const box = document.getElementById("similar");
+  box.replaceChildren("searching…");
+  try {
+    const result = await json(path, options);
+    const grid = el("div", { class: "grid" });
+    for (const hit of result.neighbours) {
+      grid.append(await sampleCard(ref, hit.image_id, `#${hit.rank} · ${hit.similarity.toFixed(3)}`,
+        `${hit.part} · ${hit.source}`, { "data-rank": hit.rank }));
+    }
+    box.replaceChildren(el("p", { class: "muted" }, `${result.neighbours.length} nearest to ` +
+      `${result.query_image_id.slice(0, 12)}… by ${result.model_id}`), grid);
+    showError("");
+  } catch (error) { box.replaceChildren(); showError(error.message); }
+}
+
+// A thumbnail that opens the image's provenance; `extra` may hold a "similar" button.
+async function sampleCard(ref, imageId, title, subtitle, attrs = {}, extra = null) {
+  return el("div", Object.assign({ class: "card", "data-image": imageId,
+    onclick: () => { location.hash = `#/audit/${imageId}`; } }, attrs),
+    await authImage(`/api/versions/${ref}/thumbnails/${imageId}`, title),
+    el("div", {}, title), el("div", { class: "muted" }, subtitle), extra);
+}
+
+async function samplesBrowser(ref, box, filters, searchable) {
   const query = new URLSearchParams(Object.entries(filters).filter(([, v]) => v !== "" && v !== null));
   query.set("limit", 24);
   const page = await json(`/api/versions/${ref}/samples?${query}`);
@@ -213,29 +253,30 @@ async function samplesBrowser(ref, box, filters) {
     const node = el("select", { name, "data-filter": name }, el("option", { value: "" }, `any ${name}`),
       values.map((value) => el("option", { value, selected: filters[name] === value ? "selected" : null }, value)));
     node.addEventListener("change", () => samplesBrowser(ref, box, Object.assign({}, filters, { [name]: node.value,
-      offset: 0 })));
+      offset: 0 }), searchable));
     return el("label", {}, node);
   };
   const cluster = el("input", { name: "cluster", placeholder: "cluster path, e.g. 3/12", value: filters.cluster || "",
     size: 16 });
   cluster.addEventListener("change", () => samplesBrowser(ref, box, Object.assign({}, filters,
-    { cluster: cluster.value.trim(), offset: 0 })));
+    { cluster: cluster.value.trim(), offset: 0 }), searchable));
   const grid = el("div", { class: "grid" });
   for (const sample of page.samples) {
-    grid.append(el("div", { class: "card", "data-image": sample.image_id,
-      onclick: () => { location.hash = `#/audit/${sample.image_id}`; } },
-      await authImage(`/api/versions/${ref}/thumbnails/${sample.image_id}`, sample.caption || sample.image_id),
-      el("div", {}, sample.caption || sample.image_id.slice(0, 12)),
-      el("div", { class: "muted" }, `${sample.part} · ${sample.license || "unknown"}${sample.cluster ? " · " +
-        sample.cluster : ""}`)));
+    const similar = searchable ? el("button", { class: "similar", onclick: (event) => {
+      event.stopPropagation();
+      showSimilar(ref, `/api/versions/${ref}/similar?image_id=${sample.image_id}`);
+    } }, "similar") : null;
+    grid.append(await sampleCard(ref, sample.image_id, sample.caption || sample.image_id.slice(0, 12),
+      `${sample.part} · ${sample.license || "unknown"}${sample.cluster ? " · " + sample.cluster : ""}`, {}, similar));
   }
   const offset = page.offset;
   const pager = el("div", {},
     el("button", { disabled: offset === 0 ? "disabled" : null, onclick: () => samplesBrowser(ref, box,
-      Object.assign({}, filters, { offset: Math.max(0, offset - 24) })) }, "previous"),
+      Object.assign({}, filters, { offset: Math.max(0, offset - 24) }), searchable) }, "previous"),
     ` ${page.total ? offset + 1 : 0}–${Math.min(offset + 24, page.total)} of ${page.total} `,
     el("button", { id: "next-page", disabled: offset + 24 >= page.total ? "disabled" : null,
-      onclick: () => samplesBrowser(ref, box, Object.assign({}, filters, { offset: offset + 24 })) }, "next"));
+      onclick: () => samplesBrowser(ref, box, Object.assign({}, filters, { offset: offset + 24 }), searchable) },
+      "next"));
   box.replaceChildren(el("div", { class: "filters" }, select("part", page.facets.part),
     select("source", page.facets.source), select("license", page.facets.license), cluster), pager, grid);
 }

@@ -1,0 +1,77 @@
+"""Search a published version by example, as clip-retrieval does for LAION: the k samples nearest to an image.
+
+The version's own embedder and its stored vectors answer: the query is embedded (an image someone holds) or looked
+up (a sample's id), the version's samples are one memory-mapped matrix (`load_matrix`), and FAISS ranks them by
+cosine. Read-only: a version published without an embed stage has no vectors, and the search says so instead of
+embedding the whole version behind a query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curation.api import open_version
+from curation.audit.apply import embed_stage_of
+from curation.audit.queries import QueryError
+from curation.config import DecodeStage
+from curation.decode.safe import inspect_image
+from curation.embed.registry import create_embedder
+from curation.embed.vectors import load_matrix
+from curation.select.retrieval import sample_based
+from curation.store.catalog import Catalog
+from curation.store.home import Home
+
+MAX_K = 1000  # a query returns at most this many neighbours
+
+
+def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, image_id: str | None = None,
+                    k: int = 10) -> dict[str, Any]:  # fmt: skip
+    """The `k` samples of `ref` nearest to `image` (bytes) or to the sample `image_id` (which is left out)."""
+    if (image is None) == (image_id is None):
+        raise QueryError("search by an image or by a sample's image id: give exactly one")
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}, not {k}")
+    version = open_version(ref, home=home)
+    embed_step = next((step for step in version.manifest["lineage"] if step["stage"] == "embed"), None)
+    if embed_step is None:
+        raise QueryError(f"{version.ref} was published without stages.embed: its samples have no vectors to search")
+    samples = version.samples().to_pylist()
+    image_ids = [sample["image_id"] for sample in samples]
+    home = Home(home)
+    with Catalog.open(home.catalog_path, read_only=True, wait_s=30) as catalog:
+        try:
+            matrix = load_matrix(catalog, home.vectors, embed_step["model_id"], image_ids)
+        except KeyError as error:  # the home's vector cache lost some of the version's vectors
+            raise QueryError(f"{version.ref}: {error.args[0]}") from None
+    if image is not None:
+        decoded = inspect_image(image, DecodeStage(min_side=1))  # bombs, truncation, non-images: refused here
+        if not decoded.ok:
+            raise QueryError(f"the query is not a usable image ({decoded.reason}: {decoded.detail})")
+        vectors, errors = create_embedder(embed_stage_of(version.manifest["lineage"])).embed([image])
+        if errors[0]:
+            raise QueryError(f"the query image cannot be embedded: {errors[0]}")
+        query, exclude = vectors[0], None
+    else:
+        if image_id not in image_ids:
+            raise QueryError(f"{image_id} is not a sample of {version.ref}")
+        exclude = image_ids.index(image_id)
+        query = np.asarray(matrix[exclude], np.float32)
+    wanted = min(len(image_ids), k + (exclude is not None))
+    pulls = sorted(sample_based(query[None], matrix, k=wanted), key=lambda pull: pull.rank) if wanted else []
+    neighbours = []
+    for pull in pulls:
+        if pull.pool_index == exclude or len(neighbours) == k:
+            continue
+        sample = samples[pull.pool_index]
+        first = sample["provenance"][0] if sample["provenance"] else {}
+        neighbours.append({"rank": len(neighbours) + 1, "image_id": sample["image_id"],
+                           "similarity": round(pull.similarity, 6), "part": sample["part"],
+                           "source": first.get("source"), "uri": first.get("uri"), "license": sample["license"],
+                           "shard": sample["shard"]})  # fmt: skip
+    query_id = image_id or hashlib.sha256(image).hexdigest()
+    return {"ref": version.ref, "model_id": embed_step["model_id"], "query_image_id": query_id,
+            "neighbours": neighbours}  # fmt: skip
