@@ -81,6 +81,17 @@ class UrlListSource(Strict):
 Source = Annotated[FolderSource | WebDatasetSource | S3Source | UrlListSource, Field(discriminator="kind")]
 
 
+class QualityChecks(Strict):
+    """Pixel-level junk filters on the decoded image (curation.decode.quality): None turns a check off. Figures are
+    grey levels 0-255 measured at most 128 px a side, so thresholds do not depend on the input's size."""
+
+    min_contrast: float | None = Field(default=2.0, ge=0)  # grey-level std below -> low_information (blank)
+    min_brightness: float | None = Field(default=None, ge=0, le=255)  # mean grey level below -> too_dark
+    max_brightness: float | None = Field(default=None, ge=0, le=255)  # mean grey level above -> too_bright
+    min_sharpness: float | None = Field(default=None, ge=0)  # Laplacian variance below -> blurry
+    max_aspect_ratio: float | None = Field(default=None, ge=1)  # longer / shorter side above -> extreme_aspect
+
+
 class DecodeStage(Strict):
     """Safe decode: what an acceptable image is. Rejects get a reason code (docs/reasons.md)."""
 
@@ -88,6 +99,7 @@ class DecodeStage(Strict):
     max_pixels: int = Field(default=89_478_485, gt=0)  # Pillow's own bomb limit; above -> decompression_bomb
     min_side: int = Field(default=32, ge=1)  # shorter side below this -> too_small
     formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+    quality: QualityChecks | None = None  # pixel-level junk filters; off unless configured
 
 
 class LevelSpec(Strict):

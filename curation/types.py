@@ -22,6 +22,11 @@ class Reason(StrEnum):
     TRUNCATED = "truncated"  # image data ends early
     CORRUPT = "corrupt"  # the decoder failed on the pixel data
     TOO_SMALL = "too_small"  # shorter side below decode.min_side
+    LOW_INFORMATION = "low_information"  # blank or near-uniform: grey-level std below decode.quality.min_contrast
+    TOO_DARK = "too_dark"  # mean grey level below decode.quality.min_brightness
+    TOO_BRIGHT = "too_bright"  # mean grey level above decode.quality.max_brightness
+    BLURRY = "blurry"  # Laplacian variance below decode.quality.min_sharpness
+    EXTREME_ASPECT = "extreme_aspect"  # longer/shorter side above decode.quality.max_aspect_ratio
     PATH_TRAVERSAL = "path_traversal"  # tar member with an absolute path or '..'
     UNSAFE_TAR_MEMBER = "unsafe_tar_member"  # link, device or other non-regular tar member
     CORRUPT_CONTAINER = "corrupt_container"  # a tar shard that cannot be read (further)

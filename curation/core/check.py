@@ -87,8 +87,9 @@ def _inspect_source(source, where: str, report: CheckReport) -> dict[str, Any]:
 def _describe_stages(spec: PipelineSpec, report: CheckReport) -> list[str]:
     stages = spec.stages
     decode = stages.decode
+    quality = decode.quality and ", ".join(f"{key} {value}" for key, value in decode.quality if value is not None)
     described = [f"decode (min side {decode.min_side} px, at most {decode.max_pixels:,} pixels and "
-                 f"{decode.max_bytes:,} bytes)"]  # fmt: skip
+                 f"{decode.max_bytes:,} bytes{'; quality ' + quality if quality else ''})"]  # fmt: skip
     policy = stages.license
     described.append(f"license (allow {list(policy.allow) if policy.allow is not None else 'any'}, deny "
                      f"{list(policy.deny)}, unknown: {policy.unknown})")  # fmt: skip

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from curation.config import DecodeStage
+from curation.decode.pixels import flatten_to_rgb
+from curation.decode.quality import measure, quality_reason
 from curation.types import Reason
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, not decode as grey
@@ -78,23 +80,20 @@ def _inspect(data: bytes, settings: DecodeStage) -> DecodeResult:
         image.load()
         if image.getexif().get(EXIF_ORIENTATION, 1) in ROTATED_ORIENTATIONS:  # displayed rotated by 90 degrees
             width, height = height, width
-    known.update(width=width, height=height)
-    if min(width, height) < settings.min_side:
-        return DecodeResult(Reason.TOO_SMALL, f"{width}x{height}: shorter side < min_side {settings.min_side}", **known)
+        known.update(width=width, height=height)
+        if min(width, height) < settings.min_side:
+            detail = f"{width}x{height}: shorter side < min_side {settings.min_side}"
+            return DecodeResult(Reason.TOO_SMALL, detail, **known)
+        failed = settings.quality and quality_reason(measure(image), settings.quality)
+    if failed:
+        return DecodeResult(*failed, **known)
     return DecodeResult(None, None, **known)
 
 
 def open_rgb(data: bytes, draft_side: int | None = None) -> Image.Image:
-    """Decoded RGB pixels of the first frame, EXIF orientation applied. Transparent pixels are composited onto
-    white (dropping alpha would expose whatever colour hides under it, often black, and make unrelated cut-outs
-    look alike). `draft_side` lets JPEG decode at a reduced scale when that suffices."""
+    """Decoded RGB pixels of the first frame, EXIF orientation applied, transparency on white (pixels.py).
+    `draft_side` lets JPEG decode at a reduced scale when that suffices."""
     with Image.open(io.BytesIO(data)) as image:
         if draft_side:
             image.draft("RGB", (draft_side, draft_side))
-        image = ImageOps.exif_transpose(image)
-        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-        if not has_alpha:
-            return image.convert("RGB")
-        rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
+        return flatten_to_rgb(ImageOps.exif_transpose(image))
