@@ -1,13 +1,15 @@
 """Search a published version by example, as clip-retrieval does for LAION: the k samples nearest to an image.
 
 The version's own embedder and its stored vectors answer: the query is embedded (an image someone holds) or looked
-up (a sample's id), the version's samples are one memory-mapped matrix (`load_matrix`), and FAISS ranks them by
-cosine. Read-only: a version published without an embed stage has no vectors, and the search says so instead of
-embedding the whole version behind a query.
+up (a sample's id), the version's samples are one memory-mapped float16 matrix (`load_matrix`), scanned in chunks
+for the exact top k by cosine (one query needs no index; memory stays bounded). Read-only: a version published
+without an embed stage has no vectors, and the search says so instead of embedding the whole version behind a
+query.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -17,15 +19,21 @@ import numpy as np
 from curation.api import open_version
 from curation.audit.apply import embed_stage_of
 from curation.audit.queries import QueryError
-from curation.config import DecodeStage
+from curation.config import DecodeStage, EmbedStage
 from curation.decode.safe import inspect_image
-from curation.embed.registry import create_embedder
+from curation.embed.registry import Embedder, create_embedder
 from curation.embed.vectors import load_matrix
-from curation.select.retrieval import sample_based
 from curation.store.catalog import Catalog
 from curation.store.home import Home
 
 MAX_K = 1000  # a query returns at most this many neighbours
+SCAN_ROWS = 65_536  # matrix rows scored at a time (a float32 copy of 65,536 x 768 is 192 MiB)
+
+
+@functools.lru_cache(maxsize=4)
+def query_embedder(stage: EmbedStage) -> Embedder:
+    """One model load per embedder for all of a process's queries (the service answers many)."""
+    return create_embedder(stage)
 
 
 def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, image_id: str | None = None,
@@ -51,7 +59,7 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
         decoded = inspect_image(image, DecodeStage(min_side=1))  # bombs, truncation, non-images: refused here
         if not decoded.ok:
             raise QueryError(f"the query is not a usable image ({decoded.reason}: {decoded.detail})")
-        vectors, errors = create_embedder(embed_stage_of(version.manifest["lineage"])).embed([image])
+        vectors, errors = query_embedder(embed_stage_of(version.manifest["lineage"])).embed([image])
         if errors[0]:
             raise QueryError(f"the query image cannot be embedded: {errors[0]}")
         query, exclude = vectors[0], None
@@ -60,18 +68,32 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
             raise QueryError(f"{image_id} is not a sample of {version.ref}")
         exclude = image_ids.index(image_id)
         query = np.asarray(matrix[exclude], np.float32)
-    wanted = min(len(image_ids), k + (exclude is not None))
-    pulls = sorted(sample_based(query[None], matrix, k=wanted), key=lambda pull: pull.rank) if wanted else []
     neighbours = []
-    for pull in pulls:
-        if pull.pool_index == exclude or len(neighbours) == k:
-            continue
-        sample = samples[pull.pool_index]
+    for position, similarity in nearest_rows(matrix, query, k, exclude):
+        sample = samples[position]
         first = sample["provenance"][0] if sample["provenance"] else {}
         neighbours.append({"rank": len(neighbours) + 1, "image_id": sample["image_id"],
-                           "similarity": round(pull.similarity, 6), "part": sample["part"],
+                           "similarity": round(similarity, 6), "part": sample["part"],
                            "source": first.get("source"), "uri": first.get("uri"), "license": sample["license"],
                            "shard": sample["shard"]})  # fmt: skip
     query_id = image_id or hashlib.sha256(image).hexdigest()
     return {"ref": version.ref, "model_id": embed_step["model_id"], "query_image_id": query_id,
             "neighbours": neighbours}  # fmt: skip
+
+
+def nearest_rows(matrix: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None) -> list[tuple[int, float]]:
+    """(row, cosine) of the k rows of a unit-vector matrix nearest to `query`, best first (ties: lower row), leaving
+    out row `exclude`. Scans the (memory-mapped, float16) matrix in chunks: memory stays O(chunk), whatever its size."""
+    query = np.asarray(query, np.float32)
+    best_rows, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
+    for start in range(0, len(matrix), SCAN_ROWS):
+        scores = np.asarray(matrix[start : start + SCAN_ROWS], np.float32) @ query
+        if exclude is not None and start <= exclude < start + len(scores):
+            scores[exclude - start] = -np.inf
+        rows = np.arange(start, start + len(scores))
+        best_rows, best_scores = np.concatenate([best_rows, rows]), np.concatenate([best_scores, scores])
+        if len(best_rows) > k:
+            keep = np.argpartition(-best_scores, k - 1)[:k]
+            best_rows, best_scores = best_rows[keep], best_scores[keep]
+    order = np.lexsort((best_rows, -best_scores))
+    return [(int(best_rows[i]), float(best_scores[i])) for i in order if best_scores[i] > -np.inf]

@@ -65,9 +65,14 @@ def test_a_transformed_copy_finds_its_original_first(versions):
 
 
 def test_an_exact_copy_is_itself_at_similarity_one(versions):
+    from curation.audit.similar import query_embedder
+
     home, files = versions
     data = files[3].read_bytes()
+    loads = query_embedder.cache_info().misses
     result = audit.search(home, "clips@v1", image=data, k=1)
+    audit.search(home, "clips@v1", image=files[4].read_bytes(), k=1)
+    assert query_embedder.cache_info().misses <= loads + 1  # the model is loaded once for many queries
     assert result["query_image_id"] == hashlib.sha256(data).hexdigest() == result["neighbours"][0]["image_id"]
     assert result["neighbours"][0]["similarity"] == pytest.approx(1.0, abs=2e-3)  # float16 storage
 
@@ -122,3 +127,21 @@ def test_the_cli_lists_neighbours(versions):
     listed = runner.invoke(cli, ["--home", str(home), "search", "clips", "--image", str(files[5]), "--json"])
     data = json.loads(listed.output)
     assert len(data["neighbours"]) == 10 and data["neighbours"][0]["uri"] == str(files[5])
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 65_536])
+def test_the_chunked_scan_is_the_exact_top_k(monkeypatch, chunk):
+    import curation.audit.similar as similar
+
+    monkeypatch.setattr(similar, "SCAN_ROWS", chunk)
+    rng = np.random.default_rng(chunk)
+    matrix = rng.normal(size=(500, 16)).astype(np.float32)
+    matrix = (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float16)
+    matrix[100] = matrix[200]  # a tie: the lower row comes first
+    query = matrix[200].astype(np.float32)
+    found = similar.nearest_rows(matrix, query, 10, exclude=200)
+    scores = matrix.astype(np.float32) @ query
+    scores[200] = -np.inf
+    assert [row for row, _ in found] == np.lexsort((np.arange(500), -scores))[:10].tolist()
+    assert found[0][0] == 100 and found[0][1] == pytest.approx(1.0, abs=1e-3)
+    assert len(similar.nearest_rows(matrix[:5], query, 10)) == 5  # k beyond the rows: all of them
