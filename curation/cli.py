@@ -438,21 +438,23 @@ def audit_version_command(obj: Context, ref: str, as_json: bool) -> None:
 @click.argument("ref", metavar="NAME@vN")
 @click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False), help="An image file to look for.")
 @click.option("--id", "image_id", help="A sample's image id (SHA-256): its neighbours, itself left out.")
+@click.option("--text", help="A caption, for versions embedded with a text tower (open_clip).")
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Neighbours to list.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def search_command(obj: Context, ref: str, image_path: str | None, image_id: str | None, k: int, as_json: bool) -> None:
-    """The k samples of a version most similar to an image, by the version's own embedder and vectors."""
+def search_command(obj: Context, ref: str, image_path: str | None, image_id: str | None, text: str | None, k: int,
+                   as_json: bool) -> None:  # fmt: skip
+    """The k samples of a version most similar to an image, a sample or a caption, by the version's own embedder."""
     from pathlib import Path
 
     from curation.audit.similar import similar_samples
 
     image = Path(image_path).read_bytes() if image_path else None
-    result = similar_samples(obj.home.root, ref, image=image, image_id=image_id, k=k)
+    result = similar_samples(obj.home.root, ref, image=image, image_id=image_id, text=text, k=k)
 
     def render(result: dict) -> None:
-        click.echo(f"{result['ref']}: {len(result['neighbours'])} nearest to {result['query_image_id'][:16]}... "
-                   f"by {result['model_id']}")  # fmt: skip
+        query = repr(result["query_text"]) if result["query_text"] else result["query_image_id"][:16] + "..."
+        click.echo(f"{result['ref']}: {len(result['neighbours'])} nearest to {query} by {result['model_id']}")
         _table(result["neighbours"], ["rank", "similarity", "image_id", "part", "source", "uri"])
 
     _emit(result, as_json, render)

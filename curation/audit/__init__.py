@@ -49,8 +49,9 @@ def apply_optouts(home: str | Path, name: str, **kwargs):
 
 
 def search(home: str | Path, ref: str, *, image: bytes | None = None, image_id: str | None = None,
-           k: int = 10) -> dict:  # fmt: skip
-    """The k samples of a version nearest to an image (bytes) or to one of its samples (`curate search`)."""
+           text: str | None = None, k: int = 10) -> dict:  # fmt: skip
+    """The k samples of a version nearest to an image (bytes), one of its samples, or a caption (open_clip
+    embedders): `curate search`."""
     from curation.audit.similar import similar_samples
 
-    return similar_samples(home, ref, image=image, image_id=image_id, k=k)
+    return similar_samples(home, ref, image=image, image_id=image_id, text=text, k=k)

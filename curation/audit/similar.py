@@ -1,4 +1,5 @@
-"""Search a published version by example, as clip-retrieval does for LAION: the k samples nearest to an image.
+"""Search a published version by example, as clip-retrieval does for LAION: the k samples nearest to an image
+(or, with a CLIP-like embedder, to a caption).
 
 The version's own embedder and its stored vectors answer: the query is embedded (an image someone holds) or looked
 up (a sample's id), the version's samples are one memory-mapped float16 matrix (`load_matrix`), scanned in chunks
@@ -21,7 +22,7 @@ from curation.audit.apply import embed_stage_of
 from curation.audit.queries import QueryError
 from curation.config import DecodeStage, EmbedStage
 from curation.decode.safe import inspect_image
-from curation.embed.registry import Embedder, create_embedder
+from curation.embed.registry import Embedder, NoTextEncoder, create_embedder
 from curation.embed.vectors import load_matrix
 from curation.store.catalog import Catalog
 from curation.store.home import Home
@@ -37,10 +38,13 @@ def query_embedder(stage: EmbedStage) -> Embedder:
 
 
 def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, image_id: str | None = None,
-                    k: int = 10) -> dict[str, Any]:  # fmt: skip
-    """The `k` samples of `ref` nearest to `image` (bytes) or to the sample `image_id` (which is left out)."""
-    if (image is None) == (image_id is None):
-        raise QueryError("search by an image or by a sample's image id: give exactly one")
+                    text: str | None = None, k: int = 10) -> dict[str, Any]:  # fmt: skip
+    """The `k` samples of `ref` nearest to `image` (bytes), to the sample `image_id` (which is left out), or to a
+    caption `text` (embedders with a text tower: open_clip)."""
+    if sum(query is not None for query in (image, image_id, text)) != 1:
+        raise QueryError("search by an image, a sample's image id or a text: give exactly one")
+    if text is not None and not text.strip():
+        raise QueryError("the text query is empty")
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}, not {k}")
     version = open_version(ref, home=home)
@@ -63,6 +67,12 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
         if errors[0]:
             raise QueryError(f"the query image cannot be embedded: {errors[0]}")
         query, exclude = vectors[0], None
+    elif text is not None:
+        try:
+            query, exclude = query_embedder(embed_stage_of(version.manifest["lineage"])).embed_text([text])[0], None
+        except NoTextEncoder as error:
+            raise QueryError(f"{version.ref} was embedded with {embed_step['model_id']}, which has no text encoder: "
+                             f"search it by an image ({error})") from None  # fmt: skip
     else:
         if image_id not in image_ids:
             raise QueryError(f"{image_id} is not a sample of {version.ref}")
@@ -76,8 +86,8 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
                            "similarity": round(similarity, 6), "part": sample["part"],
                            "source": first.get("source"), "uri": first.get("uri"), "license": sample["license"],
                            "shard": sample["shard"]})  # fmt: skip
-    query_id = image_id or hashlib.sha256(image).hexdigest()
-    return {"ref": version.ref, "model_id": embed_step["model_id"], "query_image_id": query_id,
+    query_id = image_id or (hashlib.sha256(image).hexdigest() if image is not None else None)
+    return {"ref": version.ref, "model_id": embed_step["model_id"], "query_image_id": query_id, "query_text": text,
             "neighbours": neighbours}  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from curation.config import EmbedStage
-from curation.errors import SpecError
+from curation.errors import CurationError, SpecError
 
 _FACTORIES: dict[str, Callable[[EmbedStage, str], Embedder]] = {}
 
@@ -34,6 +34,14 @@ class Embedder(ABC):
     @abstractmethod
     def embed(self, images: Sequence[bytes]) -> tuple[np.ndarray, list[str | None]]:
         """Returns ([len(images), dim] float32 unit vectors, per-image error or None)."""
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), dim] unit vectors in the image vectors' space, for models with a text tower (open_clip)."""
+        raise NoTextEncoder(f"{self.model_id} embeds images only; search it by an image")
+
+
+class NoTextEncoder(CurationError):
+    """A text query was put to an embedder that has no text tower."""
 
 
 # How bytes become RGB before any model-specific step (curation.decode.safe.open_rgb): part of every model id.

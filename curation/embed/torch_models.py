@@ -10,6 +10,7 @@ Weights never download at import time; a weights path that does not exist is a S
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
@@ -99,8 +100,9 @@ def existing_weights(path: str | None, what: str) -> Path | None:
 
 class TorchEmbedder(Embedder):
     def __init__(
-        self, name: str, model, forward: Callable, preprocess: Preprocess, weights_sha256: str, stage: EmbedStage
-    ):
+        self, name: str, model, forward: Callable, preprocess: Preprocess, weights_sha256: str, stage: EmbedStage,
+        encode_text: Callable[[Sequence[str]], Any] | None = None,
+    ):  # fmt: skip
         import torch
 
         self.torch = torch
@@ -115,6 +117,7 @@ class TorchEmbedder(Embedder):
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.forward = torch.compile(forward) if stage.compile and self.cuda else forward
+        self.encode_text = encode_text  # captions -> features (open_clip's text tower); None for image-only models
         self.mean = torch.tensor(preprocess.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocess.std, device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():
@@ -218,6 +221,13 @@ class TorchEmbedder(Embedder):
         vectors[rows] = features
         return vectors, errors
 
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        if self.encode_text is None:
+            return super().embed_text(texts)
+        with self.torch.inference_mode():
+            features = self.encode_text(list(texts))
+        return self.torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
 
 def _timm_preprocess(model) -> Preprocess:
     import timm
@@ -293,4 +303,11 @@ def _create_open_clip(stage: EmbedStage, arch: str) -> Embedder:
         weights_sha = sha256_file(weights)
     else:  # a hub tag or random init: hash what was loaded
         weights_sha = sha256_state(model)
-    return TorchEmbedder(f"open_clip:{arch}", model, model.encode_image, preprocess, weights_sha, stage)
+    # Text queries (curate search --text) tokenize on first use: CLIP's BPE ships with open_clip, but some
+    # architectures' tokenizers come from a hub, and image embedding must never depend on one.
+    tokenizer = functools.cache(lambda: open_clip.get_tokenizer(arch))
+
+    def encode_text(texts: Sequence[str]):
+        return model.encode_text(tokenizer()(texts).to(next(model.parameters()).device))
+
+    return TorchEmbedder(f"open_clip:{arch}", model, model.encode_image, preprocess, weights_sha, stage, encode_text)

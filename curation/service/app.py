@@ -349,11 +349,14 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
     @route("GET", "/api/versions/{ref}/similar", "viewer")
-    def similar_to_sample(ref: str, image_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 12) -> dict:
-        """The k samples nearest to one of the version's samples (itself left out), by the version's embedder."""
+    def similar_to_sample(ref: str, image_id: str | None = None,
+                          text: Annotated[str | None, Query(max_length=1000)] = None,
+                          k: Annotated[int, Query(ge=1, le=MAX_K)] = 12) -> dict:  # fmt: skip
+        """The k samples nearest to one of the version's samples (itself left out) or to a caption (open_clip
+        embedders), by the version's embedder."""
         from curation.audit.similar import similar_samples
 
-        return _or_404(similar_samples, home.root, ref, image_id=image_id, k=k)
+        return _or_404(similar_samples, home.root, ref, image_id=image_id, text=text, k=k)
 
     @route("POST", "/api/versions/{ref}/similar", "viewer")
     async def similar_to_upload(ref: str, request: Request) -> dict:

@@ -145,3 +145,41 @@ def test_the_chunked_scan_is_the_exact_top_k(monkeypatch, chunk):
     assert [row for row, _ in found] == np.lexsort((np.arange(500), -scores))[:10].tolist()
     assert found[0][0] == 100 and found[0][1] == pytest.approx(1.0, abs=1e-3)
     assert len(similar.nearest_rows(matrix[:5], query, 10)) == 5  # k beyond the rows: all of them
+
+
+def test_text_search_with_a_clip_like_embedder(tmp_path):
+    """open_clip's text tower ranks the samples (here random-init weights: the ranking is checked against open_clip
+    itself, not against meaning); an image-only embedder refuses text clearly."""
+    import open_clip
+    import torch
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for path in sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:6]:
+        shutil.copyfile(path, pool / path.name)
+    spec = {
+        "name": "clip",
+        "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+        "stages": {"embed": {"model": "open_clip:ViT-S-16", "device": "cpu"}},
+        "execution": {"executor": "local"},
+    }
+    curation.run(spec, home=tmp_path / "home")  # fmt: skip
+    result = audit.search(tmp_path / "home", "clip", text="a red apple", k=4)
+    assert result["query_text"] == "a red apple" and result["query_image_id"] is None
+
+    torch.manual_seed(0)  # the embedder's own random init
+    model = open_clip.create_model("ViT-S-16").eval()
+    with torch.inference_mode():
+        query = torch.nn.functional.normalize(model.encode_text(open_clip.get_tokenizer("ViT-S-16")(["a red apple"])))
+    ids, vectors = stored_vectors(tmp_path / "home", "clip")
+    scores = vectors @ query[0].numpy()
+    assert [hit["image_id"] for hit in result["neighbours"]] == [ids[i] for i in np.argsort(-scores)[:4]]
+    assert [hit["similarity"] for hit in result["neighbours"]] == pytest.approx(np.sort(scores)[::-1][:4], abs=1e-3)
+    with pytest.raises(QueryError, match="the text query is empty"):
+        audit.search(tmp_path / "home", "clip", text="  ")
+
+
+def test_text_search_needs_a_text_tower(versions):
+    home, _files = versions
+    with pytest.raises(QueryError, match="has no text encoder: search it by an image"):
+        audit.search(home, "clips", text="a red apple")

@@ -140,6 +140,8 @@ def test_search_by_example_over_http(service, published):
     assert unknown.status_code == 400 and "is not a sample" in unknown.json()["detail"]
     assert service.get("/api/versions/fashion@v1/similar", params={"image_id": query, "k": 0}).status_code == 422
     assert service.get("/api/versions/nope@v1/similar", params={"image_id": query}).status_code == 404
+    text = service.get("/api/versions/fashion@v1/similar", params={"text": "a red coat"})
+    assert text.status_code == 400 and "no text encoder" in text.json()["detail"]  # the builtin has no text tower
 
 
 def test_opt_out_from_the_public_then_applied_removes_the_image(service, published):

@@ -216,9 +216,12 @@ function searchSection(ref) {
     body.append("image", file.files[0]);
     showSimilar(ref, `/api/versions/${ref}/similar`, { method: "POST", body });
   } }, "Find similar");
+  const text = el("input", { id: "similar-text", size: 40, placeholder: "or a caption (CLIP-like embedders)" });
+  const byText = el("button", { id: "similar-text-submit", onclick: () => showSimilar(ref,
+    `/api/versions/${ref}/similar?text=${encodeURIComponent(text.value.trim())}`) }, "Search text");
   return el("section", {}, el("h2", {}, "Search by example"),
     el("p", { class: "muted" }, "The samples most like an image, by this version's embedder; " +
-      "or press “similar” on a sample."), file, " ", submit, el("div", { id: "similar" }));
+      "or press “similar” on a sample."), file, " ", submit, " ", text, " ", byText, el("div", { id: "similar" }));
 }
 
 async function showSimilar(ref, path, options) {
@@ -231,8 +234,9 @@ async function showSimilar(ref, path, options) {
       grid.append(await sampleCard(ref, hit.image_id, `#${hit.rank} · ${hit.similarity.toFixed(3)}`,
         `${hit.part} · ${hit.source}`, { "data-rank": hit.rank }));
     }
-    box.replaceChildren(el("p", { class: "muted" }, `${result.neighbours.length} nearest to ` +
-      `${result.query_image_id.slice(0, 12)}… by ${result.model_id}`), grid);
+    const query = result.query_text ? `“${result.query_text}”` : `${result.query_image_id.slice(0, 12)}…`;
+    box.replaceChildren(el("p", { class: "muted" }, `${result.neighbours.length} nearest to ${query} by ` +
+      result.model_id), grid);
     showError("");
   } catch (error) { box.replaceChildren(); showError(error.message); }
 }
