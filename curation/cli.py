@@ -460,6 +460,34 @@ def search_command(obj: Context, ref: str, image_path: str | None, image_id: str
     _emit(result, as_json, render)
 
 
+@cli.command("gc")
+@click.option("--delete", is_flag=True, help="Remove what is listed (default: only list it).")
+@click.option("--blobs", is_flag=True, help="Also the image bytes that no published version or unfinished run holds.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def gc_command(obj: Context, delete: bool, blobs: bool, as_json: bool) -> None:
+    """What the home holds that can go (derived caches, stale temporaries), and with --delete, remove it."""
+    from curation.store.gc import collect_garbage
+
+    report = collect_garbage(obj.home.root, blobs=blobs, delete=delete)
+
+    def render(report: dict) -> None:
+        _table([{**row, "size": _human(row["bytes"])} for row in report["categories"]],
+               ["category", "files", "size", "why"])  # fmt: skip
+        verb = "freed" if report["deleted"] else "would free (run with --delete)"
+        click.echo(f"{verb}: {_human(report['bytes'])}")
+
+    _emit(report, as_json, render)
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 @cli.command("sql")
 @click.argument("query")
 @click.option("--json", "as_json", is_flag=True)
