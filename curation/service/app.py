@@ -202,6 +202,18 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         text = body.spec if body.spec is not None else _spec_file(settings, body.spec_file).read_text()
         return jobs.submit_run(text, fresh=body.fresh, user=request.state.caller.name)
 
+    @route("POST", "/api/specs/check", "curator")
+    def check_spec(body: RunRequest) -> dict:
+        """What a run of the spec would read and do, without running it (`curate check`): errors, warnings, the
+        inputs counted per local source and the stages; the spec is confined as a submitted run's would be."""
+        from curation.core.check import check_spec
+        from curation.service.jobs import spec_from_text
+
+        if (body.spec is None) == (body.spec_file is None):
+            raise HTTPException(422, "send exactly one of spec (text) or spec_file (a name from /api/specs)")
+        text = body.spec if body.spec is not None else _spec_file(settings, body.spec_file).read_text()
+        return check_spec(spec_from_text(text, settings, home)).as_dict()
+
     @route("GET", "/api/jobs", "viewer")
     def list_jobs() -> list[dict]:
         return jobs.list()

@@ -115,6 +115,23 @@ def test_submitted_specs_are_confined_to_the_data_root_and_home(service):
     assert "hunter2" not in json.dumps(service.get("/api/jobs").json())
 
 
+def test_a_spec_is_checked_over_http_without_running_it(service):
+    jobs_before = len(service.get("/api/jobs").json())
+    report = service.post("/api/specs/check", role="curator", json={"spec_file": "fashion.yaml"}).json()
+    assert report["ok"] and report["sources"][0]["count"] == 120 and report["stages"][0].startswith("decode")
+    missing = "name: m\nsources:\n  - {name: gone, kind: folder, path: ../../fixtures/images/no-such-folder}\n"
+    failing = service.post("/api/specs/check", json={"spec": missing}).json()
+    assert not failing["ok"] and "folder does not exist" in failing["errors"][0]
+    invalid = service.post("/api/specs/check", json={"spec": "name: x\nsources: []\nbogus: 1\n"})
+    assert invalid.status_code == 400 and "bogus: unknown key" in invalid.json()["detail"]
+    outside = service.post(
+        "/api/specs/check", json={"spec": "name: e\nsources:\n  - {name: etc, kind: folder, path: /etc}\n"}
+    )
+    assert outside.status_code == 400 and "outside data_root" in outside.json()["detail"]  # confined like a run
+    assert service.post("/api/specs/check", json={}).status_code == 422
+    assert len(service.get("/api/jobs").json()) == jobs_before  # nothing was queued
+
+
 def test_search_by_example_over_http(service, published):
     """A sample's neighbours (itself left out) and an uploaded file's (itself first), by the version's embedder."""
     samples = service.get("/api/versions/fashion@v1/samples", params={"limit": 500}).json()["samples"]

@@ -40,9 +40,12 @@ def test_a_curator_runs_browses_audits_and_opts_an_image_out_from_the_page(servi
     page.click("text=Use token")
     expect(page.locator("#whoami")).to_have_text("test-curator (curator)")
 
-    # Submit a run from the page and watch it finish.
+    # Check a spec, then submit it as a run and watch it finish.
     page.select_option("#spec-file", "fashion.yaml")
     expect(page.locator("#spec-text")).to_have_value(re.compile(r"name: fashion"))
+    page.click("#check-spec")
+    expect(page.locator("#check-result")).to_contain_text("a run could start")
+    expect(page.locator("#check-result")).to_contain_text("120 image files under")
     page.click("#submit-run")
     expect(page.locator("#submitted")).to_have_text(re.compile(r"queued job-"))
     expect(page.locator("[data-status=finished]")).to_have_count(1, timeout=180_000)

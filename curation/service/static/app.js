@@ -107,12 +107,27 @@ async function runsView() {
       refresh();
     } catch (error) { showError(error.message); }
   } }, "Submit run");
+  const checked = el("pre", { id: "check-result", hidden: "hidden" });
+  const check = el("button", { id: "check-spec", onclick: async () => {
+    try {
+      const report = await json("/api/specs/check", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ spec: text.value }) });
+      checked.textContent = [
+        report.ok ? "a run could start" : `a run would fail: ${report.errors.length} error(s)`,
+        ...report.errors.map((line) => `error: ${line}`), ...report.warnings.map((line) => `warning: ${line}`),
+        "sources:", ...report.sources.map((source) => `  ${source.name} (${source.kind}): ${source.what}`),
+        "stages:", ...report.stages.map((stage) => `  ${stage}`)].join("\n");
+      showError("");
+    } catch (error) { checked.textContent = error.message; }
+    checked.hidden = false;
+  } }, "Check");
   const jobsBox = el("div", { id: "jobs" });
   view.replaceChildren(
     el("section", {}, el("h2", {}, "Submit a run"), el("p", { class: "muted" },
-      "A spec as YAML; relative paths resolve in the service's specs folder."), choice, text,
-      el("label", {}, fresh, " fresh (do not resume an unfinished run of this spec)"), " ", submit,
-      " ", el("span", { id: "submitted" })),
+      "A spec as YAML; relative paths resolve in the service's specs folder. Check shows what a run would read " +
+      "and do, without running it."), choice, text,
+      el("label", {}, fresh, " fresh (do not resume an unfinished run of this spec)"), " ", check, " ", submit,
+      " ", el("span", { id: "submitted" }), checked),
     el("section", {}, el("h2", {}, "Jobs"), jobsBox),
     el("section", {}, el("h2", {}, "Log"), el("pre", { id: "log" }, "click a job")),
     el("section", {}, el("h2", {}, "All runs (from this page and from the CLI)"), el("div", { id: "runs" }),
