@@ -12,7 +12,7 @@ import numpy as np
 
 from curation.config import BalancedPart, RetrievalPart, SelectStage, SourcePart
 from curation.select.balance import hierarchical_sample
-from curation.select.kmeans import Level, assign, cached, hierarchical_kmeans, kmeans
+from curation.select.kmeans import Level, Points, assign, cached, hierarchical_kmeans, kmeans
 from curation.select.retrieval import cluster_based, sample_based
 
 Reasons = dict[str, list[dict[str, Any]]]
@@ -66,7 +66,7 @@ class _PoolClusters:
         if clusters not in self.fitted:
             name = f"_pool-kmeans-{clusters}"  # no part name starts with "_"
             folder = None if self.workdir is None else Path(self.workdir) / name
-            points = self.vectors[self.pool]
+            points = Points.of(self.vectors, rows=self.pool)
             if folder is not None and (folder / "centroids.npy").exists():
                 centroids = np.load(folder / "centroids.npy")
                 labels = assign(points, centroids)[0]
@@ -101,7 +101,7 @@ def _balance(part: BalancedPart, members: list[int], vectors, seed, workdir, add
     if not members:
         return {"kind": "balanced", "before": [], "after": []}
     levels = [Level(**level.model_dump()) for level in part.levels]
-    points = np.asarray(vectors[members], np.float32)
+    points = Points.of(vectors, rows=members)  # streamed from the memory-mapped vectors when it will not fit
     folder = None if workdir is None else Path(workdir) / part.name
     paths, centroids = hierarchical_kmeans(points, levels, seed=seed, iterations=part.iterations, workdir=folder)
     distances = assign(points, centroids[0])[1] if part.rule == "closest" else None

@@ -2,13 +2,16 @@
 
 The points are moved to the compute device once per k-means (`Points`: CUDA when torch sees a GPU, the CPU
 otherwise) and every pass runs there: distances as one chunked matrix product (float16 on CUDA, accumulating in
-float32; float32 on CPU), cluster sums by `index_add_`. Memory is O(chunk x k) beyond the points themselves,
-never N x k at once. Each level and resampling step of the hierarchy writes its centroids under a work folder,
-so a rerun skips what is done.
+float32; float32 on CPU), cluster sums by `index_add_` in the same pass. Memory is O(chunk x k) beyond the points
+themselves, never N x k at once. Points whose float32 copy would not fit the device's memory budget stay where
+they are (`StreamedPoints`: a memory-mapped matrix, read chunk by chunk in every pass), so a pool larger than RAM
+or GPU memory is clustered at the price of reading it once per pass. Each level and resampling step of the
+hierarchy writes its centroids under a work folder, so a rerun skips what is done.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,9 +20,35 @@ import numpy as np
 import torch
 
 CHUNK_ELEMENTS = 1 << 27  # distance entries per chunk (512 MiB of float32)
+CHUNK_ROWS = 1 << 17  # points per chunk at most: what a streamed pass holds at once (384 MiB at 768-d float32)
 SEEDING_ROUNDS = 128  # D^2-sampling rounds at most: exact k-means++ (one centre per round) up to k = 129
 OVERSAMPLING = 4  # candidates drawn per centre kept in a batched seeding round
 HALF_PRECISION_MAX_NORM = 64.0  # float16 products stay far from overflow (65504) below this norm
+RESIDENT_SHARE = 0.4  # points go to the device whole when they take at most this share of its free memory
+RESIDENT_BUDGET_BYTES: int | None = None  # a fixed budget instead of the share (tests, benchmarks)
+
+
+def compute_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resident_budget(device: torch.device) -> int:
+    """Bytes the points may take on `device`: a share of its free memory (MemAvailable on the host)."""
+    if RESIDENT_BUDGET_BYTES is not None:
+        return RESIDENT_BUDGET_BYTES
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * RESIDENT_SHARE)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(available * RESIDENT_SHARE)
+
+
+def _chunk_rows(k: int) -> int:
+    """Points per chunk of a pass against k centroids: bounded by the distance table and by CHUNK_ROWS."""
+    return max(1, min(CHUNK_ELEMENTS // max(1, k), CHUNK_ROWS))
 
 
 @dataclass(frozen=True)
@@ -30,12 +59,20 @@ class Points:
     norms: torch.Tensor
 
     @classmethod
-    def of(cls, points: np.ndarray | torch.Tensor | Points, half: bool | None = None) -> Points:
+    def of(cls, points: np.ndarray | torch.Tensor | Points | StreamedPoints, half: bool | None = None,
+           rows: np.ndarray | None = None) -> Points | StreamedPoints:  # fmt: skip
         """On CUDA when torch sees one. `half` (default: on CUDA, when every norm is at most
-        HALF_PRECISION_MAX_NORM) stores float16 for tensor-core products; sums and norms stay float32."""
-        if isinstance(points, Points):
+        HALF_PRECISION_MAX_NORM) stores float16 for tensor-core products; sums and norms stay float32. `rows`
+        picks a subset of a matrix's rows, in the order given. A NumPy matrix whose float32 copy exceeds the
+        device's budget is not copied but streamed (StreamedPoints)."""
+        if isinstance(points, Points | StreamedPoints):
             return points
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = compute_device()
+        if isinstance(points, np.ndarray):
+            count = len(points) if rows is None else len(rows)
+            if count * points.shape[1] * 4 > resident_budget(device):
+                return StreamedPoints.of(points, rows, device, half)
+            points = points if rows is None else points[np.asarray(rows, np.int64)]
         data = torch.as_tensor(np.asarray(points, np.float32) if isinstance(points, np.ndarray) else points)
         data = data.to(device=device, dtype=torch.float32)
         norms = torch.linalg.vector_norm(data, dim=1).square_()  # no N x d temporary
@@ -47,6 +84,24 @@ class Points:
     def __len__(self) -> int:
         return len(self.data)
 
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    @property
+    def dim(self) -> int:
+        return self.data.shape[1]
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor:
+        return self.data[start:stop]
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        return self.data[index]
+
     def take(self, rows: np.ndarray) -> Points:
         index = torch.as_tensor(rows, device=self.data.device)
         return Points(self.data[index], self.norms[index])
@@ -55,30 +110,86 @@ class Points:
         return self.data[torch.as_tensor(rows, device=self.data.device)].float().cpu().numpy()
 
 
-def _nearest(points: Points, centroids: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class StreamedPoints:
+    """Points left where they are (a NumPy or memory-mapped matrix, optionally a subset of its rows), read chunk
+    by chunk onto the device in every pass; only their squared norms (float32) are resident. `take` gives a
+    resident subset (k-means++ samples, resampled points, one cluster's members)."""
+
+    def __init__(self, matrix: np.ndarray, rows: np.ndarray | None, device: torch.device, half: bool,
+                 norms: torch.Tensor):  # fmt: skip
+        self.matrix, self.index, self.device, self.norms = matrix, rows, device, norms
+        self.dtype = torch.float16 if half else torch.float32
+
+    @classmethod
+    def of(cls, matrix: np.ndarray, rows: np.ndarray | None, device: torch.device,
+           half: bool | None) -> StreamedPoints:  # fmt: skip
+        rows = None if rows is None else np.asarray(rows, np.int64)
+        streamed = cls(matrix, rows, device, False, torch.empty(0, device=device))
+        norms = torch.empty(len(streamed), dtype=torch.float32, device=device)
+        for start in range(0, len(streamed), CHUNK_ROWS):
+            norms[start : start + CHUNK_ROWS] = torch.linalg.vector_norm(streamed.chunk(start, start + CHUNK_ROWS),
+                                                                         dim=1).square_()  # fmt: skip
+        if half is None:
+            largest = float(norms.max().sqrt()) if len(norms) else 0.0
+            half = device.type == "cuda" and largest <= HALF_PRECISION_MAX_NORM
+        return cls(matrix, rows, device, half, norms)
+
+    def __len__(self) -> int:
+        return len(self.matrix) if self.index is None else len(self.index)
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
+    def _read(self, positions: np.ndarray | slice) -> torch.Tensor:
+        """Rows as a device tensor in the points' precision; float16 crosses to the GPU as float16."""
+        selected = positions if self.index is None else self.index[positions]
+        wire = np.float16 if self.dtype == torch.float16 else np.float32
+        return torch.from_numpy(np.array(self.matrix[selected], dtype=wire)).to(self.device)
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor:
+        return self._read(slice(start, stop))
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        return self._read(index.cpu().numpy())
+
+    def take(self, rows: np.ndarray) -> Points:
+        rows = np.asarray(rows, np.int64)
+        return Points(self.gather(torch.as_tensor(rows)), self.norms[torch.as_tensor(rows, device=self.device)])
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.gather(torch.as_tensor(np.asarray(rows, np.int64))).float().cpu().numpy()
+
+
+def _nearest(points: Points | StreamedPoints, centroids: np.ndarray | torch.Tensor,
+             sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(nearest centroid index, squared distance) per point, on the points' device, in chunks. The argmin needs
     only |c|^2 - 2 x.c, one fused matrix product per chunk (in the points' precision); |x|^2 is added to the
-    minimum alone."""
-    table = torch.as_tensor(centroids, dtype=torch.float32, device=points.data.device)
-    bias = (table * table).sum(dim=1).to(points.data.dtype)
-    table = table.to(points.data.dtype)
-    labels = torch.empty(len(points), dtype=torch.int64, device=points.data.device)
-    distances = torch.empty(len(points), dtype=torch.float32, device=points.data.device)
-    step = max(1, CHUNK_ELEMENTS // max(1, len(table)))
+    minimum alone. With `sums` ([k, d] float32), each point is also added to its centroid's row, in the same
+    pass (one read of the points per Lloyd iteration)."""
+    table = torch.as_tensor(centroids, dtype=torch.float32, device=points.device)
+    bias = (table * table).sum(dim=1).to(points.dtype)
+    table = table.to(points.dtype)
+    labels = torch.empty(len(points), dtype=torch.int64, device=points.device)
+    distances = torch.empty(len(points), dtype=torch.float32, device=points.device)
+    step = _chunk_rows(len(table))
     for start in range(0, len(points), step):
-        best, index = torch.addmm(bias, points.data[start : start + step], table.T, alpha=-2).min(dim=1)
+        chunk = points.chunk(start, start + step)
+        best, index = torch.addmm(bias, chunk, table.T, alpha=-2).min(dim=1)
         labels[start : start + step] = index
         distances[start : start + step] = (best.float() + points.norms[start : start + step]).clamp_(min=0)
+        if sums is not None:
+            sums.index_add_(0, index, chunk.float())
     return labels, distances
 
 
-def assign(points: np.ndarray | Points, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def assign(points: np.ndarray | Points | StreamedPoints, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(nearest centroid index int64, squared distance float32) per point."""
     labels, distances = _nearest(Points.of(points), centroids)
     return labels.cpu().numpy(), distances.cpu().numpy()
 
 
-def kmeans_plus_plus(points: np.ndarray | Points, k: int, rng: np.random.Generator, sample: int = 64,
+def kmeans_plus_plus(points: np.ndarray | Points | StreamedPoints, k: int, rng: np.random.Generator, sample: int = 64,
                      rounds: int = SEEDING_ROUNDS) -> np.ndarray:  # fmt: skip
     """k-means++ seeding (D^2 sampling) on a random subsample of at most `sample` x k points, in batches.
 
@@ -136,7 +247,7 @@ def _plus_plus_among(candidates: np.ndarray, weights: np.ndarray, take: int, rng
     return np.asarray(picks)
 
 
-def kmeans(points: np.ndarray | Points, k: int, *, iterations: int = 20, seed: int = 0,
+def kmeans(points: np.ndarray | Points | StreamedPoints, k: int, *, iterations: int = 20, seed: int = 0,
            init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(centroids [k, d] float32, labels [n]). Empty clusters are re-seeded with the points farthest from their
     centroid. With `init`, k is its row count (at most the number of points)."""
@@ -146,18 +257,15 @@ def kmeans(points: np.ndarray | Points, k: int, *, iterations: int = 20, seed: i
     else:
         centroids = kmeans_plus_plus(points, min(k, len(points)), np.random.default_rng(seed))
     k = len(centroids)
-    table = torch.as_tensor(centroids, device=points.data.device)
+    table = torch.as_tensor(centroids, device=points.device)
     for _ in range(iterations):
-        labels, distances = _nearest(points, table)
-        counts = torch.bincount(labels, minlength=k)
         sums = torch.zeros_like(table)
-        step = max(1, CHUNK_ELEMENTS // points.data.shape[1])
-        for start in range(0, len(points), step):
-            sums.index_add_(0, labels[start : start + step], points.data[start : start + step].float())
+        labels, distances = _nearest(points, table, sums)
+        counts = torch.bincount(labels, minlength=k)
         table = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], table)
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
-            table[empty] = points.data[distances.topk(len(empty)).indices].float()
+            table[empty] = points.gather(distances.topk(len(empty)).indices).float()
     centroids = table.cpu().numpy()
     return centroids, _nearest(points, centroids)[0].cpu().numpy()
 
@@ -171,7 +279,9 @@ class Level:
     split: int = 1  # finest level only: split each cluster into this many (how Vo et al. reached 10M leaves)
 
 
-def resample(points: np.ndarray | Points, centroids: np.ndarray, level: Level, rng: np.random.Generator) -> np.ndarray:
+def resample(
+    points: np.ndarray | Points | StreamedPoints, centroids: np.ndarray, level: Level, rng: np.random.Generator
+) -> np.ndarray:
     """One resampling step: take `sample_size` points per cluster and re-cluster their union, starting from the
     current centroids. Dense modes contribute no more points than sparse ones, so centroids spread out over the
     support of the data instead of piling into its modes."""
@@ -189,7 +299,8 @@ def resample(points: np.ndarray | Points, centroids: np.ndarray, level: Level, r
     return centroids
 
 
-def hierarchical_kmeans(points: np.ndarray, levels: list[Level], *, seed: int = 0, iterations: int = 20,
+def hierarchical_kmeans(points: np.ndarray | Points | StreamedPoints, levels: list[Level], *, seed: int = 0,
+                        iterations: int = 20,
                         workdir: Path | None = None) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
     """Cluster paths [n, len(levels)] (coarsest level first) and the centroids of each level (finest first).
 
@@ -229,7 +340,7 @@ def _split(points: Points, labels: np.ndarray, parts: int, seed: int, iterations
     if workdir is not None and (Path(workdir) / "split-leaves.npy").exists():
         return np.load(Path(workdir) / "split-leaves.npy"), np.load(Path(workdir) / "split-centroids.npy")
     leaves = np.empty(len(points), np.int64)
-    centroids = np.zeros((int(labels.max() + 1) * parts, points.data.shape[1]), np.float32)
+    centroids = np.zeros((int(labels.max() + 1) * parts, points.dim), np.float32)
     for cluster in np.unique(labels):
         members = np.flatnonzero(labels == cluster)
         sub_centroids, sub_labels = kmeans(points.take(members), parts, iterations=iterations, seed=seed + int(cluster))

@@ -236,3 +236,70 @@ def test_cluster_retrieval_parts_share_one_pool_clustering(tmp_path, monkeypatch
     assert pulled == {"ra": set(range(0, 40)), "rb": set(range(80, 120))}
     again, _ = compose(stage, ids, sources, vectors, workdir=tmp_path)
     assert fits == [6] and again == reasons  # the saved clustering is reused
+
+
+@pytest.fixture
+def float16_pool(tmp_path):
+    """5,000 long-tailed 16-d unit vectors in a float16 memory-mapped file, as load_matrix hands them out."""
+    rng = np.random.default_rng(5)
+    centres = unit(rng.normal(size=(12, 16)))
+    sizes = np.maximum(20, (2400 / np.arange(1, 13) ** 1.2).astype(int))
+    points = np.concatenate([centres[i] + 0.15 * rng.normal(size=(n, 16)) for i, n in enumerate(sizes)])[:5000]
+    matrix = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float16, shape=(len(points), 16))
+    matrix[:] = unit(points)
+    matrix.flush()
+    return np.load(tmp_path / "pool.npy", mmap_mode="r")
+
+
+def test_points_past_the_budget_are_streamed_and_cluster_identically(float16_pool, monkeypatch):
+    """The same hierarchy (resampling, split, closest assignment) whether the points sit on the device or are read
+    from the memory-mapped file chunk by chunk; no read ever takes the whole matrix."""
+    import curation.select.kmeans as kmeans_module
+
+    monkeypatch.setattr(kmeans_module, "CHUNK_ROWS", 512)
+    levels = [Level(40, resampling_steps=2, sample_size=5, split=2), Level(8, resampling_steps=2), Level(3)]
+    resident = Points.of(float16_pool)
+    assert isinstance(resident, Points)
+    expected = hierarchical_kmeans(resident, levels, seed=2)
+
+    monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 1 << 16)  # 64 KiB: far below 5,000 x 16 x 4 bytes
+    streamed = Points.of(float16_pool)
+    assert isinstance(streamed, kmeans_module.StreamedPoints) and len(streamed) == 5000
+    reads, real_read = [], kmeans_module.StreamedPoints._read
+
+    def counting_read(self, positions):
+        chunk = real_read(self, positions)
+        reads.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr(kmeans_module.StreamedPoints, "_read", counting_read)
+    paths, centroids = hierarchical_kmeans(streamed, levels, seed=2)
+    assert np.array_equal(paths, expected[0]) and all(np.array_equal(a, b) for a, b in zip(centroids, expected[1]))
+    assert np.array_equal(assign(streamed, centroids[0])[0], assign(resident, centroids[0])[0])
+    assert reads and max(reads) < len(float16_pool)  # chunks, k-means++ samples and clusters: never all of it
+
+
+def test_a_row_subset_streams_like_its_copy(float16_pool, monkeypatch):
+    import curation.select.kmeans as kmeans_module
+
+    rows = np.random.default_rng(0).permutation(5000)[:1500]  # any order: positions follow the given rows
+    resident = Points.of(np.asarray(float16_pool[rows], np.float32))
+    monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 0)
+    streamed = Points.of(float16_pool, rows=rows)
+    assert np.array_equal(streamed.rows(np.arange(10)), resident.rows(np.arange(10)))
+    first, second = kmeans(resident, 7, seed=3), kmeans(streamed, 7, seed=3)
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+
+
+def test_compose_streams_a_pool_that_will_not_fit(float16_pool, monkeypatch, tmp_path):
+    import curation.select.kmeans as kmeans_module
+
+    stage = SelectStage(mode="compose", parts=[
+        RetrievalPart(kind="retrieval", name="near", seeds=["seeds"], method="cluster", clusters=10, min_seeds=1),
+        BalancedPart(kind="balanced", name="balanced", target=300, rule="closest",
+                     levels=[LevelSpec(clusters=30, resampling_steps=1), LevelSpec(clusters=5)])])  # fmt: skip
+    ids = [f"{i:05d}" for i in range(5000)]
+    sources = [{"seeds"} if i % 500 == 0 else {"pool"} for i in range(5000)]
+    expected = compose(stage, ids, sources, float16_pool, workdir=None)
+    monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 1 << 16)
+    assert compose(stage, ids, sources, float16_pool, workdir=None) == expected
