@@ -51,8 +51,8 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
     embed_step = next((step for step in version.manifest["lineage"] if step["stage"] == "embed"), None)
     if embed_step is None:
         raise QueryError(f"{version.ref} was published without stages.embed: its samples have no vectors to search")
-    samples = version.samples().to_pylist()
-    image_ids = [sample["image_id"] for sample in samples]
+    samples = version.samples()
+    image_ids = samples["image_id"].to_pylist()
     home = Home(home)
     with Catalog.open(home.catalog_path, read_only=True, wait_s=30) as catalog:
         try:
@@ -78,9 +78,10 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
             raise QueryError(f"{image_id} is not a sample of {version.ref}")
         exclude = image_ids.index(image_id)
         query = np.asarray(matrix[exclude], np.float32)
+    found = nearest_rows(matrix, query, k, exclude)
+    rows = samples.take([position for position, _ in found]).to_pylist()  # only the winners become Python rows
     neighbours = []
-    for position, similarity in nearest_rows(matrix, query, k, exclude):
-        sample = samples[position]
+    for sample, (_position, similarity) in zip(rows, found):
         first = sample["provenance"][0] if sample["provenance"] else {}
         neighbours.append({"rank": len(neighbours) + 1, "image_id": sample["image_id"],
                            "similarity": round(similarity, 6), "part": sample["part"],
