@@ -74,6 +74,7 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
             raise QueryError(f"{version.ref} was embedded with {embed_step['model_id']}, which has no text encoder: "
                              f"search it by an image ({error})") from None  # fmt: skip
     else:
+        image_id = image_id.strip().lower()  # a SHA-256 as people paste it
         if image_id not in image_ids:
             raise QueryError(f"{image_id} is not a sample of {version.ref}")
         exclude = image_ids.index(image_id)
