@@ -83,7 +83,7 @@ def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add,
         return {"kind": "retrieval", "similarities": []}
     seed_vectors = vectors[seeds]
     if part.method == "sample":
-        pulls = sample_based(seed_vectors, vectors[pool], k=part.k, floor=part.floor, cap=part.cap)
+        pulls = sample_based(seed_vectors, vectors, rows=np.asarray(pool), k=part.k, floor=part.floor, cap=part.cap)
     else:
         centroids, pool_labels = pool_clusters(part.clusters)
         seed_labels, _ = assign(seed_vectors, centroids)

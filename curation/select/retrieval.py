@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from curation.select.kmeans import resident_budget
+
+STREAM_ROWS = 65_536  # pool rows read at a time by the streamed search
+SEED_BATCH = 512  # seeds scored against a chunk at once: 128 MiB of float32 scores
 
 
 @dataclass(frozen=True)
@@ -21,22 +27,24 @@ class Pull:
 
 
 def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = -1.0, cap: int | None = None,
-                 batch: int = 16_384) -> list[Pull]:  # fmt: skip
+                 batch: int = 16_384, rows: np.ndarray | None = None) -> list[Pull]:  # fmt: skip
     """Every (seed, pool image) pull of the k nearest at or over `floor`; with `cap`, only the pulls of the `cap`
-    distinct pool images with the best similarity survive."""
-    import faiss
-
-    index = faiss.IndexFlatIP(pool.shape[1])
-    index.add(np.ascontiguousarray(pool, np.float32))
+    distinct pool images with the best similarity survive. `rows` picks the pool out of a larger (memory-mapped)
+    matrix; pool indices are positions in `rows`. A pool whose float32 copy fits the memory budget is searched
+    with a FAISS flat index; a larger one is scanned from where it lies, chunk by chunk (`_streamed_top_k`)."""
+    count = len(pool) if rows is None else len(rows)
+    k = min(k, count)
+    if not k or not len(seeds):
+        return []
+    if count * pool.shape[1] * 4 <= resident_budget(torch.device("cpu")):
+        scores, neighbours = _faiss_top_k(seeds, pool if rows is None else pool[rows], k, batch)
+    else:
+        scores, neighbours = _streamed_top_k(seeds, pool, rows, k)
     pulls = []
-    for start in range(0, len(seeds), batch):
-        scores, neighbours = index.search(
-            np.ascontiguousarray(seeds[start : start + batch], np.float32), min(k, len(pool))
-        )
-        for row, (row_scores, row_neighbours) in enumerate(zip(scores, neighbours)):
-            for rank, (score, neighbour) in enumerate(zip(row_scores, row_neighbours), start=1):
-                if neighbour >= 0 and score >= floor:
-                    pulls.append(Pull(int(neighbour), start + row, rank, float(score)))
+    for seed_index, (row_scores, row_neighbours) in enumerate(zip(scores, neighbours)):
+        for rank, (score, neighbour) in enumerate(zip(row_scores, row_neighbours), start=1):
+            if neighbour >= 0 and score >= floor:
+                pulls.append(Pull(int(neighbour), seed_index, rank, float(score)))
     if cap is not None:
         best: dict[int, float] = {}
         for pull in pulls:
@@ -44,6 +52,38 @@ def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = 
         keep = set(sorted(best, key=lambda index: (-best[index], index))[:cap])
         pulls = [pull for pull in pulls if pull.pool_index in keep]
     return sorted(pulls, key=lambda pull: (pull.pool_index, pull.seed_index))
+
+
+def _faiss_top_k(seeds: np.ndarray, pool: np.ndarray, k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatIP(pool.shape[1])
+    index.add(np.ascontiguousarray(pool, np.float32))
+    found = [index.search(np.ascontiguousarray(seeds[start : start + batch], np.float32), k)
+             for start in range(0, len(seeds), batch)]  # fmt: skip
+    return np.concatenate([scores for scores, _ in found]), np.concatenate([ids for _, ids in found])
+
+
+def _streamed_top_k(seeds: np.ndarray, pool: np.ndarray, rows: np.ndarray | None,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Exact top k per seed, best first, reading the pool once in chunks of STREAM_ROWS and scoring seed batches
+    of SEED_BATCH against each (each chunk's own top k merged into the best so far): memory stays
+    O(SEED_BATCH x STREAM_ROWS + seeds x k) whatever the pool's size."""
+    queries = torch.from_numpy(np.ascontiguousarray(seeds, np.float32))
+    best_scores = torch.full((len(seeds), k), -torch.inf)
+    best_ids = torch.full((len(seeds), k), -1, dtype=torch.int64)
+    count = len(pool) if rows is None else len(rows)
+    for start in range(0, count, STREAM_ROWS):
+        positions = slice(start, start + STREAM_ROWS) if rows is None else rows[start : start + STREAM_ROWS]
+        chunk = torch.from_numpy(np.array(pool[positions], dtype=np.float32))
+        for first in range(0, len(seeds), SEED_BATCH):
+            batch = slice(first, first + SEED_BATCH)
+            chunk_scores, chunk_ids = (queries[batch] @ chunk.T).topk(min(k, len(chunk)), dim=1)
+            scores = torch.cat([best_scores[batch], chunk_scores], dim=1)  # the best so far and this chunk's: 2k
+            candidates = torch.cat([best_ids[batch], chunk_ids + start], dim=1)
+            best_scores[batch], top = scores.topk(k, dim=1)
+            best_ids[batch] = candidates.gather(1, top)
+    return best_scores.numpy(), best_ids.numpy()
 
 
 def cluster_based(pool_labels: np.ndarray, seed_labels: np.ndarray, *, min_seeds: int, per_cluster: int,
