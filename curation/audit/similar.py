@@ -24,11 +24,11 @@ from curation.config import DecodeStage, EmbedStage
 from curation.decode.safe import inspect_image
 from curation.embed.registry import Embedder, NoTextEncoder, create_embedder
 from curation.embed.vectors import load_matrix
+from curation.select.retrieval import streamed_top_k
 from curation.store.catalog import Catalog
 from curation.store.home import Home
 
 MAX_K = 1000  # a query returns at most this many neighbours
-SCAN_ROWS = 65_536  # matrix rows scored at a time (a float32 copy of 65,536 x 768 is 192 MiB)
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,17 +95,11 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
 
 def nearest_rows(matrix: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None) -> list[tuple[int, float]]:
     """(row, cosine) of the k rows of a unit-vector matrix nearest to `query`, best first (ties: lower row), leaving
-    out row `exclude`. Scans the (memory-mapped, float16) matrix in chunks: memory stays O(chunk), whatever its size."""
-    query = np.asarray(query, np.float32)
-    best_rows, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
-    for start in range(0, len(matrix), SCAN_ROWS):
-        scores = np.asarray(matrix[start : start + SCAN_ROWS], np.float32) @ query
-        if exclude is not None and start <= exclude < start + len(scores):
-            scores[exclude - start] = -np.inf
-        rows = np.arange(start, start + len(scores))
-        best_rows, best_scores = np.concatenate([best_rows, rows]), np.concatenate([best_scores, scores])
-        if len(best_rows) > k:
-            keep = np.argpartition(-best_scores, k - 1)[:k]
-            best_rows, best_scores = best_rows[keep], best_scores[keep]
-    order = np.lexsort((best_rows, -best_scores))
-    return [(int(best_rows[i]), float(best_scores[i])) for i in order if best_scores[i] > -np.inf]
+    out row `exclude`: the retrieval's chunked scan, so memory stays bounded whatever the matrix's size."""
+    wanted = min(len(matrix), k + (exclude is not None))
+    if not wanted:
+        return []
+    scores, rows = streamed_top_k(np.asarray(query, np.float32)[None], matrix, None, wanted)
+    found = sorted(((int(row), float(score)) for score, row in zip(scores[0], rows[0]) if row >= 0 and row != exclude),
+                   key=lambda hit: (-hit[1], hit[0]))  # fmt: skip
+    return found[:k]

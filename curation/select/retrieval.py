@@ -31,7 +31,7 @@ def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = 
     """Every (seed, pool image) pull of the k nearest at or over `floor`; with `cap`, only the pulls of the `cap`
     distinct pool images with the best similarity survive. `rows` picks the pool out of a larger (memory-mapped)
     matrix; pool indices are positions in `rows`. A pool whose float32 copy fits the memory budget is searched
-    with a FAISS flat index; a larger one is scanned from where it lies, chunk by chunk (`_streamed_top_k`)."""
+    with a FAISS flat index; a larger one is scanned from where it lies, chunk by chunk (`streamed_top_k`)."""
     count = len(pool) if rows is None else len(rows)
     k = min(k, count)
     if not k or not len(seeds):
@@ -39,7 +39,7 @@ def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = 
     if count * pool.shape[1] * 4 <= resident_budget(torch.device("cpu")):
         scores, neighbours = _faiss_top_k(seeds, pool if rows is None else pool[rows], k, batch)
     else:
-        scores, neighbours = _streamed_top_k(seeds, pool, rows, k)
+        scores, neighbours = streamed_top_k(seeds, pool, rows, k)
     pulls = []
     for seed_index, (row_scores, row_neighbours) in enumerate(zip(scores, neighbours)):
         for rank, (score, neighbour) in enumerate(zip(row_scores, row_neighbours), start=1):
@@ -64,7 +64,7 @@ def _faiss_top_k(seeds: np.ndarray, pool: np.ndarray, k: int, batch: int) -> tup
     return np.concatenate([scores for scores, _ in found]), np.concatenate([ids for _, ids in found])
 
 
-def _streamed_top_k(seeds: np.ndarray, pool: np.ndarray, rows: np.ndarray | None,
+def streamed_top_k(seeds: np.ndarray, pool: np.ndarray, rows: np.ndarray | None,
                     k: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Exact top k per seed, best first, reading the pool once in chunks of STREAM_ROWS and scoring seed batches
     of SEED_BATCH against each (each chunk's own top k merged into the best so far): memory stays

@@ -132,8 +132,9 @@ def test_the_cli_lists_neighbours(versions):
 @pytest.mark.parametrize("chunk", [7, 64, 65_536])
 def test_the_chunked_scan_is_the_exact_top_k(monkeypatch, chunk):
     import curation.audit.similar as similar
+    import curation.select.retrieval as retrieval
 
-    monkeypatch.setattr(similar, "SCAN_ROWS", chunk)
+    monkeypatch.setattr(retrieval, "STREAM_ROWS", chunk)
     rng = np.random.default_rng(chunk)
     matrix = rng.normal(size=(500, 16)).astype(np.float32)
     matrix = (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float16)
