@@ -46,6 +46,14 @@ def resident_budget(device: torch.device) -> int:
     return int(available * RESIDENT_SHARE)
 
 
+def _half(half: bool | None, norms: torch.Tensor, device: torch.device) -> bool:
+    """float16 storage: as asked, else on CUDA when every norm is at most HALF_PRECISION_MAX_NORM."""
+    if half is not None:
+        return half
+    largest = float(norms.max().sqrt()) if len(norms) else 0.0
+    return device.type == "cuda" and largest <= HALF_PRECISION_MAX_NORM
+
+
 def _chunk_rows(k: int) -> int:
     """Points per chunk of a pass against k centroids: bounded by the distance table and by CHUNK_ROWS."""
     return max(1, min(CHUNK_ELEMENTS // max(1, k), CHUNK_ROWS))
@@ -76,10 +84,7 @@ class Points:
         data = torch.as_tensor(np.asarray(points, np.float32) if isinstance(points, np.ndarray) else points)
         data = data.to(device=device, dtype=torch.float32)
         norms = torch.linalg.vector_norm(data, dim=1).square_()  # no N x d temporary
-        if half is None:
-            largest = float(norms.max().sqrt()) if len(norms) else 0.0
-            half = device.type == "cuda" and largest <= HALF_PRECISION_MAX_NORM
-        return cls(data.half() if half else data, norms)
+        return cls(data.half() if _half(half, norms, device) else data, norms)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -124,15 +129,13 @@ class StreamedPoints:
     def of(cls, matrix: np.ndarray, rows: np.ndarray | None, device: torch.device,
            half: bool | None) -> StreamedPoints:  # fmt: skip
         rows = None if rows is None else np.asarray(rows, np.int64)
-        streamed = cls(matrix, rows, device, False, torch.empty(0, device=device))
-        norms = torch.empty(len(streamed), dtype=torch.float32, device=device)
-        for start in range(0, len(streamed), CHUNK_ROWS):
-            norms[start : start + CHUNK_ROWS] = torch.linalg.vector_norm(streamed.chunk(start, start + CHUNK_ROWS),
-                                                                         dim=1).square_()  # fmt: skip
-        if half is None:
-            largest = float(norms.max().sqrt()) if len(norms) else 0.0
-            half = device.type == "cuda" and largest <= HALF_PRECISION_MAX_NORM
-        return cls(matrix, rows, device, half, norms)
+        count = len(matrix) if rows is None else len(rows)
+        norms = torch.empty(count, dtype=torch.float32, device=device)
+        reader = cls(matrix, rows, device, False, norms)  # float32 reads while the norms are measured
+        for start in range(0, count, CHUNK_ROWS):
+            chunk = reader.chunk(start, start + CHUNK_ROWS)
+            norms[start : start + CHUNK_ROWS] = torch.linalg.vector_norm(chunk, dim=1).square_()
+        return cls(matrix, rows, device, _half(half, norms, device), norms)
 
     def __len__(self) -> int:
         return len(self.matrix) if self.index is None else len(self.index)
