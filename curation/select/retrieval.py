@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from curation.select.kmeans import resident_budget
+from curation.select.kmeans import compute_device, resident_budget
 
 STREAM_ROWS = 65_536  # pool rows read at a time by the streamed search
 SEED_BATCH = 512  # seeds scored against a chunk at once: 128 MiB of float32 scores
@@ -30,16 +30,18 @@ def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = 
                  batch: int = 16_384, rows: np.ndarray | None = None) -> list[Pull]:  # fmt: skip
     """Every (seed, pool image) pull of the k nearest at or over `floor`; with `cap`, only the pulls of the `cap`
     distinct pool images with the best similarity survive. `rows` picks the pool out of a larger (memory-mapped)
-    matrix; pool indices are positions in `rows`. A pool whose float32 copy fits the memory budget is searched
-    with a FAISS flat index; a larger one is scanned from where it lies, chunk by chunk (`streamed_top_k`)."""
+    matrix; pool indices are positions in `rows`. With a GPU, or for a pool whose float32 copy exceeds the host's
+    memory budget, the pool is scanned from where it lies, chunk by chunk, on the compute device
+    (`streamed_top_k`); otherwise a FAISS flat index searches a copy (the CPU build of FAISS, as installed)."""
     count = len(pool) if rows is None else len(rows)
     k = min(k, count)
     if not k or not len(seeds):
         return []
-    if count * pool.shape[1] * 4 <= resident_budget(torch.device("cpu")):
+    device = compute_device()
+    if device.type == "cpu" and count * pool.shape[1] * 4 <= resident_budget(device):
         scores, neighbours = _faiss_top_k(seeds, pool if rows is None else pool[rows], k, batch)
     else:
-        scores, neighbours = streamed_top_k(seeds, pool, rows, k)
+        scores, neighbours = streamed_top_k(seeds, pool, rows, k, device)
     pulls = []
     for seed_index, (row_scores, row_neighbours) in enumerate(zip(scores, neighbours)):
         for rank, (score, neighbour) in enumerate(zip(row_scores, row_neighbours), start=1):
@@ -64,18 +66,19 @@ def _faiss_top_k(seeds: np.ndarray, pool: np.ndarray, k: int, batch: int) -> tup
     return np.concatenate([scores for scores, _ in found]), np.concatenate([ids for _, ids in found])
 
 
-def streamed_top_k(seeds: np.ndarray, pool: np.ndarray, rows: np.ndarray | None,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def streamed_top_k(seeds: np.ndarray, pool: np.ndarray, rows: np.ndarray | None, k: int,
+                   device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Exact top k per seed, best first, reading the pool once in chunks of STREAM_ROWS and scoring seed batches
-    of SEED_BATCH against each (each chunk's own top k merged into the best so far): memory stays
-    O(SEED_BATCH x STREAM_ROWS + seeds x k) whatever the pool's size."""
-    queries = torch.from_numpy(np.ascontiguousarray(seeds, np.float32))
-    best_scores = torch.full((len(seeds), k), -torch.inf)
-    best_ids = torch.full((len(seeds), k), -1, dtype=torch.int64)
+    of SEED_BATCH against each (each chunk's own top k merged into the best so far), in float32 on `device`
+    (default the CPU): memory stays O(SEED_BATCH x STREAM_ROWS + seeds x k) whatever the pool's size."""
+    device = device or torch.device("cpu")
+    queries = torch.from_numpy(np.ascontiguousarray(seeds, np.float32)).to(device)
+    best_scores = torch.full((len(seeds), k), -torch.inf, device=device)
+    best_ids = torch.full((len(seeds), k), -1, dtype=torch.int64, device=device)
     count = len(pool) if rows is None else len(rows)
     for start in range(0, count, STREAM_ROWS):
         positions = slice(start, start + STREAM_ROWS) if rows is None else rows[start : start + STREAM_ROWS]
-        chunk = torch.from_numpy(np.array(pool[positions], dtype=np.float32))
+        chunk = torch.from_numpy(np.array(pool[positions], dtype=np.float32)).to(device)
         for first in range(0, len(seeds), SEED_BATCH):
             batch = slice(first, first + SEED_BATCH)
             chunk_scores, chunk_ids = (queries[batch] @ chunk.T).topk(min(k, len(chunk)), dim=1)
@@ -83,7 +86,7 @@ def streamed_top_k(seeds: np.ndarray, pool: np.ndarray, rows: np.ndarray | None,
             candidates = torch.cat([best_ids[batch], chunk_ids + start], dim=1)
             best_scores[batch], top = scores.topk(k, dim=1)
             best_ids[batch] = candidates.gather(1, top)
-    return best_scores.numpy(), best_ids.numpy()
+    return best_scores.cpu().numpy(), best_ids.cpu().numpy()
 
 
 def cluster_based(pool_labels: np.ndarray, seed_labels: np.ndarray, *, min_seeds: int, per_cluster: int,
