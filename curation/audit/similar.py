@@ -70,9 +70,9 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
     elif text is not None:
         try:
             query, exclude = query_embedder(embed_stage_of(version.manifest["lineage"])).embed_text([text])[0], None
-        except NoTextEncoder as error:
+        except NoTextEncoder:
             raise QueryError(f"{version.ref} was embedded with {embed_step['model_id']}, which has no text encoder: "
-                             f"search it by an image ({error})") from None  # fmt: skip
+                             "search it by an image") from None  # fmt: skip
     else:
         image_id = image_id.strip().lower()  # a SHA-256 as people paste it
         if image_id not in image_ids:
