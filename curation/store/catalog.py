@@ -104,6 +104,20 @@ FROM provenance p JOIN (
 """
 
 
+CREATION_GRACE_S = 5.0  # a catalog file younger than this that DuckDB cannot read yet is still being created
+
+
+def _being_created(path: Path, error: Exception) -> bool:
+    """Whether DuckDB refused a file because another process is creating it right now (the file exists before
+    its header is written): a fresh home opened by several processes at once. An old unreadable file is corrupt."""
+    if "not a valid DuckDB database file" not in str(error):
+        return False
+    try:
+        return time.time() - path.stat().st_mtime < CREATION_GRACE_S
+    except FileNotFoundError:
+        return True
+
+
 class Catalog:
     """A DuckDB file. Use `Catalog.open(path)` for the writer, `Catalog.open(path, read_only=True)` for readers."""
 
@@ -136,7 +150,7 @@ class Catalog:
                 connection = duckdb.connect(str(path), read_only=read_only)
                 break
             except duckdb.IOException as error:
-                if "lock" not in str(error).lower():
+                if "lock" not in str(error).lower() and not _being_created(path, error):
                     raise
                 if time.monotonic() >= deadline:
                     raise CatalogBusyError(

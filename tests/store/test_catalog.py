@@ -37,3 +37,34 @@ def test_runs_lifecycle(tmp_path):
         assert catalog.run("latest")["version"] == "demo@v1"
         with pytest.raises(RunError, match="no run"):
             catalog.run("r2")
+
+
+def test_a_catalog_file_still_being_created_is_waited_for(tmp_path):
+    """Several processes opening a fresh home at once: one creates the file, the others find it before its header
+    exists. They wait (within wait_s) instead of failing; an old unreadable file is corrupt and fails at once."""
+    import os
+    import threading
+    import time
+
+    import duckdb
+
+    path = tmp_path / "catalog.duckdb"
+    path.write_bytes(b"")  # what a creator's open leaves for a moment
+
+    def finish_creating() -> None:
+        time.sleep(0.5)
+        ready = tmp_path / "ready.duckdb"
+        Catalog.open(ready).close()
+        ready.replace(path)
+
+    creator = threading.Thread(target=finish_creating)
+    creator.start()
+    with Catalog.open(path, wait_s=10) as catalog:
+        assert catalog.rows("SELECT count(*) AS n FROM runs") == [{"n": 0}]
+    creator.join()
+
+    corrupt = tmp_path / "corrupt.duckdb"
+    corrupt.write_bytes(b"\0" * 100)
+    os.utime(corrupt, (time.time() - 3600, time.time() - 3600))
+    with pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"):
+        Catalog.open(corrupt, wait_s=10)  # not retried until the deadline: that would be a CatalogBusyError
