@@ -107,7 +107,8 @@ def run_command(obj: Context, spec_path: str, fresh: bool, ray_address: str | No
 @cli.command("check")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check_command(spec_path: str, as_json: bool) -> None:
+@click.pass_obj
+def check_command(obj: Context, spec_path: str, as_json: bool) -> None:
     """Validate SPEC and show what a run would read and do, without running it (no Ray, no S3).
 
     Exit 0 when a run could start, 1 when it would fail on a listed error, 2 when the spec itself is invalid.
@@ -115,7 +116,7 @@ def check_command(spec_path: str, as_json: bool) -> None:
     from curation.config import load_spec
     from curation.core.check import check_spec
 
-    report = check_spec(load_spec(spec_path))
+    report = check_spec(load_spec(spec_path), obj.home)
 
     def render(data: dict) -> None:
         click.echo(f"{spec_path}: {data['name']}, a valid spec")

@@ -102,3 +102,51 @@ def test_an_invalid_spec_exits_2_naming_the_key(tmp_path):
     command = [str(Path(sys.executable).parent / "curate"), "check", str(spec)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=os.environ)
     assert result.returncode == 2 and "stages.dedup.treshold: unknown key" in result.stderr
+
+
+def test_published_versions_a_spec_names_are_checked_in_the_home(tmp_path):
+    import curation
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for index in range(3):
+        (pool / f"{index}.jpg").write_bytes(image_bytes(index))
+    home = tmp_path / "home"
+    curation.run({"name": "base", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+                  "execution": {"executor": "local"}}, home=home)  # fmt: skip
+    spec = {
+        "name": "more",
+        "sources": [{"kind": "folder", "name": "pool", "path": "pool"}],
+        "stages": {"embed": {"model": "builtin"}, "dedup": {"against": ["base@v1", "base@v4", "gone"]}},
+    }
+    path = write_spec(tmp_path / "spec.yaml", spec)  # fmt: skip
+    result = CliRunner().invoke(cli, ["--home", str(home), "check", str(path), "--json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1 and len(report["errors"]) == 2
+    assert "base@v4 does not exist; latest is base@v1" in report["errors"][0]
+    assert "no dataset named 'gone'" in report["errors"][1]
+    assert any("no more in" in stage and "publishes more@v1" in stage for stage in report["stages"])
+    fresh = CliRunner().invoke(cli, ["--home", str(tmp_path / "empty"), "check", str(path), "--json"])
+    assert "has no catalog" in json.loads(fresh.stdout)["errors"][0] and not (tmp_path / "empty").exists()
+
+
+def test_a_busy_home_is_a_warning_not_a_failure(tmp_path):
+    from curation.store.catalog import Catalog
+
+    (tmp_path / "pool").mkdir()
+    home = tmp_path / "home"
+    Catalog.open(home / "catalog.duckdb").close()
+    spec = write_spec(
+        tmp_path / "spec.yaml", {"name": "b", "sources": [{"kind": "folder", "name": "p", "path": "pool"}]}
+    )
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from curation.store.catalog import Catalog; "
+                               "c = Catalog.open(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+                               str(home / "catalog.duckdb")], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(cli, ["--home", str(home), "check", str(spec), "--json"])
+    finally:
+        holder.kill()
+        holder.wait()
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and any("is busy" in warning for warning in report["warnings"])

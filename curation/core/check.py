@@ -27,10 +27,13 @@ from curation.config import (
 )
 from curation.embed.registry import list_embedders
 from curation.embed.torch_models import is_weights_path
-from curation.errors import SpecError
+from curation.errors import CatalogBusyError, SpecError, VersionError
 from curation.ingest.folder import list_folder
 from curation.ingest.tars import expand_shards
 from curation.ingest.urls import read_url_table
+from curation.publish.release import resolve
+from curation.store.catalog import Catalog
+from curation.store.home import Home
 
 
 @dataclass
@@ -50,13 +53,40 @@ class CheckReport:
                 "errors": self.errors, "warnings": self.warnings}  # fmt: skip
 
 
-def check_spec(spec: PipelineSpec) -> CheckReport:
-    """Everything `curate check` reports about an already validated spec."""
+def check_spec(spec: PipelineSpec, home: Home | None = None) -> CheckReport:
+    """Everything `curate check` reports about an already validated spec; with `home`, also whether the published
+    versions it names (`stages.dedup.against`) are there, and what a run would publish next."""
     report = CheckReport(spec.name)
     for number, source in enumerate(spec.sources):
         report.sources.append(_inspect_source(source, f"sources.{number}", report))
     report.stages = _describe_stages(spec, report)
+    if home is not None:
+        _check_home(spec, home, report)
     return report
+
+
+def _check_home(spec: PipelineSpec, home: Home, report: CheckReport) -> None:
+    against = spec.stages.dedup.against if spec.stages.dedup else ()
+    if not home.catalog_path.exists():
+        if against:
+            report.errors.append(f"stages.dedup.against: {home.root} has no catalog, so none of {list(against)} "
+                                 "exists there")  # fmt: skip
+        return
+    try:
+        catalog = Catalog.open(home.catalog_path, read_only=True, wait_s=2)
+    except CatalogBusyError:
+        report.warnings.append(f"{home.root} is busy (a run or a server holds its catalog): its versions were not "
+                               "checked")  # fmt: skip
+        return
+    with catalog:
+        for ref in against:
+            try:
+                resolve(catalog, ref)
+            except VersionError as error:
+                report.errors.append(f"stages.dedup.against: {error}")
+        latest = catalog.versions(spec.name)
+    report.stages.append(f"  (latest in {home.root}: {spec.name}@v{latest[-1]['version']})" if latest
+                         else f"  (no {spec.name} in {home.root} yet: a run publishes {spec.name}@v1)")  # fmt: skip
 
 
 def _inspect_source(source, where: str, report: CheckReport) -> dict[str, Any]:

@@ -212,7 +212,7 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         if (body.spec is None) == (body.spec_file is None):
             raise HTTPException(422, "send exactly one of spec (text) or spec_file (a name from /api/specs)")
         text = body.spec if body.spec is not None else _spec_file(settings, body.spec_file).read_text()
-        return check_spec(spec_from_text(text, settings, home)).as_dict()
+        return check_spec(spec_from_text(text, settings, home), home).as_dict()
 
     @route("GET", "/api/jobs", "viewer")
     def list_jobs() -> list[dict]:
