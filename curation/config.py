@@ -223,6 +223,28 @@ class DedupStage(Strict):
     against: tuple[str, ...] = ()  # published versions (NAME@vN or NAME) whose images win: incremental dedup
 
 
+class PromptRule(Strict):
+    """Drop images whose cosine to a text prompt reaches `max_similarity` (e.g. "a screenshot of text")."""
+
+    text: str = Field(min_length=1, max_length=1000)
+    max_similarity: float = Field(ge=-1, le=1)
+
+
+class FilterStage(Strict):
+    """Text-guided filtering with the embedder's text tower (open_clip), as LAION filtered with CLIP: drop what is
+    near an unwanted prompt, and (`min_caption_similarity`) images whose own caption does not describe them."""
+
+    prompts: tuple[PromptRule, ...] = ()
+    min_caption_similarity: float | None = Field(default=None, ge=-1, le=1)  # LAION-400M kept pairs >= 0.3
+    batch_size: int = Field(default=256, ge=1)  # captions and prompts embedded per forward pass
+
+    @model_validator(mode="after")
+    def _has_a_rule(self) -> FilterStage:
+        if not self.prompts and self.min_caption_similarity is None:
+            raise ValueError("give prompts, min_caption_similarity or both")
+        return self
+
+
 class DecontaminateStage(Strict):
     """Drop every pool image whose duplicate group touches an evaluation image (DINOv2's relative dedup)."""
 
@@ -234,6 +256,7 @@ class Stages(Strict):
     decode: DecodeStage = DecodeStage()
     license: LicenseStage = LicenseStage()
     embed: EmbedStage | None = None  # no embedding unless configured
+    filter: FilterStage | None = None  # text-guided filtering (needs an open_clip embedder); off unless configured
     dedup: DedupStage | None = None  # no dedup unless configured
     decontaminate: DecontaminateStage | None = None  # needs stages.embed
     optout: OptOutStage = OptOutStage()
@@ -296,6 +319,8 @@ class PipelineSpec(Strict):
             raise ValueError("stages.dedup.copy_detection needs stages.embed (or set copy_detection: false)")
         if self.stages.decontaminate and self.stages.embed is None:
             raise ValueError("stages.decontaminate needs stages.embed")
+        if self.stages.filter and not (self.stages.embed and self.stages.embed.model.startswith("open_clip:")):
+            raise ValueError("stages.filter needs a text tower: stages.embed.model open_clip:<arch>")
         if self.stages.select.mode == "compose":
             if self.stages.embed is None and any(part.kind != "source" for part in self.stages.select.parts):
                 raise ValueError("stages.select: retrieval and balanced parts need stages.embed")

@@ -36,6 +36,8 @@ class Reason(StrEnum):
     ROBOTS_OPT_OUT = "robots_opt_out"  # X-Robots-Tag (noai, noimageai, ...) forbids taking it
     INVALID_URL = "invalid_url"  # not an http(s) URL
     EMBED_FAILED = "embed_failed"  # the embedder could not decode or process an image that ingest accepted
+    PROMPT_MATCH = "prompt_match"  # filter: its cosine to an unwanted text prompt reached the rule's limit
+    CAPTION_MISMATCH = "caption_mismatch"  # filter: its caption's cosine to it is below min_caption_similarity
     NEAR_DUPLICATE = "near_duplicate"  # copy-detection duplicate of the group's kept representative
     PERCEPTUAL_DUPLICATE = "perceptual_duplicate"  # pHash duplicate of the group's kept representative
     CONTAMINATION = "contamination"  # its duplicate group touches an evaluation image

@@ -128,6 +128,11 @@ def _describe_stages(spec: PipelineSpec, report: CheckReport) -> list[str]:
                              f"{', '.join(list_embedders())}")  # fmt: skip
     elif stages.embed:
         described.append(f"embed ({stages.embed.model}; {_weights(stages.embed, report)})")
+    if stages.filter:
+        rules = [f"drop cosine>={rule.max_similarity} to {rule.text!r}" for rule in stages.filter.prompts]
+        if stages.filter.min_caption_similarity is not None:
+            rules.append(f"drop caption cosine<{stages.filter.min_caption_similarity}")
+        described.append(f"filter ({'; '.join(rules)})")
     if stages.dedup:
         dedup = stages.dedup
         methods = [f"pHash d<={dedup.phash_max_distance}"] if dedup.perceptual else []

@@ -28,6 +28,7 @@ from curation.config import EmbedStage, PipelineSpec
 from curation.core.progress import Progress
 from curation.dedup.driver import run_decontaminate, run_dedup
 from curation.embed.driver import run_embed_stage
+from curation.embed.text_filter import filter_images
 from curation.embed.vectors import load_matrix
 from curation.errors import RunCancelled, RunError
 from curation.executors import make_executor
@@ -146,6 +147,13 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             model_id = model["model_id"]
             lineage.append({"stage": "embed", "params": spec.stages.embed.model_dump(mode="json"), **model})
             kept = _drop_images(catalog, run_id, "embed", 2, kept, verdicts)
+        if spec.stages.filter is not None:
+            progress.stage("filter")
+            stats["filter"], verdicts = filter_images(spec.stages.filter, spec.stages.embed, home, catalog, kept,
+                                                      model_id, progress)  # fmt: skip
+            kept = _drop_images(catalog, run_id, "filter", 2, kept, verdicts)  # before dedup picks representatives
+            lineage.append({"stage": "filter", "params": spec.stages.filter.model_dump(mode="json"),
+                            "model_id": model_id})  # fmt: skip
         if spec.stages.dedup is not None:
             progress.stage("dedup")
             stats["dedup"], verdicts = run_dedup(spec, home, catalog, run_id, kept, model_id, executor.get, progress)
