@@ -78,7 +78,7 @@ def build_statement(home: str | Path, ref: str) -> dict[str, Any]:
         },
         "dropped": manifest["dropped"],
         "dedup_and_decontamination": {
-            stage: reasons for stage, reasons in manifest["dropped"].items() if stage in ("dedup", "decontamination")
+            stage: reasons for stage, reasons in manifest["dropped"].items() if stage in ("dedup", "decontaminate")
         },
         "optouts": {
             "registry_requests": len(requests),
@@ -99,7 +99,7 @@ def build_statement(home: str | Path, ref: str) -> dict[str, Any]:
                 if total and count / total > OVER_REPRESENTED_SHARE and ":" not in domain  # web hosts only
             },
             "dedup_run": any(step["stage"] == "dedup" for step in manifest["lineage"]),
-            "decontamination_run": any(step["stage"] == "decontamination" for step in manifest["lineage"]),
+            "decontamination_run": any(step["stage"] == "decontaminate" for step in manifest["lineage"]),
             "not_recorded_by_this_tool": [
                 "privacy assessment and data-protection basis",
                 "licence review by counsel",

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import curation
+from curation.audit.statement import build_statement
 from curation.cli import cli
 from curation.config import DedupStage
 from curation.core.progress import Progress
@@ -263,6 +264,9 @@ def test_decontamination_drops_the_whole_component_and_nothing_else(ray_local, p
     assert version.samples().num_rows == 24 - 2  # 20 originals + 4 copies, minus the contaminated component
     eval_uris = [entry["uri"] for s in version.samples().to_pylist() for entry in s["provenance"]]
     assert not any("test-image" in uri for uri in eval_uris)  # evaluation images are never published
+    statement = build_statement(home, version.ref)  # the data statement says so too
+    assert statement["known_gaps"]["decontamination_run"] is True
+    assert statement["dedup_and_decontamination"] == {"decontaminate": {"contamination": 2}}
 
 
 def test_incremental_dedup_against_a_published_version(ray_local, planted, tmp_path, home):
