@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -318,7 +317,7 @@ def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, mo
     image_ids = sorted(sources)
     vectors = None
     if model_id is not None and image_ids:
-        vectors = np.asarray(load_matrix(catalog, home.vectors, model_id, image_ids), np.float32)
+        vectors = load_matrix(catalog, home.vectors, model_id, image_ids)  # memory-mapped: compose streams past RAM
     selection, details = compose(spec.stages.select, image_ids, [sources[i] for i in image_ids], vectors,
                                  workdir=home.runs.root / run_id / "select")  # fmt: skip
     by_part = Counter(reason["part"] for reasons in selection.values() for reason in reasons)

@@ -46,6 +46,11 @@ def resident_budget(device: torch.device) -> int:
     return int(available * RESIDENT_SHARE)
 
 
+def fits(device: torch.device, count: int, dim: int) -> bool:
+    """Whether a float32 copy of `count` x `dim` points fits the device's budget (else they are streamed)."""
+    return count * dim * 4 <= resident_budget(device)
+
+
 def _half(half: bool | None, norms: torch.Tensor, device: torch.device) -> bool:
     """float16 storage: as asked, else on CUDA when every norm is at most HALF_PRECISION_MAX_NORM."""
     if half is not None:
@@ -78,7 +83,7 @@ class Points:
         device = compute_device()
         if isinstance(points, np.ndarray):
             count = len(points) if rows is None else len(rows)
-            if count * points.shape[1] * 4 > resident_budget(device):
+            if not fits(device, count, points.shape[1]):
                 return StreamedPoints.of(points, rows, device, half)
             points = points if rows is None else points[np.asarray(rows, np.int64)]
         data = torch.as_tensor(np.asarray(points, np.float32) if isinstance(points, np.ndarray) else points)

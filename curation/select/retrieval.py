@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from curation.select.kmeans import compute_device, resident_budget
+from curation.select.kmeans import compute_device, fits
 
 STREAM_ROWS = 65_536  # pool rows read at a time by the streamed search
 SEED_BATCH = 512  # seeds scored against a chunk at once: 128 MiB of float32 scores
@@ -38,7 +38,7 @@ def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = 
     if not k or not len(seeds):
         return []
     device = compute_device()
-    if device.type == "cpu" and count * pool.shape[1] * 4 <= resident_budget(device):
+    if device.type == "cpu" and fits(device, count, pool.shape[1]):
         scores, neighbours = _faiss_top_k(seeds, pool if rows is None else pool[rows], k, batch)
     else:
         scores, neighbours = streamed_top_k(seeds, pool, rows, k, device)
