@@ -166,6 +166,7 @@ class SelectStage(Strict):
     mode: Literal["keep_all", "compose"] = "keep_all"
     parts: tuple[Part, ...] = ()  # compose: the parts, in priority order (an image's first part names it)
     seed: int = 0  # every random choice of the selection derives from it
+    shards: int = Field(default=1, ge=1)  # k-means on this many Ray actors, each holding 1/shards of the pool
 
     @model_validator(mode="after")
     def _parts_for_compose(self) -> SelectStage:
@@ -321,6 +322,8 @@ class PipelineSpec(Strict):
             raise ValueError("stages.decontaminate needs stages.embed")
         if self.stages.filter and not (self.stages.embed and self.stages.embed.model.startswith("open_clip:")):
             raise ValueError("stages.filter needs a text tower: stages.embed.model open_clip:<arch>")
+        if self.stages.select.shards > 1 and self.execution.executor != "ray":
+            raise ValueError("stages.select.shards > 1 runs k-means on Ray actors: it needs execution.executor ray")
         if self.stages.select.mode == "compose":
             if self.stages.embed is None and any(part.kind != "source" for part in self.stages.select.parts):
                 raise ValueError("stages.select: retrieval and balanced parts need stages.embed")

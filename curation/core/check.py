@@ -148,7 +148,8 @@ def _describe_stages(spec: PipelineSpec, report: CheckReport) -> list[str]:
         described.append(f"decontaminate ({len(sets)} evaluation sets, cosine>={stages.decontaminate.threshold})")
     select = stages.select
     if select.mode == "compose":
-        described.append(f"select compose, seed {select.seed}; parts in priority order:")
+        on = f", k-means on {select.shards} Ray actors" if select.shards > 1 else ""
+        described.append(f"select compose, seed {select.seed}{on}; parts in priority order:")
         described += [f"  {part.name}: {_describe_part(part)}" for part in select.parts]
     else:
         described.append("select keep_all")

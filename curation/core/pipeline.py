@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,7 @@ from curation.ingest.stage import BlockSummary, block_output_key, ingest_block
 from curation.publish.release import publish
 from curation.select.compose import compose
 from curation.select.report import build_reports
+from curation.select.sharded import shard_pool
 from curation.store.catalog import Catalog
 from curation.store.home import Home
 from curation.store.objects import read_parquet
@@ -166,17 +168,17 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             kept = _drop_images(catalog, run_id, "decontaminate", 4, kept, verdicts)
             params = spec.stages.decontaminate.model_dump(mode="json")
             lineage.append({"stage": "decontaminate", "params": params, **_model(model_id)})
+        progress.stage("optout")
+        kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, requests)
+        if optout_step:
+            lineage.append(optout_step)
+        progress.stage("select")
+        selection, reports = None, {}
+        if spec.stages.select.mode == "compose":
+            selection, stats["select"], reports = _compose(spec, home, catalog, run_id, kept, model_id, executor)
         stats["startup_seconds"] = executor.startup_seconds
     finally:
         executor.close()
-    progress.stage("optout")
-    kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, requests)
-    if optout_step:
-        lineage.append(optout_step)
-    progress.stage("select")
-    selection, reports = None, {}
-    if spec.stages.select.mode == "compose":
-        selection, stats["select"], reports = _compose(spec, home, catalog, run_id, kept, model_id)
     _select_stage(catalog, run_id, kept, selection)
     if selection is not None:
         kept = kept.filter(pa.array([image_id in selection for image_id in kept["image_id"].to_pylist()], pa.bool_()))
@@ -309,8 +311,10 @@ def _model(model_id: str | None) -> dict[str, str]:
     return {"model_id": model_id} if model_id else {}
 
 
-def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, model_id: str | None):
-    """Selection by composition over the distinct kept images; returns ({image id: reasons}, stats)."""
+def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, model_id: str | None,
+             executor: _Executor):  # fmt: skip
+    """Selection by composition over the distinct kept images; returns ({image id: reasons}, stats). With
+    `stages.select.shards` > 1 its k-means run on that many Ray actors over the memory-mapped vectors."""
     sources: dict[str, set[str]] = {}
     for image_id, source in zip(kept["image_id"].to_pylist(), kept["source"].to_pylist()):
         sources.setdefault(image_id, set()).add(source)
@@ -318,8 +322,11 @@ def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, mo
     vectors = None
     if model_id is not None and image_ids:
         vectors = load_matrix(catalog, home.vectors, model_id, image_ids)  # memory-mapped: compose streams past RAM
-    selection, details = compose(spec.stages.select, image_ids, [sources[i] for i in image_ids], vectors,
-                                 workdir=home.runs.root / run_id / "select")  # fmt: skip
+    shards = spec.stages.select.shards
+    sharding = shard_pool(executor.get(), vectors, shards) if shards > 1 and vectors is not None else nullcontext()
+    with sharding as pool:
+        selection, details = compose(spec.stages.select, image_ids, [sources[i] for i in image_ids], vectors,
+                                     workdir=home.runs.root / run_id / "select", shards=pool)  # fmt: skip
     by_part = Counter(reason["part"] for reasons in selection.values() for reason in reasons)
     first_part = Counter(reasons[0]["part"] for reasons in selection.values())
     stats = {"images": len(image_ids), "selected": len(selection), "pulls_by_part": dict(by_part),

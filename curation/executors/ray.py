@@ -60,9 +60,7 @@ class RayExecutor:
         An actor that dies is restarted by Ray and its in-flight calls are retried (`max_retries` times).
         """
         ray = self._ray
-        remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=self.max_retries,
-                                max_task_retries=self.max_retries)(cls)  # fmt: skip
-        pool = [remote_cls.remote(*init) for _ in range(actors)]  # by value: a restarted actor can rebuild itself
+        pool = self.start_actors(cls, actors, *init, num_cpus=num_cpus, num_gpus=num_gpus)
         queue = iter(blocks)
         owner = {}
         for actor in pool:
@@ -76,8 +74,21 @@ class RayExecutor:
                     owner[actor.__call__.remote(block)] = actor
                 yield ray.get(done[0])
         finally:
-            for actor in pool:
-                ray.kill(actor)
+            self.stop_actors(pool)
+
+    def start_actors(self, cls: type, count: int, *init: Any, num_cpus: float = 1, num_gpus: float = 0,
+                     spread: bool = False) -> list:  # fmt: skip
+        """`count` actors `cls(*init)` (`spread`: over as many nodes as Ray can); one that dies is restarted by
+        Ray (re-running `cls(*init)`) and its in-flight calls are retried, `max_retries` times."""
+        remote_cls = self._ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=self.max_retries,
+                                      max_task_retries=self.max_retries)(cls)  # fmt: skip
+        if spread:
+            remote_cls = remote_cls.options(scheduling_strategy="SPREAD")
+        return [remote_cls.remote(*init) for _ in range(count)]  # by value: a restarted actor can rebuild itself
+
+    def stop_actors(self, actors: list) -> None:
+        for actor in actors:
+            self._ray.kill(actor)
 
     def close(self) -> None:
         if self.started_here:

@@ -12,16 +12,23 @@ import numpy as np
 
 from curation.config import BalancedPart, RetrievalPart, SelectStage, SourcePart
 from curation.select.balance import hierarchical_sample
-from curation.select.kmeans import Level, Points, assign, cached, hierarchical_kmeans, kmeans
+from curation.select.kmeans import Level, Points, StreamedPoints, assign, cached, hierarchical_kmeans, kmeans
 from curation.select.retrieval import cluster_based, sample_based
+from curation.select.sharded import ShardedPoints, ShardPool
 
 Reasons = dict[str, list[dict[str, Any]]]
 
 
 def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], vectors: np.ndarray | None,
-            workdir: Path | None = None) -> tuple[Reasons, dict[str, dict[str, Any]]]:  # fmt: skip
+            workdir: Path | None = None,
+            shards: ShardPool | None = None) -> tuple[Reasons, dict[str, dict[str, Any]]]:  # fmt: skip
     """({image id: [reason, ...]} for the selected images, {part: report details}). `sources[i]` are the sources
-    image i came from; `vectors[i]` its unit vector (needed by retrieval and balanced parts)."""
+    image i came from; `vectors[i]` its unit vector (needed by retrieval and balanced parts). With `shards`
+    (actors over the same vectors), every k-means runs on them (curation/select/sharded.py)."""
+
+    def points_of(rows: list[int]) -> Points | StreamedPoints | ShardedPoints:
+        return shards.points(np.asarray(rows)) if shards is not None else Points.of(vectors, rows=rows)
+
     rng = np.random.default_rng(stage.seed)
     reserved = set()  # sources that are some part's seeds or curated set: not part of "the pool"
     for part in stage.parts:
@@ -34,7 +41,7 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
     def add(index: int, reason: dict[str, Any]) -> None:
         reasons.setdefault(image_ids[index], []).append(reason)
 
-    pool_clusters = _PoolClusters(vectors, pool, stage.seed, workdir)
+    pool_clusters = _PoolClusters(points_of, pool, stage.seed, workdir)
 
     for number, part in enumerate(stage.parts):
         if isinstance(part, SourcePart):
@@ -48,7 +55,7 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
                                            pool_clusters.of)  # fmt: skip
         elif isinstance(part, BalancedPart):
             members = pool if not part.sources else [i for i, c in enumerate(sources) if c & set(part.sources)]
-            details[part.name] = _balance(part, members, vectors, stage.seed + number, workdir, add)
+            details[part.name] = _balance(part, members, points_of, stage.seed + number, workdir, add)
     return reasons, details
 
 
@@ -57,8 +64,8 @@ class _PoolClusters:
     (DINOv2 clustered its pool once for all its small seed sets); the centroids are saved under the run's select
     folder, so a rerun does not cluster again."""
 
-    def __init__(self, vectors: np.ndarray | None, pool: list[int], seed: int, workdir: Path | None):
-        self.vectors, self.pool, self.seed, self.workdir = vectors, pool, seed, workdir
+    def __init__(self, points_of, pool: list[int], seed: int, workdir: Path | None):
+        self.points_of, self.pool, self.seed, self.workdir = points_of, pool, seed, workdir
         self.fitted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def of(self, clusters: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +73,7 @@ class _PoolClusters:
         if clusters not in self.fitted:
             name = f"_pool-kmeans-{clusters}"  # no part name starts with "_"
             folder = None if self.workdir is None else Path(self.workdir) / name
-            points = Points.of(self.vectors, rows=self.pool)
+            points = self.points_of(self.pool)
             if folder is not None and (folder / "centroids.npy").exists():
                 centroids = np.load(folder / "centroids.npy")
                 labels = assign(points, centroids)[0]
@@ -97,11 +104,11 @@ def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add,
     return {"kind": "retrieval", "similarities": [pull.similarity for pull in pulls if pull.seed_index >= 0]}
 
 
-def _balance(part: BalancedPart, members: list[int], vectors, seed, workdir, add) -> dict[str, Any]:
+def _balance(part: BalancedPart, members: list[int], points_of, seed, workdir, add) -> dict[str, Any]:
     if not members:
         return {"kind": "balanced", "before": [], "after": []}
     levels = [Level(**level.model_dump()) for level in part.levels]
-    points = Points.of(vectors, rows=members)  # streamed from the memory-mapped vectors when it will not fit
+    points = points_of(members)  # streamed from the memory-mapped vectors when it will not fit, or sharded
     folder = None if workdir is None else Path(workdir) / part.name
     paths, centroids = hierarchical_kmeans(points, levels, seed=seed, iterations=part.iterations, workdir=folder)
     distances = assign(points, centroids[0])[1] if part.rule == "closest" else None

@@ -64,8 +64,16 @@ def _chunk_rows(k: int) -> int:
     return max(1, min(CHUNK_ELEMENTS // max(1, k), CHUNK_ROWS))
 
 
+class _LocalPasses:
+    """The pass every kind of points offers; these run it here, chunk by chunk (sharded points run it remotely)."""
+
+    def nearest(self, centroids: np.ndarray | torch.Tensor,
+                sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        return _nearest(self, centroids, sums)
+
+
 @dataclass(frozen=True)
-class Points:
+class Points(_LocalPasses):
     """Points resident on the compute device, with their squared norms (float32)."""
 
     data: torch.Tensor
@@ -78,7 +86,7 @@ class Points:
         HALF_PRECISION_MAX_NORM) stores float16 for tensor-core products; sums and norms stay float32. `rows`
         picks a subset of a matrix's rows, in the order given. A NumPy matrix whose float32 copy exceeds the
         device's budget is not copied but streamed (StreamedPoints)."""
-        if isinstance(points, Points | StreamedPoints):
+        if not isinstance(points, np.ndarray | torch.Tensor):  # already points (resident, streamed or sharded)
             return points
         device = compute_device()
         if isinstance(points, np.ndarray):
@@ -120,7 +128,7 @@ class Points:
         return self.data[torch.as_tensor(rows, device=self.data.device)].float().cpu().numpy()
 
 
-class StreamedPoints:
+class StreamedPoints(_LocalPasses):
     """Points left where they are (a NumPy or memory-mapped matrix, optionally a subset of its rows), read chunk
     by chunk onto the device in every pass; only their squared norms (float32) are resident. `take` gives a
     resident subset (k-means++ samples, resampled points, one cluster's members)."""
@@ -193,7 +201,7 @@ def _nearest(points: Points | StreamedPoints, centroids: np.ndarray | torch.Tens
 
 def assign(points: np.ndarray | Points | StreamedPoints, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(nearest centroid index int64, squared distance float32) per point."""
-    labels, distances = _nearest(Points.of(points), centroids)
+    labels, distances = Points.of(points).nearest(centroids)
     return labels.cpu().numpy(), distances.cpu().numpy()
 
 
@@ -210,7 +218,7 @@ def kmeans_plus_plus(points: np.ndarray | Points | StreamedPoints, k: int, rng: 
     points = Points.of(points)
     pool = points.take(np.sort(rng.choice(len(points), min(len(points), sample * k), replace=False)))
     chosen = [int(rng.integers(len(pool)))]
-    nearest = _nearest(pool, pool.rows(chosen))[1].double().cpu().numpy()
+    nearest = pool.nearest(pool.rows(chosen))[1].double().cpu().numpy()
     nearest[chosen] = 0
     rounds_left = max(1, min(rounds, k - 1))
     while len(chosen) < k:
@@ -225,7 +233,7 @@ def kmeans_plus_plus(points: np.ndarray | Points | StreamedPoints, k: int, rng: 
             others = np.setdiff1d(np.arange(len(pool)), np.concatenate([positive, chosen]))
             picks = np.concatenate([positive, rng.choice(others, take - len(positive), replace=False)])
         chosen.extend(int(pick) for pick in picks)
-        np.minimum(nearest, _nearest(pool, pool.rows(picks))[1].double().cpu().numpy(), out=nearest)
+        np.minimum(nearest, pool.nearest(pool.rows(picks))[1].double().cpu().numpy(), out=nearest)
         nearest[picks] = 0
         rounds_left = max(1, rounds_left - 1)
     return pool.rows(np.asarray(chosen))
@@ -268,14 +276,14 @@ def kmeans(points: np.ndarray | Points | StreamedPoints, k: int, *, iterations: 
     table = torch.as_tensor(centroids, device=points.device)
     for _ in range(iterations):
         sums = torch.zeros_like(table)
-        labels, distances = _nearest(points, table, sums)
+        labels, distances = points.nearest(table, sums)
         counts = torch.bincount(labels, minlength=k)
         table = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], table)
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
             table[empty] = points.gather(distances.topk(len(empty)).indices).float()
     centroids = table.cpu().numpy()
-    return centroids, _nearest(points, centroids)[0].cpu().numpy()
+    return centroids, points.nearest(centroids)[0].cpu().numpy()
 
 
 @dataclass(frozen=True)

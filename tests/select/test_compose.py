@@ -78,7 +78,10 @@ def test_compose_publishes_parts_with_reasons(ray_local, tmp_path, home):
     shown = CliRunner().invoke(cli, ["--home", str(home), "show", result.version]).output
     assert "samples by part: " in shown and "balanced: 4 top clusters" in shown
 
-    # Same spec, same seed: the same selection.
+    # Same spec, same seed: the same selection; with its k-means on two Ray actors, the same samples too.
     again = curation.run(spec, home=tmp_path / "again")
     assert curation.open_version(again.version, home=tmp_path / "again").manifest["content_sha256"] == \
         version.manifest["content_sha256"]  # fmt: skip
+    spec["stages"]["select"]["shards"] = 2
+    sharded = curation.run(spec, home=tmp_path / "sharded")
+    assert curation.open_version(sharded.version, home=tmp_path / "sharded").samples().to_pylist() == samples

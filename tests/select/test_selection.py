@@ -12,6 +12,7 @@ from curation.select.balance import hierarchical_sample, water_fill
 from curation.select.compose import compose
 from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans, kmeans_plus_plus
 from curation.select.retrieval import cluster_based, sample_based
+from tests.select.conftest import unit
 
 
 @pytest.mark.parametrize("target", [0, 1, 37, 100, 137, 138, 500])
@@ -137,10 +138,6 @@ def test_compose_honours_the_specs_split(tmp_path):
     assert (tmp_path / "balanced" / "split-leaves.npy").exists() and len(details["balanced"]["before"]) <= 4
 
 
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-
 @pytest.mark.parametrize("search", ["faiss", "streamed"])
 def test_sample_based_retrieval_is_exact_and_capped(search, monkeypatch):
     """FAISS for a pool that fits memory, the chunked scan past it (here forced, with chunks and seed batches
@@ -252,19 +249,6 @@ def test_cluster_retrieval_parts_share_one_pool_clustering(tmp_path, monkeypatch
     assert pulled == {"ra": set(range(0, 40)), "rb": set(range(80, 120))}
     again, _ = compose(stage, ids, sources, vectors, workdir=tmp_path)
     assert fits == [6] and again == reasons  # the saved clustering is reused
-
-
-@pytest.fixture
-def float16_pool(tmp_path):
-    """5,000 long-tailed 16-d unit vectors in a float16 memory-mapped file, as load_matrix hands them out."""
-    rng = np.random.default_rng(5)
-    centres = unit(rng.normal(size=(12, 16)))
-    sizes = np.maximum(20, (2400 / np.arange(1, 13) ** 1.2).astype(int))
-    points = np.concatenate([centres[i] + 0.15 * rng.normal(size=(n, 16)) for i, n in enumerate(sizes)])[:5000]
-    matrix = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float16, shape=(len(points), 16))
-    matrix[:] = unit(points)
-    matrix.flush()
-    return np.load(tmp_path / "pool.npy", mmap_mode="r")
 
 
 def test_points_past_the_budget_are_streamed_and_cluster_identically(float16_pool, monkeypatch):

@@ -1,0 +1,192 @@
+"""Points sharded over Ray actors: k-means of a pool that no single machine holds.
+
+DINOv3 clustered a 17B-image pool; ssl-data-curation spreads that k-means over torch.distributed ranks. Here the
+run's Ray cluster holds it: each `PointShard` actor owns a contiguous share of the points, read by path from the
+memory-mapped vector matrix (on the home, which every node of a multi-node cluster must see), resident on the
+actor's device (its GPU when Ray gave it one) or streamed when its share does not fit there (`Points.of`
+decides, per actor). A pass sends the centroids to every actor; each returns its points' labels and squared
+distances and its cluster sums, which the driver adds up. So a Lloyd iteration moves k x d floats and a few
+bytes per point, never the vectors; per-point scalars live on the driver, as they do everywhere in the pipeline.
+
+A subset (k-means++ candidates, resampled points, one cluster's members) that fits the driver's budget is read
+into a resident `Points` there; a larger one stays sharded, each actor keeping its own part. Every set is named
+by its matrix rows, so an actor that Ray restarts rebuilds whichever set a retried call asks for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from curation.errors import RunError
+from curation.select.kmeans import Points, StreamedPoints, compute_device, fits
+
+_SET_KEYS = itertools.count(1)  # one id per point set, shared by the actors that hold its parts
+ACTOR_START_S = 120  # how long the shard actors may wait for room on the cluster
+
+
+def _floor(share: float) -> float:
+    """A resource share Ray accepts (4 decimals) whose sum over the actors never exceeds the whole."""
+    return math.floor(share * 10_000) / 10_000
+
+
+class PointShard:
+    """A Ray actor: this share of every point set, built from the matrix rows the call names when first used."""
+
+    def __init__(self, matrix_path: str):
+        self.matrix = np.load(matrix_path, mmap_mode="r")
+        self.sets: dict[int, Points | StreamedPoints] = {}
+
+    def _points(self, key: int, rows: np.ndarray) -> Points | StreamedPoints:
+        if key not in self.sets:  # the set's first call here, or a call retried on a restarted actor
+            self.sets[key] = Points.of(self.matrix, rows=rows)
+        return self.sets[key]
+
+    def nearest(self, key: int, rows: np.ndarray, centroids: np.ndarray,
+                with_sums: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # fmt: skip
+        points, centroids = self._points(key, rows), np.array(centroids)  # Ray's arguments are read-only
+        sums = torch.zeros((len(centroids), points.dim), device=points.device) if with_sums else None
+        labels, distances = points.nearest(centroids, sums)
+        return labels.cpu().numpy(), distances.cpu().numpy(), None if sums is None else sums.cpu().numpy()
+
+    def read(self, key: int, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return self._points(key, rows).rows(np.array(positions))
+
+    def forget(self, key: int) -> None:
+        self.sets.pop(key, None)
+
+    def ready(self) -> bool:
+        return True
+
+
+class ShardPool:
+    """The actors that hold the shares, over one memory-mapped matrix; `points(rows)` makes a sharded set."""
+
+    def __init__(self, executor, matrix: np.memmap, shards: int):
+        if not isinstance(matrix, np.memmap):
+            raise TypeError("sharded points are read by path: pass the memory-mapped vector matrix")
+        import ray
+
+        cpus, gpus = executor.resources()
+        share = {"num_cpus": _floor(cpus / shards), "num_gpus": _floor(min(1.0, gpus / shards))}
+        self.executor, self.count, self.dim = executor, len(matrix), matrix.shape[1]
+        self.actors = executor.start_actors(PointShard, shards, str(matrix.filename), spread=True, **share)
+        self.open, self.forgetting = True, []
+        try:
+            ray.get([actor.ready.remote() for actor in self.actors], timeout=ACTOR_START_S)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RunError(
+                f"stages.select.shards: {shards} actors with {share} each found no room on the Ray "
+                f"cluster within {ACTOR_START_S} s (is something else holding its CPUs?)"
+            ) from None
+
+    def points(self, rows: np.ndarray | None = None) -> ShardedPoints:
+        """Matrix rows `rows` (None: all), in that order, cut into one contiguous share per actor."""
+        rows = np.arange(self.count) if rows is None else np.asarray(rows, np.int64)
+        return ShardedPoints(self, np.array_split(rows, len(self.actors)), None)
+
+    def forget(self, key: int) -> None:
+        """Frees a set's parts once the driver drops it (resampling makes one set per step)."""
+        if self.open:
+            self.forgetting.extend(actor.forget.remote(key) for actor in self.actors)
+
+    def close(self) -> None:
+        import ray
+
+        self.open = False
+        ray.wait(self.forgetting, num_returns=len(self.forgetting), timeout=10)  # not killed while queued
+        self.executor.stop_actors(self.actors)
+
+
+class ShardedPoints:
+    """Points spread over `PointShard` actors. `shares[a]` are the matrix rows actor a holds (in its order);
+    `order[p]` is where logical point p sits in the concatenation of the shares (None: at p), so positions mean
+    what they would mean for resident points built from the same rows."""
+
+    device = torch.device("cpu")  # where passes hand back labels and distances
+
+    def __init__(self, pool: ShardPool, shares: list[np.ndarray], order: np.ndarray | None):
+        import ray
+
+        self.pool, self.actors, self.shares, self.order, self.dim = pool, pool.actors, shares, order, pool.dim
+        self.key = next(_SET_KEYS)
+        self.share_refs = [ray.put(share) for share in shares]  # sent once, read by every call (and retries)
+        self.offsets = np.cumsum([0, *map(len, shares)])
+        weakref.finalize(self, pool.forget, self.key)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def nearest(self, centroids: np.ndarray | torch.Tensor,
+                sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Every actor's pass over its share at once; `sums` (if given) receives the added-up cluster sums."""
+        import ray
+
+        table = ray.put(torch.as_tensor(centroids, dtype=torch.float32).cpu().numpy())
+        calls = [actor.nearest.remote(self.key, share, table, sums is not None)
+                 for actor, share in zip(self.actors, self.share_refs)]  # fmt: skip
+        results = ray.get(calls)
+        if sums is not None:
+            for _, _, part in results:
+                sums += torch.tensor(part, device=sums.device)
+        labels = self._logical(np.concatenate([labels for labels, _, _ in results]))
+        distances = self._logical(np.concatenate([distances for _, distances, _ in results]))
+        return torch.from_numpy(labels), torch.from_numpy(distances)
+
+    def _placed(self, positions: np.ndarray) -> np.ndarray:
+        return positions if self.order is None else self.order[positions]
+
+    def _logical(self, concatenated: np.ndarray) -> np.ndarray:
+        return concatenated if self.order is None else concatenated[self.order]
+
+    def _owners(self, placed: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets, placed, side="right") - 1
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The points at these positions, float32, in the order given, read from the actors that hold them."""
+        import ray
+
+        placed = self._placed(np.asarray(positions, np.int64))
+        owners = self._owners(placed)
+        found = np.empty((len(placed), self.dim), np.float32)
+        calls = [(owners == actor, self.actors[actor].read.remote(self.key, self.share_refs[actor],
+                                                                  placed[owners == actor] - self.offsets[actor]))
+                 for actor in np.unique(owners)]  # fmt: skip
+        for mask, call in calls:
+            found[mask] = ray.get(call)
+        return found
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.rows(index.cpu().numpy()))
+
+    def take(self, positions: np.ndarray) -> Points | ShardedPoints:
+        """The subset at `positions` (in that order): resident on the driver when it fits, else still sharded."""
+        positions = np.asarray(positions, np.int64)
+        if fits(compute_device(), len(positions), self.dim):
+            return Points.of(self.rows(positions))
+        placed = self._placed(positions)
+        owners = self._owners(placed)
+        layout = np.argsort(owners, kind="stable")  # the subset's concatenation: by actor, then as given
+        shares = [self.shares[actor][placed[layout][owners[layout] == actor] - self.offsets[actor]]
+                  for actor in range(len(self.actors))]  # fmt: skip
+        order = np.empty_like(layout)
+        order[layout] = np.arange(len(layout))
+        return ShardedPoints(self.pool, shares, order)
+
+
+@contextmanager
+def shard_pool(executor, matrix: np.memmap, shards: int) -> Iterator[ShardPool]:
+    """`shards` PointShard actors over the memory-mapped `matrix`, spread over the cluster's nodes, each with an
+    equal part of its CPUs and GPUs; stopped on exit."""
+    pool = ShardPool(executor, matrix, shards)
+    try:
+        yield pool
+    finally:
+        pool.close()

@@ -1,0 +1,99 @@
+"""k-means on points sharded over real Ray actors: the same hierarchy as resident points, whether subsets come
+back to the driver or stay sharded; an actor killed mid-run is restarted and the result does not change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import curation.select.kmeans as kmeans_module
+from curation.config import BalancedPart, LevelSpec, PipelineSpec, RetrievalPart, SelectStage
+from curation.executors.ray import RayExecutor
+from curation.select.compose import compose
+from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans
+from curation.select.sharded import ShardedPoints, shard_pool
+
+LEVELS = [Level(40, resampling_steps=2, sample_size=5, split=2), Level(8, resampling_steps=2, selection="random"),
+          Level(3)]  # fmt: skip
+
+
+@pytest.fixture
+def executor(ray_local):
+    return RayExecutor()  # joins the session's Ray
+
+
+@pytest.mark.parametrize("subsets", ["on the driver", "sharded"])
+def test_sharded_points_cluster_like_resident_ones(executor, float16_pool, monkeypatch, subsets):
+    expected = hierarchical_kmeans(Points.of(float16_pool), LEVELS, seed=2)
+    with shard_pool(executor, float16_pool, 3) as pool:
+        points = pool.points()
+        if subsets == "sharded":  # nothing fits the driver: k-means++ samples and resampled points stay on actors
+            monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 1 << 10)
+            assert isinstance(points.take(np.arange(4999, 0, -7)), ShardedPoints)
+        paths, centroids = hierarchical_kmeans(points, LEVELS, seed=2)
+        labels = assign(points, centroids[0])[0]
+    assert np.array_equal(paths, expected[0])
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(centroids, expected[1]))
+    assert np.array_equal(labels, assign(float16_pool, expected[1][0])[0])
+
+
+def test_a_sharded_subset_keeps_the_order_it_was_given(executor, float16_pool, monkeypatch):
+    rows = np.random.default_rng(0).permutation(5000)[:1500]
+    with shard_pool(executor, float16_pool, 2) as pool:
+        points = pool.points(rows)
+        assert np.array_equal(points.rows(np.arange(20)), np.asarray(float16_pool[rows[:20]], np.float32))
+        monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 0)
+        positions = np.array([1499, 3, 700, 2, 1000])
+        subset = points.take(positions)
+        assert isinstance(subset, ShardedPoints)
+        assert np.array_equal(subset.rows(np.arange(5)), np.asarray(float16_pool[rows[positions]], np.float32))
+        first, second = kmeans(Points.of(float16_pool, rows=rows), 7, seed=3), kmeans(points, 7, seed=3)
+    assert np.allclose(first[0], second[0], atol=1e-5) and np.array_equal(first[1], second[1])
+
+
+def test_a_killed_actor_is_restarted_and_rebuilds_its_share(executor, float16_pool):
+    import ray
+
+    expected = kmeans(Points.of(float16_pool), 12, seed=4)
+    with shard_pool(executor, float16_pool, 2) as pool:
+        points = pool.points()
+        points.nearest(expected[0])  # both actors hold their share now
+        ray.kill(pool.actors[0], no_restart=False)  # Ray restarts it empty; the next calls are retried there
+        centroids, labels = kmeans(points, 12, seed=4)
+    assert np.allclose(centroids, expected[0], atol=1e-5) and np.array_equal(labels, expected[1])
+
+
+def test_compose_on_shards_selects_what_it_selects_in_process(executor, float16_pool, ray_local):
+    stage = SelectStage(mode="compose", parts=[
+        RetrievalPart(kind="retrieval", name="near", seeds=["seeds"], method="cluster", clusters=10, min_seeds=1),
+        BalancedPart(kind="balanced", name="balanced", target=300, rule="closest",
+                     levels=[LevelSpec(clusters=30, resampling_steps=1), LevelSpec(clusters=5)])])  # fmt: skip
+    ids = [f"{i:05d}" for i in range(5000)]
+    sources = [{"seeds"} if i % 500 == 0 else {"pool"} for i in range(5000)]
+    expected = compose(stage, ids, sources, float16_pool)
+    cpus = ray_local.cluster_resources()["CPU"]
+    with shard_pool(executor, float16_pool, 2) as pool:
+        assert ray_local.available_resources().get("CPU", 0) < cpus  # the actors hold the CPUs while they live
+        sharded = compose(stage, ids, sources, float16_pool, shards=pool)
+    assert sharded[0] == expected[0] and sharded[1] == expected[1]
+
+
+def test_shards_need_ray_and_a_memory_mapped_matrix(executor):
+    spec = {"name": "x", "sources": [{"kind": "folder", "name": "a", "path": "."}],
+            "execution": {"executor": "local"}, "stages": {"select": {"shards": 2}}}  # fmt: skip
+    with pytest.raises(ValueError, match="execution.executor ray"):
+        PipelineSpec.model_validate(spec)
+    with pytest.raises(TypeError, match="memory-mapped"):
+        shard_pool(executor, np.zeros((4, 2), np.float32), 2).__enter__()
+
+
+def test_shards_that_find_no_room_fail_clearly_and_leave_nothing_running(executor, float16_pool, monkeypatch):
+    import curation.select.sharded as sharded_module
+    from curation.errors import RunError
+
+    monkeypatch.setattr(sharded_module, "ACTOR_START_S", 2)
+    with shard_pool(executor, float16_pool, 2):  # these take every CPU of the cluster
+        with pytest.raises(RunError, match="found no room on the Ray cluster"):
+            shard_pool(executor, float16_pool, 2).__enter__()
+    with shard_pool(executor, float16_pool, 2) as pool:  # the failed pool released what it had asked for
+        assert len(pool.points()) == 5000
