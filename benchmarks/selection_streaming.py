@@ -2,7 +2,9 @@
 the same run: seconds and peak anonymous memory (RssAnon: the process's own memory, not the file's page cache) of
 each, each in a fresh process.
 
-- k-means: `StreamedPoints` (read chunk by chunk in every pass) against `Points` (copied to the device once).
+- k-means: `StreamedPoints` (read chunk by chunk in every pass) against `Points` (copied to the device once),
+  and `ShardedPoints` (`--shards` Ray actors on this machine, each holding its share; the driver's memory is
+  reported, the actors' is not, and Ray's start-up is not timed).
 - sample-based retrieval: the chunked exact top-k scan against a FAISS flat index over a float32 copy (with a GPU
   both modes are the scan on the GPU: our FAISS is the CPU build).
 
@@ -69,9 +71,15 @@ def measure(matrix_path: str, task: str, mode: str, args: argparse.Namespace) ->
     sampler.start()
     if mode == "streamed":
         kmeans_module.RESIDENT_BUDGET_BYTES = 0
+    pool = None
+    if mode == "sharded":
+        from curation.executors.ray import RayExecutor
+        from curation.select.sharded import ShardPool
+
+        pool = ShardPool(RayExecutor(num_cpus=cores()), matrix, args.shards)  # started before the clock
     started = time.perf_counter()
     if task == "kmeans":
-        points = kmeans_module.Points.of(matrix)
+        points = pool.points() if pool else kmeans_module.Points.of(matrix)
         assert isinstance(points, kmeans_module.StreamedPoints) == (mode == "streamed")
         _, labels = kmeans_module.kmeans(points, args.k, iterations=args.iterations, seed=0)
         result = {"clusters_used": int(len(np.unique(labels)))}
@@ -92,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=2000, help="retrieval: seed images (taken from the pool)")
     parser.add_argument("--retrieval-k", type=int, default=4, help="retrieval: neighbours per seed")
+    parser.add_argument("--shards", type=int, default=2, help="k-means: Ray actors of the sharded mode")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--measure", nargs=3, metavar=("MATRIX", "TASK", "MODE"), help=argparse.SUPPRESS)  # child
     args = parser.parse_args(argv)
@@ -116,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         del matrix
         figures["matrix_float16_mb"] = round(path.stat().st_size / 2**20, 1)
         passthrough = ["--k", str(args.k), "--iterations", str(args.iterations), "--seeds", str(args.seeds),
-                       "--retrieval-k", str(args.retrieval_k)]  # fmt: skip
+                       "--retrieval-k", str(args.retrieval_k), "--shards", str(args.shards)]  # fmt: skip
+        figures["shards"] = args.shards
         for task in ("kmeans", "retrieval"):
-            for mode in ("resident", "streamed"):
+            for mode in ("resident", "streamed", "sharded") if task == "kmeans" else ("resident", "streamed"):
                 child = [sys.executable, __file__, "--measure", str(path), task, mode, *passthrough]
                 result = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
                 for key, value in result.items():
@@ -130,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             figures[f"{task}_streamed_vs_resident_memory_ratio"] = round(
                 figures[f"{streamed}_peak_rss_anon_mb"] / max(figures[f"{resident}_peak_rss_anon_mb"], 0.1), 3
             )
+        figures["kmeans_sharded_vs_resident_time_ratio"] = round(
+            figures["kmeans_sharded_seconds"] / figures["kmeans_resident_seconds"], 3
+        )
+        figures["kmeans_sharded_driver_vs_resident_memory_ratio"] = round(
+            figures["kmeans_sharded_peak_rss_anon_mb"] / max(figures["kmeans_resident_peak_rss_anon_mb"], 0.1), 3
+        )
     print_figures(figures)
     if not args.no_write:
         write_result("selection_streaming", "cuda" if cuda else "cpu", now, device=device, command=command,
