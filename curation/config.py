@@ -222,6 +222,7 @@ class DedupStage(Strict):
     nprobe: int = Field(default=8, ge=1)  # IVF cells each image looks into
     batch_size: int = Field(default=16_384, ge=1)  # query rows per search call: bounds memory
     against: tuple[str, ...] = ()  # published versions (NAME@vN or NAME) whose images win: incremental dedup
+    distributed: bool = False  # IVF self-join: scan the cells as Ray tasks over the cluster (executor ray)
 
 
 class PromptRule(Strict):
@@ -322,6 +323,8 @@ class PipelineSpec(Strict):
             raise ValueError("stages.decontaminate needs stages.embed")
         if self.stages.filter and not (self.stages.embed and self.stages.embed.model.startswith("open_clip:")):
             raise ValueError("stages.filter needs a text tower: stages.embed.model open_clip:<arch>")
+        if self.stages.dedup and self.stages.dedup.distributed and self.execution.executor != "ray":
+            raise ValueError("stages.dedup.distributed scans on Ray tasks: it needs execution.executor ray")
         if self.stages.select.shards > 1 and self.execution.executor != "ray":
             raise ValueError("stages.select.shards > 1 runs k-means on Ray actors: it needs execution.executor ray")
         if self.stages.select.mode == "compose":

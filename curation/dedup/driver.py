@@ -119,8 +119,9 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
         i, j, distance = near_pairs(hashes, settings.phash_max_distance)  # images without a hash pair with none
         edges.append(Edges("perceptual", i, j, 1 - distance / 64, 1 - settings.phash_max_distance / 64))
     if settings.copy_detection and image_ids:
-        vectors = np.asarray(load_matrix(catalog, home.vectors, model_id, image_ids), np.float32)
-        i, j, similarity = knn_edges(vectors, settings.threshold, settings, timings=graph_timings, progress=progress)
+        vectors = load_matrix(catalog, home.vectors, model_id, image_ids)  # memory-mapped float16: no pool copy
+        i, j, similarity = knn_edges(vectors, settings.threshold, settings, timings=graph_timings, progress=progress,
+                                     runner=executor() if settings.distributed else None)  # fmt: skip
         edges.append(Edges("copy_detection", i, j, similarity, settings.threshold))
     curated = _curated_images(spec, kept)
     members = [
@@ -202,11 +203,13 @@ def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: 
     pool_ids = sorted(set(kept["image_id"].to_pylist()))
     if not eval_ids or not pool_ids:
         return {"evaluation_images": len(eval_ids), "dropped_images": 0}, {}
-    pool = np.asarray(load_matrix(catalog, home.vectors, model_id, pool_ids), np.float32)
+    pool = load_matrix(catalog, home.vectors, model_id, pool_ids)  # memory-mapped float16: read in batches
     references = np.asarray(load_matrix(catalog, home.vectors, model_id, eval_ids), np.float32)
-    hits_i, hits_j, hits_s = cross_edges(pool, references, settings.threshold, spec.stages.dedup or DedupStage())
-    pool_i, pool_j, pool_s = knn_edges(pool, settings.threshold, spec.stages.dedup or DedupStage(), progress=progress,
-                                       label="decontamination graph")  # fmt: skip
+    graph_settings = spec.stages.dedup or DedupStage()
+    hits_i, hits_j, hits_s = cross_edges(pool, references, settings.threshold, graph_settings)
+    pool_i, pool_j, pool_s = knn_edges(pool, settings.threshold, graph_settings, progress=progress,
+                                       label="decontamination graph",
+                                       runner=executor() if graph_settings.distributed else None)  # fmt: skip
     count = len(pool_ids)
     graph = [
         Edges("pool", pool_i, pool_j, pool_s, settings.threshold),

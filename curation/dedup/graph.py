@@ -10,7 +10,11 @@ bounded by the product blocks (`_BLOCK_ELEMENTS`) plus the edges, never N x N. O
 tiled float16 matrix products + top-k in torch search exactly, even where a faiss GPU build is importable: by
 default its flat index multiplies in float32, off the tensor cores that make float16 the faster exact search.
 A pool whose float16 copy and score tile do not fit the GPU's free memory is searched on the CPU instead, with
-a warning, rather than failing out of memory.
+a warning, rather than failing out of memory. The vectors may be the memory-mapped float16 matrix: every search
+reads it in batches and casts each batch, so no float32 copy of the pool is made. With `distributed`, the cells
+of the IVF self-join are scanned by Ray tasks in blocks of consecutive cells (about `TASKS_PER_CPU` blocks per
+cluster CPU, cut to equal work), each opening the matrix by path; the edges come back in cell order, the same
+as in one process.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 
@@ -31,6 +36,7 @@ _BLOCK_ELEMENTS = 1 << 24  # scores held at once by one product block: 64 MiB of
 _TILE_ELEMENTS = 1 << 30  # scores held at once by one GPU tile: 2 GiB of float16
 _TRAIN_POINTS_PER_CELL = 64  # k-means sample per cell: enough for coarse cells, cheap to train
 _TRAIN_ITERATIONS = 10
+TASKS_PER_CPU = 4  # distributed IVF self-join: cell blocks per cluster CPU, so a slow node does not hold the end
 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]  # (query row, neighbour row, cosine)
 
@@ -67,9 +73,8 @@ def cell_quantizer(vectors: np.ndarray, cells: int):
     return quantizer
 
 
-def _ivf_join(
-    vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict, progress: Progress, label: str
-) -> Iterator[Candidates]:
+def _ivf_join(vectors: np.ndarray, threshold: float, k: int, settings: DedupStage, timings: dict,
+              progress: Progress, label: str, runner=None) -> Iterator[Candidates]:  # fmt: skip
     count = len(vectors)
     started = time.perf_counter()
     cells = ivf_cells(count)
@@ -88,13 +93,50 @@ def _ivf_join(
     timings["build_s"] = time.perf_counter() - started
     stats = np.bincount(home, minlength=cells)
     timings["imbalance"] = float(cells * (stats.astype(np.float64) ** 2).sum() / count**2)  # FAISS's definition
+
+    def cell(number: int) -> tuple[np.ndarray, np.ndarray]:
+        """(members, queries): the images the cell holds and the images that probe it."""
+        members = held[held_bounds[number] : held_bounds[number + 1]]
+        return members, probing[probe_bounds[number] : probe_bounds[number + 1]]
+
     with progress.bar(label, total=cells, unit="cell") as bar:
-        for cell in range(cells):
-            members = held[held_bounds[cell] : held_bounds[cell + 1]]
-            if len(members):
-                queries = probing[probe_bounds[cell] : probe_bounds[cell + 1]]
-                yield from _scan_cell(vectors, members, queries, threshold, k, settings.batch_size)
-            bar.update(1)
+        if runner is None:
+            for number in range(cells):
+                members, queries = cell(number)
+                if len(members):
+                    yield from _scan_cell(vectors, members, queries, threshold, k, settings.batch_size)
+                bar.update(1)
+            return
+        work = np.diff(held_bounds) * np.diff(probe_bounds)  # scores each cell computes
+        blocks = [[cell(number) for number in range(first, stop)]
+                  for first, stop in _cell_ranges(work, TASKS_PER_CPU * int(runner.resources()[0]))]  # fmt: skip
+        found = {}
+        for number, candidates, scanned in runner.map(scan_cells, list(enumerate(blocks)), str(vectors.filename),
+                                                      threshold, k, settings.batch_size):  # fmt: skip
+            found[number] = candidates
+            bar.update(scanned)
+        for number in sorted(found):  # cell order, as in one process: the same edges, byte for byte
+            yield found[number]
+
+
+def _cell_ranges(work: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Consecutive cell ranges of about equal work, at most `parts` of them."""
+    cumulative = np.cumsum(work, dtype=np.float64)
+    cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, parts) / parts, side="right")
+    bounds = np.unique(np.concatenate([[0], cuts, [len(work)]]))
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def scan_cells(block: tuple[int, list[tuple[np.ndarray, np.ndarray]]], matrix_path: str, threshold: float, k: int,
+               batch_size: int) -> tuple[int, Candidates, int]:  # fmt: skip
+    """A Ray task: some consecutive cells of the IVF self-join, read from the memory-mapped matrix by path.
+    Returns (block number, its candidates, cells scanned)."""
+    number, cells = block
+    vectors = np.load(matrix_path, mmap_mode="r")
+    parts = [part for members, queries in cells if len(members)
+             for part in _scan_cell(vectors, members, queries, threshold, k, batch_size)]  # fmt: skip
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+    return number, tuple(np.concatenate(column) for column in zip(*parts)) if parts else empty, len(cells)
 
 
 def _scan_cell(vectors: np.ndarray, members: np.ndarray, queries: np.ndarray, threshold: float, k: int,
@@ -171,12 +213,13 @@ def gpu_has_room(count: int, dim: int, free_bytes: int) -> bool:
 
 
 def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage, timings: dict | None = None,
-              progress: Progress | None = None,
-              label: str = "dedup graph") -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+              progress: Progress | None = None, label: str = "dedup graph",
+              runner=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(i, j, cosine) with i < j for every pair where j is one of i's k nearest neighbours (or i one of j's) at
     or over `threshold`; self-matches excluded. `timings`, when given, receives build_s / search_s / post_s
     (and the cells' imbalance for IVF) so callers can report where the time went; the search reports to
-    `progress` as the stage `label` (a bar on the terminal, live counts in the service, and a cancel point)."""
+    `progress` as the stage `label` (a bar on the terminal, live counts in the service, and a cancel point).
+    With `runner` (a Ray executor), an IVF self-join scans its cells as the runner's tasks."""
     timings = {} if timings is None else timings
     timings["build_s"] = 0.0  # the flat and IVF searches set it; the CUDA search has no index to build
     count = len(vectors)
@@ -191,6 +234,10 @@ def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage, timin
         search = _ivf_join if use_ivf and count > 1 else _flat_search
     started = time.perf_counter()
     progress = progress or Progress()  # silent: no bar, never cancelled
+    if search is _ivf_join and runner is not None:  # the cells as Ray tasks, reading the matrix by path
+        if not isinstance(vectors, np.memmap):
+            raise TypeError("a distributed IVF self-join reads the vectors by path: pass the memory-mapped matrix")
+        search = partial(_ivf_join, runner=runner)
     parts = list(search(vectors, threshold, settings.k + 1, settings, timings, progress, label))  # +1: itself
     timings["search_s"] = time.perf_counter() - started - timings["build_s"]
     started = time.perf_counter()

@@ -19,7 +19,7 @@ from PIL import Image
 import curation
 from curation.audit.statement import build_statement
 from curation.cli import cli
-from curation.config import DedupStage
+from curation.config import DedupStage, PipelineSpec
 from curation.core.progress import Progress
 from curation.dedup.graph import knn_edges
 from curation.dedup.groups import Edges, group_duplicates
@@ -334,3 +334,52 @@ def test_a_chain_of_look_alikes_is_reported_not_silent(tmp_path):
     assert listing.exit_code == 0, listing.output
     assert "119 dropped" in listing.output and listing.output.count("  - ") == 3
     assert "... and 116 more" in listing.output
+
+
+def float16_matrix(path: Path, vectors: np.ndarray) -> np.memmap:
+    """The vectors as load_matrix hands them to dedup: a read-only memory-mapped float16 .npy file."""
+    np.save(path, vectors.astype(np.float16))
+    return np.load(path, mmap_mode="r")
+
+
+def test_the_ivf_join_reads_the_float16_matrix_and_on_ray_gives_the_same_edges(ray_local, tmp_path):
+    """Run as Ray tasks over blocks of cells, the self-join gives the edges of the in-process join byte for byte;
+    both read the memory-mapped float16 matrix (no float32 copy) and agree with a float32 copy of its values."""
+    from curation.dedup import graph
+    from curation.executors.ray import RayExecutor
+
+    matrix = float16_matrix(tmp_path / "pool.npy", clustered(3000, 24, seed=7))
+    settings = DedupStage(k=8, index="ivf", nprobe=4, batch_size=500)
+    in_process = knn_edges(matrix, 0.9, settings)
+    progress = Progress()
+    on_ray = knn_edges(matrix, 0.9, settings, progress=progress, runner=RayExecutor())
+    copied = knn_edges(np.asarray(matrix, np.float32), 0.9, settings)
+    assert len(in_process[0]) > 100
+    assert all(np.array_equal(a, b) for a, b in zip(in_process, on_ray))
+    assert np.array_equal(in_process[0], copied[0]) and np.array_equal(in_process[1], copied[1])
+    (stage,) = progress.snapshot()["stages"]
+    assert stage["done"] == stage["total"] == graph.ivf_cells(3000)
+    with pytest.raises(TypeError, match="memory-mapped"):
+        knn_edges(np.asarray(matrix, np.float32), 0.9, settings, runner=RayExecutor())
+
+
+def test_cell_blocks_cover_every_cell_once_with_even_work():
+    from curation.dedup.graph import _cell_ranges
+
+    work = np.random.default_rng(0).zipf(1.5, 500).astype(np.int64)
+    ranges = _cell_ranges(work, 8)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 500 and len(ranges) <= 8
+    assert all(stop == start for (_, stop), (start, _) in zip(ranges, ranges[1:]))  # consecutive, no gaps
+    even = _cell_ranges(np.ones(800, np.int64), 8)
+    assert [stop - start for start, stop in even] == [100] * 8
+    assert _cell_ranges(np.array([5]), 8) == [(0, 1)]
+
+
+def test_a_distributed_dedup_run_drops_the_planted_copies(ray_local, planted, home):
+    spec = dedup_spec(planted, dedup={"threshold": 0.9, "index": "ivf", "distributed": True, "perceptual": False})
+    version = curation.open_version(curation.run(spec, home=home).version, home=home)
+    dropped = {row["uri"].rsplit("/", 1)[1] for row in version.provenance().to_pylist() if row["stage"] == "dedup"}
+    assert dropped == {"copy-0.jpg", "copy-1.jpg", "copy-2.jpg", "copy-of-10.jpg"}
+    spec["execution"]["executor"] = "local"
+    with pytest.raises(ValueError, match="stages.dedup.distributed"):
+        PipelineSpec.model_validate(spec)
