@@ -166,7 +166,7 @@ class SelectStage(Strict):
     mode: Literal["keep_all", "compose"] = "keep_all"
     parts: tuple[Part, ...] = ()  # compose: the parts, in priority order (an image's first part names it)
     seed: int = 0  # every random choice of the selection derives from it
-    shards: int = Field(default=1, ge=1)  # k-means on this many Ray actors, each holding 1/shards of the pool
+    shards: int = Field(default=1, ge=1)  # k-means and retrieval scans on this many Ray actors, 1/shards each
 
     @model_validator(mode="after")
     def _parts_for_compose(self) -> SelectStage:

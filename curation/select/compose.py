@@ -24,7 +24,8 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
             shards: ShardPool | None = None) -> tuple[Reasons, dict[str, dict[str, Any]]]:  # fmt: skip
     """({image id: [reason, ...]} for the selected images, {part: report details}). `sources[i]` are the sources
     image i came from; `vectors[i]` its unit vector (needed by retrieval and balanced parts). With `shards`
-    (actors over the same vectors), every k-means runs on them (curation/select/sharded.py)."""
+    (actors over the same vectors), every k-means and every sample-based retrieval scan runs on them
+    (curation/select/sharded.py)."""
 
     def points_of(rows: list[int]) -> Points | StreamedPoints | ShardedPoints:
         return shards.points(np.asarray(rows)) if shards is not None else Points.of(vectors, rows=rows)
@@ -52,7 +53,7 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
                 add(index, {"part": part.name, "rule": "source"})
         elif isinstance(part, RetrievalPart):
             details[part.name] = _retrieve(part, image_ids, sources, vectors, pool, stage.seed + number, add,
-                                           pool_clusters.of)  # fmt: skip
+                                           pool_clusters.of, shards)  # fmt: skip
         elif isinstance(part, BalancedPart):
             members = pool if not part.sources else [i for i, c in enumerate(sources) if c & set(part.sources)]
             details[part.name] = _balance(part, members, points_of, stage.seed + number, workdir, add)
@@ -84,13 +85,15 @@ class _PoolClusters:
         return self.fitted[clusters]
 
 
-def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add, pool_clusters) -> dict[str, Any]:
+def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add, pool_clusters,
+              shards: ShardPool | None) -> dict[str, Any]:  # fmt: skip
     seeds = [i for i, came_from in enumerate(sources) if came_from & set(part.seeds)]
     if not seeds or not pool:
         return {"kind": "retrieval", "similarities": []}
     seed_vectors = vectors[seeds]
     if part.method == "sample":
-        pulls = sample_based(seed_vectors, vectors, rows=np.asarray(pool), k=part.k, floor=part.floor, cap=part.cap)
+        pulls = sample_based(seed_vectors, vectors, rows=np.asarray(pool), k=part.k, floor=part.floor, cap=part.cap,
+                             sharded=None if shards is None else shards.points(np.asarray(pool)))  # fmt: skip
     else:
         centroids, pool_labels = pool_clusters(part.clusters)
         seed_labels, _ = assign(seed_vectors, centroids)

@@ -27,18 +27,21 @@ class Pull:
 
 
 def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = -1.0, cap: int | None = None,
-                 batch: int = 16_384, rows: np.ndarray | None = None) -> list[Pull]:  # fmt: skip
+                 batch: int = 16_384, rows: np.ndarray | None = None, sharded=None) -> list[Pull]:  # fmt: skip
     """Every (seed, pool image) pull of the k nearest at or over `floor`; with `cap`, only the pulls of the `cap`
     distinct pool images with the best similarity survive. `rows` picks the pool out of a larger (memory-mapped)
     matrix; pool indices are positions in `rows`. With a GPU, or for a pool whose float32 copy exceeds the host's
     memory budget, the pool is scanned from where it lies, chunk by chunk, on the compute device
-    (`streamed_top_k`); otherwise a FAISS flat index searches a copy (the CPU build of FAISS, as installed)."""
+    (`streamed_top_k`); otherwise a FAISS flat index searches a copy (the CPU build of FAISS, as installed).
+    `sharded` (the same pool as `ShardedPoints`) scans it on its Ray actors instead, each its own share."""
     count = len(pool) if rows is None else len(rows)
     k = min(k, count)
     if not k or not len(seeds):
         return []
     device = compute_device()
-    if device.type == "cpu" and fits(device, count, pool.shape[1]):
+    if sharded is not None:
+        scores, neighbours = sharded.top_k(seeds, k)
+    elif device.type == "cpu" and fits(device, count, pool.shape[1]):
         scores, neighbours = _faiss_top_k(seeds, pool if rows is None else pool[rows], k, batch)
     else:
         scores, neighbours = streamed_top_k(seeds, pool, rows, k, device)

@@ -26,6 +26,7 @@ import torch
 
 from curation.errors import RunError
 from curation.select.kmeans import Points, StreamedPoints, compute_device, fits
+from curation.select.retrieval import streamed_top_k
 
 _SET_KEYS = itertools.count(1)  # one id per point set, shared by the actors that hold its parts
 ACTOR_START_S = 120  # how long the shard actors may wait for room on the cluster
@@ -57,6 +58,10 @@ class PointShard:
 
     def read(self, key: int, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         return self._points(key, rows).rows(np.array(positions))
+
+    def top_k(self, rows: np.ndarray, seeds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The seeds' exact top k in this share (positions in it), scanned from the matrix chunk by chunk."""
+        return streamed_top_k(seeds, self.matrix, rows, k, compute_device())
 
     def forget(self, key: int) -> None:
         self.sets.pop(key, None)
@@ -139,6 +144,24 @@ class ShardedPoints:
         labels = self._logical(np.concatenate([labels for labels, _, _ in results]))
         distances = self._logical(np.concatenate([distances for _, distances, _ in results]))
         return torch.from_numpy(labels), torch.from_numpy(distances)
+
+    def top_k(self, seeds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) of each seed's exact k nearest points, best first (-1 where fewer exist): every
+        actor's top k of its share, merged on the driver."""
+        import ray
+
+        queries = ray.put(np.ascontiguousarray(seeds, np.float32))
+        found = ray.get([actor.top_k.remote(share, queries, k) for actor, share in zip(self.actors, self.share_refs)])
+        scores = np.concatenate([share_scores for share_scores, _ in found], axis=1)
+        placed = np.concatenate([np.where(ids >= 0, ids + offset, -1) for (_, ids), offset in zip(found, self.offsets)],
+                                axis=1)  # fmt: skip
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        placed = np.take_along_axis(placed, best, axis=1)
+        if self.order is not None:  # concatenation position -> logical position
+            logical = np.empty_like(self.order)
+            logical[self.order] = np.arange(len(self.order))
+            placed = np.where(placed >= 0, logical[placed], -1)
+        return np.take_along_axis(scores, best, axis=1), placed
 
     def _placed(self, positions: np.ndarray) -> np.ndarray:
         return positions if self.order is None else self.order[positions]
