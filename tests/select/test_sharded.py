@@ -112,9 +112,10 @@ def test_shards_that_find_no_room_fail_clearly_and_leave_nothing_running(executo
     import curation.select.sharded as sharded_module
     from curation.errors import RunError
 
-    monkeypatch.setattr(sharded_module, "ACTOR_START_S", 2)
     with shard_pool(executor, float16_pool, 2):  # these take every CPU of the cluster
+        monkeypatch.setattr(sharded_module, "ACTOR_START_S", 2)
         with pytest.raises(RunError, match="found no room on the Ray cluster"):
             shard_pool(executor, float16_pool, 2).__enter__()
+        monkeypatch.undo()
     with shard_pool(executor, float16_pool, 2) as pool:  # the failed pool released what it had asked for
         assert len(pool.points()) == 5000
