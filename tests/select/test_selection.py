@@ -12,7 +12,7 @@ from curation.select.balance import hierarchical_sample, water_fill
 from curation.select.compose import compose
 from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans, kmeans_plus_plus
 from curation.select.retrieval import cluster_based, sample_based
-from tests.select.conftest import unit
+from tests.select.conftest import same_selection, unit
 
 
 @pytest.mark.parametrize("target", [0, 1, 37, 100, 137, 138, 500])
@@ -291,25 +291,10 @@ def test_a_row_subset_streams_like_its_copy(float16_pool, monkeypatch):
     assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
 
 
-def test_compose_streams_a_pool_that_will_not_fit(float16_pool, monkeypatch, tmp_path):
+def test_compose_streams_a_pool_that_will_not_fit(float16_pool, mixed_selection, monkeypatch):
     import curation.select.kmeans as kmeans_module
 
-    stage = SelectStage(mode="compose", parts=[
-        RetrievalPart(kind="retrieval", name="near", seeds=["seeds"], method="cluster", clusters=10, min_seeds=1),
-        RetrievalPart(kind="retrieval", name="nearest", seeds=["seeds"], method="sample", k=8),
-        BalancedPart(kind="balanced", name="balanced", target=300, rule="closest",
-                     levels=[LevelSpec(clusters=30, resampling_steps=1), LevelSpec(clusters=5)])])  # fmt: skip
-    ids = [f"{i:05d}" for i in range(5000)]
-    sources = [{"seeds"} if i % 500 == 0 else {"pool"} for i in range(5000)]
-
-    def rounded(result):  # FAISS and the streamed scan sum in different orders: cosines agree to ~1e-6
-        reasons, details = result
-        return ({image: [{**r, "similarity": round(r["similarity"], 4)} if "similarity" in r else r for r in rs]
-                 for image, rs in reasons.items()}, {name: part for name, part in details.items()
-                                                     if part["kind"] != "retrieval"})  # fmt: skip
-
+    stage, ids, sources = mixed_selection
     expected = compose(stage, ids, sources, float16_pool, workdir=None)
     monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 1 << 16)
-    streamed = compose(stage, ids, sources, float16_pool, workdir=None)
-    assert rounded(streamed) == rounded(expected)
-    assert np.allclose(streamed[1]["nearest"]["similarities"], expected[1]["nearest"]["similarities"], atol=1e-5)
+    assert same_selection(compose(stage, ids, sources, float16_pool, workdir=None), expected)

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 import curation.select.kmeans as kmeans_module
-from curation.config import BalancedPart, LevelSpec, PipelineSpec, RetrievalPart, SelectStage
+from curation.config import PipelineSpec
 from curation.executors.ray import RayExecutor
 from curation.select.compose import compose
 from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans
 from curation.select.sharded import ShardedPoints, shard_pool
+from tests.select.conftest import same_selection
 
 LEVELS = [Level(40, resampling_steps=2, sample_size=5, split=2), Level(8, resampling_steps=2, selection="random"),
           Level(3)]  # fmt: skip
@@ -77,26 +78,15 @@ def test_sharded_retrieval_scan_is_exact(executor, float16_pool):
     assert (few[:, :2] >= 0).all() and (few[:, 2:] == -1).all()
 
 
-def test_compose_on_shards_selects_what_it_selects_in_process(executor, float16_pool, ray_local):
-    stage = SelectStage(mode="compose", parts=[
-        RetrievalPart(kind="retrieval", name="near", seeds=["seeds"], method="cluster", clusters=10, min_seeds=1),
-        RetrievalPart(kind="retrieval", name="nearest", seeds=["seeds"], method="sample", k=8),
-        BalancedPart(kind="balanced", name="balanced", target=300, rule="closest",
-                     levels=[LevelSpec(clusters=30, resampling_steps=1), LevelSpec(clusters=5)])])  # fmt: skip
-    ids = [f"{i:05d}" for i in range(5000)]
-    sources = [{"seeds"} if i % 500 == 0 else {"pool"} for i in range(5000)]
+def test_compose_on_shards_selects_what_it_selects_in_process(executor, float16_pool, mixed_selection, ray_local):
+    stage, ids, sources = mixed_selection
     expected = compose(stage, ids, sources, float16_pool)
     cpus = ray_local.cluster_resources()["CPU"]
     with shard_pool(executor, float16_pool, 2) as pool:
         assert ray_local.available_resources().get("CPU", 0) < cpus  # the actors hold the CPUs while they live
         sharded = compose(stage, ids, sources, float16_pool, shards=pool)
-
-    def rounded(reasons):  # FAISS (in process) and the torch scan (on the actors) agree on cosines to ~1e-6
-        return {image: [{**r, "similarity": round(r["similarity"], 4)} if "similarity" in r else r for r in rs]
-                for image, rs in reasons.items()}  # fmt: skip
-
-    assert rounded(sharded[0]) == rounded(expected[0]) and sharded[1]["balanced"] == expected[1]["balanced"]
-    assert np.allclose(sharded[1]["nearest"]["similarities"], expected[1]["nearest"]["similarities"], atol=1e-5)
+    assert same_selection(sharded, expected)
+    assert sharded[0].keys() == expected[0].keys() and sharded[1]["balanced"] == expected[1]["balanced"]
 
 
 def test_shards_need_ray_and_a_memory_mapped_matrix(executor):
