@@ -175,7 +175,8 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         progress.stage("select")
         selection, reports = None, {}
         if spec.stages.select.mode == "compose":
-            selection, stats["select"], reports = _compose(spec, home, catalog, run_id, kept, model_id, executor)
+            selection, stats["select"], reports = _compose(spec, home, catalog, run_id, kept, model_id, executor,
+                                                           progress)  # fmt: skip
         stats["startup_seconds"] = executor.startup_seconds
     finally:
         executor.close()
@@ -312,7 +313,7 @@ def _model(model_id: str | None) -> dict[str, str]:
 
 
 def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, model_id: str | None,
-             executor: _Executor):  # fmt: skip
+             executor: _Executor, progress: Progress):  # fmt: skip
     """Selection by composition over the distinct kept images; returns ({image id: reasons}, stats). With
     `stages.select.shards` > 1 its k-means run on that many Ray actors over the memory-mapped vectors."""
     sources: dict[str, set[str]] = {}
@@ -326,7 +327,8 @@ def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, mo
     sharding = shard_pool(executor.get(), vectors, shards) if shards > 1 and vectors is not None else nullcontext()
     with sharding as pool:
         selection, details = compose(spec.stages.select, image_ids, [sources[i] for i in image_ids], vectors,
-                                     workdir=home.runs.root / run_id / "select", shards=pool)  # fmt: skip
+                                     workdir=home.runs.root / run_id / "select", shards=pool,
+                                     progress=progress)  # fmt: skip
     by_part = Counter(reason["part"] for reasons in selection.values() for reason in reasons)
     first_part = Counter(reasons[0]["part"] for reasons in selection.values())
     stats = {"images": len(image_ids), "selected": len(selection), "pulls_by_part": dict(by_part),

@@ -11,21 +11,34 @@ from typing import Any
 import numpy as np
 
 from curation.config import BalancedPart, RetrievalPart, SelectStage, SourcePart
+from curation.core.progress import Progress
 from curation.select.balance import hierarchical_sample
-from curation.select.kmeans import Level, Points, StreamedPoints, assign, cached, hierarchical_kmeans, kmeans
+from curation.select.kmeans import (
+    Level,
+    Points,
+    StreamedPoints,
+    assign,
+    cached,
+    hierarchical_kmeans,
+    hierarchy_passes,
+    kmeans,
+)
 from curation.select.retrieval import cluster_based, sample_based
 from curation.select.sharded import ShardedPoints, ShardPool
 
 Reasons = dict[str, list[dict[str, Any]]]
+POOL_ITERATIONS = 20  # Lloyd iterations of the pool k-means behind cluster-based retrieval
 
 
 def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], vectors: np.ndarray | None,
-            workdir: Path | None = None,
-            shards: ShardPool | None = None) -> tuple[Reasons, dict[str, dict[str, Any]]]:  # fmt: skip
+            workdir: Path | None = None, shards: ShardPool | None = None,
+            progress: Progress | None = None) -> tuple[Reasons, dict[str, dict[str, Any]]]:  # fmt: skip
     """({image id: [reason, ...]} for the selected images, {part: report details}). `sources[i]` are the sources
     image i came from; `vectors[i]` its unit vector (needed by retrieval and balanced parts). With `shards`
     (actors over the same vectors), every k-means and every sample-based retrieval scan runs on them
-    (curation/select/sharded.py)."""
+    (curation/select/sharded.py). Every k-means reports its Lloyd passes to `progress` as a bar ("k-means PART"),
+    which is also where a cancelled run stops."""
+    progress = progress or Progress()  # silent: no bar, never cancelled
 
     def points_of(rows: list[int]) -> Points | StreamedPoints | ShardedPoints:
         return shards.points(np.asarray(rows)) if shards is not None else Points.of(vectors, rows=rows)
@@ -42,7 +55,7 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
     def add(index: int, reason: dict[str, Any]) -> None:
         reasons.setdefault(image_ids[index], []).append(reason)
 
-    pool_clusters = _PoolClusters(points_of, pool, stage.seed, workdir)
+    pool_clusters = _PoolClusters(points_of, pool, stage.seed, workdir, progress)
 
     for number, part in enumerate(stage.parts):
         if isinstance(part, SourcePart):
@@ -56,7 +69,7 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
                                            pool_clusters.of, shards)  # fmt: skip
         elif isinstance(part, BalancedPart):
             members = pool if not part.sources else [i for i, c in enumerate(sources) if c & set(part.sources)]
-            details[part.name] = _balance(part, members, points_of, stage.seed + number, workdir, add)
+            details[part.name] = _balance(part, members, points_of, stage.seed + number, workdir, add, progress)
     return reasons, details
 
 
@@ -65,8 +78,8 @@ class _PoolClusters:
     (DINOv2 clustered its pool once for all its small seed sets); the centroids are saved under the run's select
     folder, so a rerun does not cluster again."""
 
-    def __init__(self, points_of, pool: list[int], seed: int, workdir: Path | None):
-        self.points_of, self.pool, self.seed, self.workdir = points_of, pool, seed, workdir
+    def __init__(self, points_of, pool: list[int], seed: int, workdir: Path | None, progress: Progress):
+        self.points_of, self.pool, self.seed, self.workdir, self.progress = points_of, pool, seed, workdir, progress
         self.fitted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def of(self, clusters: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +92,10 @@ class _PoolClusters:
                 centroids = np.load(folder / "centroids.npy")
                 labels = assign(points, centroids)[0]
             else:
-                centroids, labels = kmeans(points, clusters, seed=self.seed)
+                with self.progress.bar(f"k-means pool ({clusters} clusters)", total=POOL_ITERATIONS,
+                                       unit="pass") as bar:  # fmt: skip
+                    centroids, labels = kmeans(points, clusters, iterations=POOL_ITERATIONS, seed=self.seed,
+                                               on_pass=bar.update)  # fmt: skip
                 cached(folder, "centroids", lambda: centroids)
             self.fitted[clusters] = centroids, labels
         return self.fitted[clusters]
@@ -107,13 +123,15 @@ def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add,
     return {"kind": "retrieval", "similarities": [pull.similarity for pull in pulls if pull.seed_index >= 0]}
 
 
-def _balance(part: BalancedPart, members: list[int], points_of, seed, workdir, add) -> dict[str, Any]:
+def _balance(part: BalancedPart, members: list[int], points_of, seed, workdir, add, progress) -> dict[str, Any]:
     if not members:
         return {"kind": "balanced", "before": [], "after": []}
     levels = [Level(**level.model_dump()) for level in part.levels]
     points = points_of(members)  # streamed from the memory-mapped vectors when it will not fit, or sharded
     folder = None if workdir is None else Path(workdir) / part.name
-    paths, centroids = hierarchical_kmeans(points, levels, seed=seed, iterations=part.iterations, workdir=folder)
+    with progress.bar(f"k-means {part.name}", total=hierarchy_passes(levels, part.iterations), unit="pass") as bar:
+        paths, centroids = hierarchical_kmeans(points, levels, seed=seed, iterations=part.iterations, workdir=folder,
+                                               on_pass=bar.update)  # fmt: skip
     distances = assign(points, centroids[0])[1] if part.rule == "closest" else None
     chosen = hierarchical_sample(paths, part.target, seed=seed, rule=part.rule, distances=distances)
     for position in chosen:

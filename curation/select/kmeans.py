@@ -12,6 +12,7 @@ hierarchy writes its centroids under a work folder, so a rerun skips what is don
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,9 @@ OVERSAMPLING = 4  # candidates drawn per centre kept in a batched seeding round
 HALF_PRECISION_MAX_NORM = 64.0  # float16 products stay far from overflow (65504) below this norm
 RESIDENT_SHARE = 0.4  # points go to the device whole when they take at most this share of its free memory
 RESIDENT_BUDGET_BYTES: int | None = None  # a fixed budget instead of the share (tests, benchmarks)
+RESAMPLING_ITERATIONS = 10  # Lloyd iterations of each resampling step's k-means
+
+Passes = Callable[[int], None]  # told how many Lloyd passes just finished (a progress bar's update)
 
 
 def compute_device() -> torch.device:
@@ -264,9 +268,10 @@ def _plus_plus_among(candidates: np.ndarray, weights: np.ndarray, take: int, rng
 
 
 def kmeans(points: np.ndarray | Points | StreamedPoints, k: int, *, iterations: int = 20, seed: int = 0,
-           init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+           init: np.ndarray | None = None, on_pass: Passes | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(centroids [k, d] float32, labels [n]). Empty clusters are re-seeded with the points farthest from their
-    centroid. With `init`, k is its row count (at most the number of points)."""
+    centroid. With `init`, k is its row count (at most the number of points). `on_pass(1)` after every
+    iteration (progress, and the run's cancel point)."""
     points = Points.of(points)
     if init is not None:
         centroids = np.asarray(init, np.float32)[: len(points)].copy()
@@ -282,6 +287,8 @@ def kmeans(points: np.ndarray | Points | StreamedPoints, k: int, *, iterations: 
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
             table[empty] = points.gather(distances.topk(len(empty)).indices).float()
+        if on_pass is not None:
+            on_pass(1)
     centroids = table.cpu().numpy()
     return centroids, points.nearest(centroids)[0].cpu().numpy()
 
@@ -295,9 +302,8 @@ class Level:
     split: int = 1  # finest level only: split each cluster into this many (how Vo et al. reached 10M leaves)
 
 
-def resample(
-    points: np.ndarray | Points | StreamedPoints, centroids: np.ndarray, level: Level, rng: np.random.Generator
-) -> np.ndarray:
+def resample(points: np.ndarray | Points | StreamedPoints, centroids: np.ndarray, level: Level,
+             rng: np.random.Generator, on_pass: Passes | None = None) -> np.ndarray:  # fmt: skip
     """One resampling step: take `sample_size` points per cluster and re-cluster their union, starting from the
     current centroids. Dense modes contribute no more points than sparse ones, so centroids spread out over the
     support of the data instead of piling into its modes."""
@@ -310,28 +316,39 @@ def resample(
     rank_in_cluster = np.arange(len(order)) - starts
     subset = points.take(order[rank_in_cluster < level.sample_size])
     if len(subset) < len(centroids):  # fewer points than clusters (many exact duplicates): nothing to re-fit
+        if on_pass is not None:
+            on_pass(RESAMPLING_ITERATIONS)
         return centroids
-    centroids, _ = kmeans(subset, len(centroids), iterations=10, seed=int(rng.integers(1 << 31)), init=centroids)
+    centroids, _ = kmeans(subset, len(centroids), iterations=RESAMPLING_ITERATIONS, seed=int(rng.integers(1 << 31)),
+                          init=centroids, on_pass=on_pass)  # fmt: skip
     return centroids
 
 
 def hierarchical_kmeans(points: np.ndarray | Points | StreamedPoints, levels: list[Level], *, seed: int = 0,
-                        iterations: int = 20,
-                        workdir: Path | None = None) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+                        iterations: int = 20, workdir: Path | None = None,
+                        on_pass: Passes | None = None) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
     """Cluster paths [n, len(levels)] (coarsest level first) and the centroids of each level (finest first).
 
     Level 1 clusters the points; level l+1 clusters the centroids of level l. With `workdir`, every level's and
-    resampling step's result is saved there and reused by a rerun.
+    resampling step's result is saved there and reused by a rerun. `on_pass` hears of every Lloyd pass, a reused
+    step's all at once: `hierarchy_passes(levels, iterations)` in all (the split's small k-means not counted).
     """
+
+    def reused(count: int) -> Callable[[], None] | None:  # a step loaded from workdir reports its passes at once
+        return None if on_pass is None else partial(on_pass, count)
+
     current = first_level = Points.of(points)
     all_centroids, labels_per_level = [], []
     for number, level in enumerate(levels, start=1):
-        first = partial(kmeans, current, level.clusters, iterations=iterations, seed=seed + number)
-        centroids = cached(workdir, f"level-{number}-step-0", lambda first=first: first()[0])
+        first = partial(kmeans, current, level.clusters, iterations=iterations, seed=seed + number, on_pass=on_pass)
+        centroids = cached(workdir, f"level-{number}-step-0", lambda first=first: first()[0],
+                           on_load=reused(iterations))  # fmt: skip
         for step in range(1, level.resampling_steps + 1):
             previous = centroids
             rng = np.random.default_rng([seed, number, step])  # per step: a resumed run draws the same numbers
-            centroids = cached(workdir, f"level-{number}-step-{step}", partial(resample, current, previous, level, rng))
+            centroids = cached(workdir, f"level-{number}-step-{step}",
+                               partial(resample, current, previous, level, rng, on_pass),
+                               on_load=reused(RESAMPLING_ITERATIONS))  # fmt: skip
         labels, _ = assign(current, centroids)
         all_centroids.append(centroids)
         labels_per_level.append(labels)
@@ -367,12 +384,20 @@ def _split(points: Points, labels: np.ndarray, parts: int, seed: int, iterations
     return leaves, centroids
 
 
-def cached(workdir: Path | None, name: str, compute) -> np.ndarray:
-    """`compute()`, saved as workdir/name.npy (atomically) and loaded from there by a rerun; no workdir: no cache."""
+def hierarchy_passes(levels: list[Level], iterations: int) -> int:
+    """Lloyd passes of a hierarchy (what `on_pass` is told in all): each level's k-means and resampling steps."""
+    return sum(iterations + level.resampling_steps * RESAMPLING_ITERATIONS for level in levels)
+
+
+def cached(workdir: Path | None, name: str, compute, on_load: Callable[[], None] | None = None) -> np.ndarray:
+    """`compute()`, saved as workdir/name.npy (atomically) and loaded from there by a rerun (then `on_load()`);
+    no workdir: no cache."""
     if workdir is None:
         return compute()
     path = Path(workdir) / f"{name}.npy"
     if path.exists():
+        if on_load is not None:
+            on_load()
         return np.load(path)
     result = compute()
     path.parent.mkdir(parents=True, exist_ok=True)

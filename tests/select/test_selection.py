@@ -8,9 +8,19 @@ import pytest
 import torch
 
 from curation.config import BalancedPart, LevelSpec, RetrievalPart, SelectStage
+from curation.core.progress import Progress
+from curation.errors import RunCancelled
 from curation.select.balance import hierarchical_sample, water_fill
 from curation.select.compose import compose
-from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans, kmeans_plus_plus
+from curation.select.kmeans import (
+    Level,
+    Points,
+    assign,
+    hierarchical_kmeans,
+    hierarchy_passes,
+    kmeans,
+    kmeans_plus_plus,
+)
 from curation.select.retrieval import cluster_based, sample_based
 from tests.select.conftest import same_selection, unit
 
@@ -298,3 +308,37 @@ def test_compose_streams_a_pool_that_will_not_fit(float16_pool, mixed_selection,
     expected = compose(stage, ids, sources, float16_pool, workdir=None)
     monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 1 << 16)
     assert same_selection(compose(stage, ids, sources, float16_pool, workdir=None), expected)
+
+
+class CancelAfter(Progress):
+    """A real Progress whose cancel is requested once `passes` Lloyd passes were reported."""
+
+    def __init__(self, passes: int):
+        super().__init__()
+        self.passes = passes
+
+    def _advance(self, name, done, rate, eta_s, extra):
+        super()._advance(name, done, rate, eta_s, extra)
+        if name.startswith("k-means") and done >= self.passes:
+            self.cancel()
+
+
+def test_k_means_report_every_pass_and_a_cancelled_hierarchy_resumes(float16_pool, mixed_selection, tmp_path):
+    stage, ids, sources = mixed_selection
+    levels = [Level(**level.model_dump()) for level in stage.parts[2].levels]
+    total = hierarchy_passes(levels, stage.parts[2].iterations)
+    assert total == 2 * 20 + 1 * 10
+    progress = Progress()
+    expected = compose(stage, ids, sources, float16_pool, progress=progress)
+    bars = {bar["name"]: bar for bar in progress.snapshot()["stages"]}
+    assert bars["k-means balanced"]["done"] == bars["k-means balanced"]["total"] == total
+    assert bars["k-means pool (10 clusters)"]["done"] == 20 and bars["k-means balanced"]["unit"] == "pass"
+
+    with pytest.raises(RunCancelled):  # stops inside level 2's k-means: level 1 and its resampling are saved
+        compose(stage, ids, sources, float16_pool, workdir=tmp_path, progress=CancelAfter(35))
+    saved = sorted(path.name for path in (tmp_path / "balanced").iterdir())
+    assert saved == ["level-1-step-0.npy", "level-1-step-1.npy"]
+    resumed = Progress()
+    assert same_selection(compose(stage, ids, sources, float16_pool, workdir=tmp_path, progress=resumed), expected)
+    bars = {bar["name"]: bar for bar in resumed.snapshot()["stages"]}
+    assert bars["k-means balanced"]["done"] == total  # the reused steps count as done
