@@ -333,6 +333,8 @@ def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, mo
     first_part = Counter(reasons[0]["part"] for reasons in selection.values())
     stats = {"images": len(image_ids), "selected": len(selection), "pulls_by_part": dict(by_part),
              "samples_by_part": dict(first_part)}  # fmt: skip
+    if pool is not None:
+        stats["shards"] = {"actors": len(pool.actors), "nodes": len(set(pool.nodes))}
     return selection, stats, build_reports(details, selection)
 
 

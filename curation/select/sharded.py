@@ -66,8 +66,11 @@ class PointShard:
     def forget(self, key: int) -> None:
         self.sets.pop(key, None)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """The id of the Ray node this actor runs on (and proof that it started)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
 
 class ShardPool:
@@ -84,7 +87,7 @@ class ShardPool:
         self.actors = executor.start_actors(PointShard, shards, str(matrix.filename), spread=True, **share)
         self.open, self.forgetting = True, []
         try:
-            ray.get([actor.ready.remote() for actor in self.actors], timeout=ACTOR_START_S)
+            self.nodes = ray.get([actor.ready.remote() for actor in self.actors], timeout=ACTOR_START_S)
         except ray.exceptions.GetTimeoutError:
             self.close()
             raise RunError(

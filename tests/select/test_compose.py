@@ -84,6 +84,7 @@ def test_compose_publishes_parts_with_reasons(ray_local, tmp_path, home):
         version.manifest["content_sha256"]  # fmt: skip
     spec["stages"]["select"]["shards"] = 2
     sharded = curation.run(spec, home=tmp_path / "sharded")
+    assert sharded.stats["select"]["shards"] == {"actors": 2, "nodes": 1} and "shards" not in result.stats["select"]
 
     def rounded(rows):  # retrieval: FAISS in process, a torch scan on the actors; cosines agree to ~1e-6
         return [{**row, "selection": [{**r, "similarity": round(r.get("similarity", 0), 4)}
