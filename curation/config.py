@@ -222,7 +222,7 @@ class DedupStage(Strict):
     nprobe: int = Field(default=8, ge=1)  # IVF cells each image looks into
     batch_size: int = Field(default=16_384, ge=1)  # query rows per search call: bounds memory
     against: tuple[str, ...] = ()  # published versions (NAME@vN or NAME) whose images win: incremental dedup
-    distributed: bool = False  # IVF self-join: scan the cells as Ray tasks over the cluster (executor ray)
+    distributed: bool = False  # the IVF self-join's cells and decontamination's search as Ray tasks (executor ray)
 
 
 class PromptRule(Strict):

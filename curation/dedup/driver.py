@@ -206,10 +206,10 @@ def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: 
     pool = load_matrix(catalog, home.vectors, model_id, pool_ids)  # memory-mapped float16: read in batches
     references = np.asarray(load_matrix(catalog, home.vectors, model_id, eval_ids), np.float32)
     graph_settings = spec.stages.dedup or DedupStage()
-    hits_i, hits_j, hits_s = cross_edges(pool, references, settings.threshold, graph_settings)
+    runner = executor() if graph_settings.distributed else None
+    hits_i, hits_j, hits_s = cross_edges(pool, references, settings.threshold, graph_settings, runner=runner)
     pool_i, pool_j, pool_s = knn_edges(pool, settings.threshold, graph_settings, progress=progress,
-                                       label="decontamination graph",
-                                       runner=executor() if graph_settings.distributed else None)  # fmt: skip
+                                       label="decontamination graph", runner=runner)  # fmt: skip
     count = len(pool_ids)
     graph = [
         Edges("pool", pool_i, pool_j, pool_s, settings.threshold),

@@ -41,6 +41,13 @@ TASKS_PER_CPU = 4  # distributed IVF self-join: cell blocks per cluster CPU, so 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]  # (query row, neighbour row, cosine)
 
 
+def _joined(parts: list[Candidates]) -> Candidates:
+    """The parts' candidates, one array per column, in order (empty columns for no parts)."""
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
 def ivf_cells(count: int) -> int:
     """nlist for a pool of `count` images: ~2 sqrt(N) cells, at least 39 images to train each (FAISS's floor)."""
     return max(1, min(count // 39, int(2 * math.sqrt(count))))
@@ -135,8 +142,7 @@ def scan_cells(block: tuple[int, list[tuple[np.ndarray, np.ndarray]]], matrix_pa
     vectors = np.load(matrix_path, mmap_mode="r")
     parts = [part for members, queries in cells if len(members)
              for part in _scan_cell(vectors, members, queries, threshold, k, batch_size)]  # fmt: skip
-    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-    return number, tuple(np.concatenate(column) for column in zip(*parts)) if parts else empty, len(cells)
+    return number, _joined(parts), len(cells)
 
 
 def _scan_cell(vectors: np.ndarray, members: np.ndarray, queries: np.ndarray, threshold: float, k: int,
@@ -241,7 +247,7 @@ def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage, timin
     parts = list(search(vectors, threshold, settings.k + 1, settings, timings, progress, label))  # +1: itself
     timings["search_s"] = time.perf_counter() - started - timings["build_s"]
     started = time.perf_counter()
-    edges = _pairs(*(np.concatenate(column) if parts else np.empty(0) for column in zip(*parts)), settings.k, count)
+    edges = _pairs(*_joined(parts), settings.k, count)
     timings["post_s"] = time.perf_counter() - started
     return edges
 
@@ -262,19 +268,40 @@ def _pairs(rows: np.ndarray, columns: np.ndarray, scores: np.ndarray, k: int, co
     return keys // count, keys % count, scores[first].astype(np.float32)
 
 
-def cross_edges(queries: np.ndarray, references: np.ndarray, threshold: float, settings: DedupStage):
-    """(query row, reference row, cosine) for query-reference pairs at or over `threshold` (decontamination)."""
+def cross_edges(queries: np.ndarray, references: np.ndarray, threshold: float, settings: DedupStage,
+                runner=None) -> Candidates:  # fmt: skip
+    """(query row, reference row, cosine) for query-reference pairs at or over `threshold` (decontamination).
+    With `runner` (a Ray executor), ranges of query rows are searched by its tasks, each opening the memory-mapped
+    `queries` by path; the ranges are whole batches, so the answer is the in-process one byte for byte."""
+    if runner is None:
+        return _cross_rows(queries, references, 0, len(queries), threshold, settings)
+    if not isinstance(queries, np.memmap):
+        raise TypeError("a distributed cross search reads the queries by path: pass the memory-mapped matrix")
+    batches = -(-len(queries) // settings.batch_size)
+    rows_per_task = settings.batch_size * max(1, -(-batches // (TASKS_PER_CPU * int(runner.resources()[0]))))
+    ranges = [(start, min(len(queries), start + rows_per_task)) for start in range(0, len(queries), rows_per_task)]
+    by_start = dict(runner.map(cross_task, ranges, str(queries.filename), references, threshold, settings))
+    return _joined([by_start[start] for start, _ in ranges])
+
+
+def _cross_rows(queries: np.ndarray, references: np.ndarray, start: int, stop: int, threshold: float,
+                settings: DedupStage) -> Candidates:  # fmt: skip
+    """cross_edges for query rows [start, stop), searched in batches of `settings.batch_size` from `start`."""
     import faiss
 
     index = faiss.IndexFlatIP(references.shape[1])
     index.add(np.ascontiguousarray(references, np.float32))
     found = []
-    for start in range(0, len(queries), settings.batch_size):
-        values, indices = index.search(np.ascontiguousarray(queries[start : start + settings.batch_size], np.float32),
-                                       min(settings.k, len(references)))  # fmt: skip
-        rows = np.arange(start, start + len(values))[:, None].repeat(values.shape[1], axis=1)
+    for first in range(start, stop, settings.batch_size):
+        batch = np.ascontiguousarray(queries[first : min(stop, first + settings.batch_size)], np.float32)
+        values, indices = index.search(batch, min(settings.k, len(references)))
+        rows = np.arange(first, first + len(values))[:, None].repeat(values.shape[1], axis=1)
         keep = (values >= threshold) & (indices >= 0)
         found.append((rows[keep], indices[keep], values[keep]))
-    if not found:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    return tuple(np.concatenate(parts) for parts in zip(*found))
+    return _joined(found)
+
+
+def cross_task(rows: tuple[int, int], matrix_path: str, references: np.ndarray, threshold: float,
+               settings: DedupStage) -> tuple[int, Candidates]:  # fmt: skip
+    """A Ray task: the cross search of one range of query rows, read from the memory-mapped matrix by path."""
+    return rows[0], _cross_rows(np.load(matrix_path, mmap_mode="r"), references, *rows, threshold, settings)

@@ -362,6 +362,11 @@ def test_the_ivf_join_reads_the_float16_matrix_and_on_ray_gives_the_same_edges(r
     with pytest.raises(TypeError, match="memory-mapped"):
         knn_edges(np.asarray(matrix, np.float32), 0.9, settings, runner=RayExecutor())
 
+    references = np.asarray(matrix[::50], np.float32) + 0.01  # decontamination's search: pool rows vs references
+    alone = graph.cross_edges(matrix, references, 0.9, settings)
+    spread = graph.cross_edges(matrix, references, 0.9, settings, runner=RayExecutor())  # 6 batches, 6 tasks
+    assert len(alone[0]) >= 60 and all(np.array_equal(a, b) for a, b in zip(alone, spread))
+
 
 def test_cell_blocks_cover_every_cell_once_with_even_work():
     from curation.dedup.graph import _cell_ranges
@@ -376,10 +381,15 @@ def test_cell_blocks_cover_every_cell_once_with_even_work():
 
 
 def test_a_distributed_dedup_run_drops_the_planted_copies(ray_local, planted, home):
-    spec = dedup_spec(planted, dedup={"threshold": 0.9, "index": "ivf", "distributed": True, "perceptual": False})
+    test_set = {"kind": "folder", "name": "test-set", "path": str(planted["evaluation"])}
+    spec = dedup_spec(planted, dedup={"threshold": 0.9, "index": "ivf", "distributed": True, "perceptual": False},
+                      decontaminate={"sets": [test_set], "threshold": 0.8})  # fmt: skip
     version = curation.open_version(curation.run(spec, home=home).version, home=home)
-    dropped = {row["uri"].rsplit("/", 1)[1] for row in version.provenance().to_pylist() if row["stage"] == "dedup"}
+    rows = version.provenance().to_pylist()
+    dropped = {row["uri"].rsplit("/", 1)[1] for row in rows if row["stage"] == "dedup"}
     assert dropped == {"copy-0.jpg", "copy-1.jpg", "copy-2.jpg", "copy-of-10.jpg"}
+    contaminated = {row["uri"].rsplit("/", 1)[1] for row in rows if row["reason"] == "contamination"}
+    assert contaminated == {planted["files"][10].name}  # its copy went in dedup already
     spec["execution"]["executor"] = "local"
     with pytest.raises(ValueError, match="stages.dedup.distributed"):
         PipelineSpec.model_validate(spec)
