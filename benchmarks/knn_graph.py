@@ -25,6 +25,10 @@ its import time is reported apart as `torch_import_s`):
 * `faiss_ivf_np<P>_<N>_s` (first nprobe only; `--no-faiss-ivf` skips it): FAISS's own `IndexIVFFlat` over cells
   trained the same way, add + search of all N: the IVF baseline; `ivf_np<P>_<N>_ratio_vs_faiss_ivf` and its
   `_edge_recall` (same edge definition, from its k+1 search).
+* `ivf_np<P>_<N>_float16_file_s` (first nprobe; `--no-ray` skips it): the same IVF on the vectors as a run hands
+  them over, a memory-mapped float16 file read in batches, and `_ray_tasks_s` with its cells scanned by Ray
+  tasks (`stages.dedup.distributed`; Ray started before any timing, `ray_start_s`), with the ratios and
+  `_ray_tasks_same_edges` (1: the edges are identical).
 * `components_<N>_s` and `group_duplicates_<N>_s`: `curation.dedup.groups` on flat's edges.
 * `dense_t<T>_<N>_*`: IVF at each nprobe at a low threshold (`--dense-threshold`, default 0.5, near
   decontamination's 0.45): up to N x k edges, where IVF misses neighbours and per-edge costs (pair dedup in
@@ -45,6 +49,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,13 +80,14 @@ def wait_for_idle(limit_s: float, below: float) -> tuple[float, float]:
 
 
 # --- timing ----------------------------------------------------------------------------------------------------
-def timed_edges(vectors: np.ndarray, threshold: float, settings) -> tuple[tuple[np.ndarray, ...], dict[str, float]]:
+def timed_edges(vectors: np.ndarray, threshold: float, settings,
+                runner=None) -> tuple[tuple[np.ndarray, ...], dict[str, float]]:  # fmt: skip
     """knn_edges and its own split of the time (index build, search, post-processing)."""
     from curation.dedup.graph import knn_edges
 
     split: dict[str, float] = {}
     started = time.perf_counter()
-    edges = knn_edges(vectors, threshold, settings, timings=split)
+    edges = knn_edges(vectors, threshold, settings, timings=split, runner=runner)
     return edges, {"s": time.perf_counter() - started, **split}
 
 
@@ -100,6 +106,31 @@ def faiss_ivf_search(vectors: np.ndarray, cells: int, nprobe: int, k: int) -> tu
     index.nprobe = nprobe
     result = index.search(vectors, k)
     return time.perf_counter() - started, result
+
+
+def ray_figures(figures: dict, vectors: np.ndarray, count: int, nprobe: int, args, runner) -> None:
+    """IVF at `nprobe` on the vectors as a pipeline run hands them over (a memory-mapped float16 file, read in
+    batches), in this process and as Ray tasks over blocks of cells (`stages.dedup.distributed`), against the
+    in-memory float32 run timed just before."""
+    from curation.config import DedupStage
+
+    settings = DedupStage(k=args.k, index="ivf", nprobe=nprobe)
+    prefix = f"ivf_np{nprobe}_{count}"
+    with tempfile.TemporaryDirectory(prefix="knn-graph-") as folder:
+        np.save(Path(folder) / "pool.npy", vectors.astype(np.float16))
+        matrix = np.load(Path(folder) / "pool.npy", mmap_mode="r")
+        in_process, split = timed_edges(matrix, args.threshold, settings)
+        figures[f"{prefix}_float16_file_s"] = round(split["s"], 2)
+        figures[f"{prefix}_float16_file_vs_float32_ratio"] = round(split["s"] / figures[f"{prefix}_s"], 3)
+        if runner is None:
+            return
+        on_ray, split = timed_edges(matrix, args.threshold, settings, runner=runner)
+    figures[f"{prefix}_ray_tasks_s"] = round(split["s"], 2)
+    figures[f"{prefix}_ray_tasks_vs_in_process_ratio"] = round(split["s"] / figures[f"{prefix}_float16_file_s"], 3)
+    figures[f"{prefix}_ray_tasks_same_edges"] = int(all(np.array_equal(a, b) for a, b in zip(in_process, on_ray)))
+    print(f"  knn_edges ivf nprobe {nprobe} on the float16 file: {figures[f'{prefix}_float16_file_s']:.2f} s in "
+          f"process, {figures[f'{prefix}_ray_tasks_s']:.2f} s as Ray tasks (same edges: "
+          f"{bool(figures[f'{prefix}_ray_tasks_same_edges'])})", flush=True)  # fmt: skip
 
 
 def pair_keys(i: np.ndarray, j: np.ndarray, count: int) -> np.ndarray:
@@ -133,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-idle", type=float, default=300.0,
                         help="seconds to wait for an idle machine before timing (default 300)")  # fmt: skip
     parser.add_argument("--idle-load", type=float, default=0.5, help="idle = 1-minute load below this (default 0.5)")
+    parser.add_argument("--no-ray", dest="ray", action="store_false",
+                        help="skip IVF on the float16 file and as Ray tasks (default: first nprobe)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="result JSON (default benchmarks/results/...)")
     parser.add_argument("--no-write", action="store_true", help="print figures only, write no result file")
     args = parser.parse_args(argv)
@@ -170,11 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     load_seen = os.getloadavg()[0]
     load_start, waited = wait_for_idle(args.wait_idle, args.idle_load)
     print(f"load:    {load_start:.2f} (1-minute load average at start; {load_seen:.2f} before waiting {waited:.0f} s)")
+    runner = None
+    if args.ray and not cuda:
+        from curation.executors.ray import RayExecutor
+
+        t0 = time.perf_counter()
+        runner = RayExecutor(num_cpus=cores())  # started before any timing
+        figures_ray_start_s = round(time.perf_counter() - t0, 2)
     meter = CpuMeter()
 
     figures: dict[str, Any] = {"dim": args.dim, "k": args.k, "threshold": args.threshold,
                                "torch_import_s": round(torch_import_s, 2)}  # fmt: skip
     notes: list[str] = []
+    if runner is not None:
+        figures["ray_start_s"] = figures_ray_start_s
     # warm-up: BLAS, OpenMP pool and faiss code paths
     warm = zipf_mixture(2000, args.dim, args.seed + 1, NEAR_DUPLICATES)
     timed_edges(warm, args.threshold, DedupStage(k=args.k, index="flat"))
@@ -268,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  faiss IndexIVFFlat nprobe {nprobe}: {seconds:7.2f} s (train + add + search); knn_edges ivf = "
                   f"{figures[f'ivf_np{nprobe}_{count}_ratio_vs_faiss_ivf']:.3f}x of it", flush=True)  # fmt: skip
             del values, indices
+        if args.ray and nprobes:  # what a run does: the float16 vector file, in process and as Ray tasks
+            ray_figures(figures, vectors, count, nprobes[0], args, runner)
         if flat_edges is None and best_ivf is None:
             continue
         i, j, similarity = flat_edges if flat_edges is not None else best_ivf
