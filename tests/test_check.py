@@ -33,6 +33,7 @@ def test_shipped_specs_check_clean(spec):
     else:
         assert [w for w in report["warnings"] if "is not on this machine" not in w] == []
         assert any(stage.startswith("select compose") and "k-means on" in stage for stage in report["stages"])
+        assert any(stage.startswith("dedup") and "IVF cells as Ray tasks" in stage for stage in report["stages"])
 
 
 def test_counts_what_the_planner_would_list(tmp_path):

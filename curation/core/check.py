@@ -137,7 +137,8 @@ def _describe_stages(spec: PipelineSpec, report: CheckReport) -> list[str]:
         dedup = stages.dedup
         methods = [f"pHash d<={dedup.phash_max_distance}"] if dedup.perceptual else []
         if dedup.copy_detection:
-            methods.append(f"k-NN graph k={dedup.k}, cosine>={dedup.threshold}, index {dedup.index}")
+            on = " (IVF cells as Ray tasks)" if dedup.distributed else ""
+            methods.append(f"k-NN graph k={dedup.k}, cosine>={dedup.threshold}, index {dedup.index}{on}")
         if dedup.against:
             methods.append(f"against {', '.join(dedup.against)}")
         described.append(f"dedup ({'; '.join(methods) or 'exact copies only'})")

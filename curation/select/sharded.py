@@ -24,12 +24,25 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+import curation.select.kmeans as kmeans_module
 from curation.errors import RunError
-from curation.select.kmeans import Points, StreamedPoints, compute_device, fits
+from curation.select.kmeans import Points, StreamedPoints, compute_device, fits, resident_budget
 from curation.select.retrieval import streamed_top_k
 
 _SET_KEYS = itertools.count(1)  # one id per point set, shared by the actors that hold its parts
 ACTOR_START_S = 120  # how long the shard actors may wait for room on the cluster
+
+
+def _node_share() -> float:
+    """This actor's share of what it runs on: its fraction of a GPU, else its CPUs' share of its node's."""
+    import ray
+
+    context = ray.get_runtime_context()
+    assigned = context.get_assigned_resources()
+    if assigned.get("GPU"):
+        return min(1.0, assigned["GPU"])
+    node = next(node for node in ray.nodes() if node["NodeID"] == context.get_node_id())
+    return min(1.0, assigned.get("CPU", 1.0) / max(1.0, node["Resources"].get("CPU", 1.0)))
 
 
 def _floor(share: float) -> float:
@@ -43,6 +56,9 @@ class PointShard:
     def __init__(self, matrix_path: str):
         self.matrix = np.load(matrix_path, mmap_mode="r")
         self.sets: dict[int, Points | StreamedPoints] = {}
+        # The actors on one node (or one GPU) all see its whole free memory: each may use its share of the budget.
+        # This process is the actor's alone, so the module's budget is set for it here.
+        kmeans_module.RESIDENT_BUDGET_BYTES = int(resident_budget(compute_device()) * _node_share())
 
     def _points(self, key: int, rows: np.ndarray) -> Points | StreamedPoints:
         if key not in self.sets:  # the set's first call here, or a call retried on a restarted actor

@@ -109,3 +109,19 @@ def test_shards_that_find_no_room_fail_clearly_and_leave_nothing_running(executo
         monkeypatch.undo()
     with shard_pool(executor, float16_pool, 2) as pool:  # the failed pool released what it had asked for
         assert len(pool.points()) == 5000
+
+
+def test_actors_on_one_node_split_its_memory_budget(executor, float16_pool):
+    """Every actor on a node sees the node's whole free memory; each keeps to its CPUs' share of the budget (two
+    actors on this 2-CPU node: half each), so together they never claim more than one process would."""
+    import ray
+
+    def budget(shard) -> int:
+        import curation.select.kmeans
+
+        return curation.select.kmeans.RESIDENT_BUDGET_BYTES
+
+    with shard_pool(executor, float16_pool, 2) as pool:
+        budgets = ray.get([actor.__ray_call__.remote(budget) for actor in pool.actors])
+    whole = kmeans_module.resident_budget(kmeans_module.compute_device())
+    assert all(0.35 * whole < share < 0.65 * whole for share in budgets)
