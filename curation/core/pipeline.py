@@ -324,7 +324,8 @@ def _compose(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, mo
     if model_id is not None and image_ids:
         vectors = load_matrix(catalog, home.vectors, model_id, image_ids)  # memory-mapped: compose streams past RAM
     shards = spec.stages.select.shards
-    sharding = shard_pool(executor.get(), vectors, shards) if shards > 1 and vectors is not None else nullcontext()
+    uses_vectors = vectors is not None and any(part.kind != "source" for part in spec.stages.select.parts)
+    sharding = shard_pool(executor.get(), vectors, shards) if shards > 1 and uses_vectors else nullcontext()
     with sharding as pool:
         selection, details = compose(spec.stages.select, image_ids, [sources[i] for i in image_ids], vectors,
                                      workdir=home.runs.root / run_id / "select", shards=pool,
