@@ -4,7 +4,7 @@
 # Fashion-MNIST's IDX files (.gz or .xz) stands in for Debian's dataset-fashion-mnist. Result files are
 # copied to $OUT.
 set -euo pipefail
-step=${1:?usage: benchmarks/device/run.sh knn|selection|embed|train|fmnist}
+step=${1:?usage: benchmarks/device/run.sh knn|selection|streaming|embed|train|fmnist}
 cd "$(dirname "$0")/../.."
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -25,6 +25,7 @@ case "$step" in
   knn) "$python" benchmarks/knn_graph.py --sizes "${KNN_SIZES:-100000,1000000}" --flat-limit-s 60 --wait-idle 0 ;;
   selection) "$python" benchmarks/selection_balance.py --device "${DEVICE:-cuda}" --skip-balance --n "${SELECTION_N:-1000000}" \
                --levels "${SELECTION_LEVELS:-10000,1000,100,10}" --steps 1,10,10,10 --iterations 50 --faiss-repeats 1 ;;
+  streaming) "$python" benchmarks/selection_streaming.py --n "${STREAMING_N:-1000000}" ;;  # GPU k-means + retrieval scan
   # shellcheck disable=SC2086  # EMBED_ARGS holds several words, e.g. "--compile --batch-sizes 512"
   embed) "$python" benchmarks/embed_throughput.py --device "${DEVICE:-cuda}" ${EMBED_ARGS:-} ;;
   train) fashion_mnist_version
