@@ -30,6 +30,7 @@ RESIDENT_BUDGET_BYTES: int | None = None  # a fixed budget instead of the share 
 RESAMPLING_ITERATIONS = 10  # Lloyd iterations of each resampling step's k-means
 
 Passes = Callable[[int], None]  # told how many Lloyd passes just finished (a progress bar's update)
+Farthest = Callable[[int], torch.Tensor]  # m -> positions of the m points farthest from their centroids
 
 
 def compute_device() -> torch.device:
@@ -74,6 +75,12 @@ class _LocalPasses:
     def nearest(self, centroids: np.ndarray | torch.Tensor,
                 sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         return _nearest(self, centroids, sums)
+
+    def lloyd(self, centroids: torch.Tensor, sums: torch.Tensor) -> tuple[torch.Tensor, Farthest]:
+        """One Lloyd pass: adds every point to its centroid's row of `sums`; returns the cluster sizes and
+        `farthest(m)`, the positions of the m points farthest from their centroid (to re-seed empty clusters)."""
+        labels, distances = _nearest(self, centroids, sums)
+        return torch.bincount(labels, minlength=len(centroids)), lambda m: distances.topk(m).indices
 
 
 @dataclass(frozen=True)
@@ -281,12 +288,12 @@ def kmeans(points: np.ndarray | Points | StreamedPoints, k: int, *, iterations: 
     table = torch.as_tensor(centroids, device=points.device)
     for _ in range(iterations):
         sums = torch.zeros_like(table)
-        labels, distances = points.nearest(table, sums)
-        counts = torch.bincount(labels, minlength=k)
+        counts, farthest = points.lloyd(table, sums)
+        counts = counts.to(table.device)
         table = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], table)
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
-            table[empty] = points.gather(distances.topk(len(empty)).indices).float()
+            table[empty] = points.gather(farthest(len(empty))).float().to(table.device)
         if on_pass is not None:
             on_pass(1)
     centroids = table.cpu().numpy()

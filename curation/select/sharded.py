@@ -4,9 +4,10 @@ DINOv3 clustered a 17B-image pool; ssl-data-curation spreads that k-means over t
 run's Ray cluster holds it: each `PointShard` actor owns a contiguous share of the points, read by path from the
 memory-mapped vector matrix (on the home, which every node of a multi-node cluster must see), resident on the
 actor's device (its GPU when Ray gave it one) or streamed when its share does not fit there (`Points.of`
-decides, per actor). A pass sends the centroids to every actor; each returns its points' labels and squared
-distances and its cluster sums, which the driver adds up. So a Lloyd iteration moves k x d floats and a few
-bytes per point, never the vectors; per-point scalars live on the driver, as they do everywhere in the pipeline.
+decides, per actor). A Lloyd pass sends the centroids to every actor; each returns its cluster sums and sizes
+and its k points farthest from their centroids (to re-seed empty clusters), which the driver merges: k-sized
+results, whatever the pool's size. Per-point labels and distances come back only for a final assignment or a
+resampling step (per-point scalars live on the driver, as everywhere in the pipeline); the vectors never travel.
 
 A subset (k-means++ candidates, resampled points, one cluster's members) that fits the driver's budget is read
 into a resident `Points` there; a larger one stays sharded, each actor keeping its own part. Every set is named
@@ -18,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -43,6 +44,10 @@ def _node_share() -> float:
         return min(1.0, assigned["GPU"])
     node = next(node for node in ray.nodes() if node["NodeID"] == context.get_node_id())
     return min(1.0, assigned.get("CPU", 1.0) / max(1.0, node["Resources"].get("CPU", 1.0)))
+
+
+def _table(centroids: np.ndarray | torch.Tensor) -> np.ndarray:
+    return torch.as_tensor(centroids, dtype=torch.float32).cpu().numpy()
 
 
 def _floor(share: float) -> float:
@@ -72,11 +77,23 @@ class PointShard:
         labels, distances = points.nearest(centroids, sums)
         return labels.cpu().numpy(), distances.cpu().numpy(), None if sums is None else sums.cpu().numpy()
 
+    def lloyd(self, key: int, rows: np.ndarray,
+              centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """One Lloyd pass over this share: (cluster sums, cluster sizes, and the squared distances and positions
+        of its k points farthest from their centroids, best first): all the driver needs, k-sized."""
+        points, centroids = self._points(key, rows), np.array(centroids)
+        sums = torch.zeros((len(centroids), points.dim), device=points.device)
+        labels, distances = points.nearest(centroids, sums)
+        far, positions = distances.topk(min(len(centroids), len(distances)))
+        counts = torch.bincount(labels, minlength=len(centroids))
+        return sums.cpu().numpy(), counts.cpu().numpy(), far.cpu().numpy(), positions.cpu().numpy()
+
     def read(self, key: int, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         return self._points(key, rows).rows(np.array(positions))
 
-    def top_k(self, rows: np.ndarray, seeds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The seeds' exact top k in this share (positions in it), scanned from the matrix chunk by chunk."""
+    def top_k(self, key: int, rows: np.ndarray, seeds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The seeds' exact top k in this share (positions in it), scanned from the matrix chunk by chunk (the set
+        itself is not needed: one pass)."""
         return streamed_top_k(seeds, self.matrix, rows, k, compute_device())
 
     def forget(self, key: int) -> None:
@@ -151,12 +168,7 @@ class ShardedPoints:
     def nearest(self, centroids: np.ndarray | torch.Tensor,
                 sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Every actor's pass over its share at once; `sums` (if given) receives the added-up cluster sums."""
-        import ray
-
-        table = ray.put(torch.as_tensor(centroids, dtype=torch.float32).cpu().numpy())
-        calls = [actor.nearest.remote(self.key, share, table, sums is not None)
-                 for actor, share in zip(self.actors, self.share_refs)]  # fmt: skip
-        results = ray.get(calls)
+        results = self._on_every_actor("nearest", _table(centroids), sums is not None)
         if sums is not None:
             for _, _, part in results:
                 sums += torch.tensor(part, device=sums.device)
@@ -164,23 +176,48 @@ class ShardedPoints:
         distances = self._logical(np.concatenate([distances for _, distances, _ in results]))
         return torch.from_numpy(labels), torch.from_numpy(distances)
 
+    def lloyd(self, centroids: torch.Tensor, sums: torch.Tensor) -> tuple[torch.Tensor, Callable]:
+        """One Lloyd pass on every actor at once (as `Points.lloyd`): per actor only k x d sums, k sizes and its k
+        farthest points come back, whatever the size of its share; per-point labels stay on the actors."""
+        found = self._on_every_actor("lloyd", _table(centroids))
+        for part, _, _, _ in found:
+            sums += torch.tensor(part, device=sums.device)
+        counts = torch.tensor(np.sum([sizes for _, sizes, _, _ in found], axis=0))
+        far = np.concatenate([distances for _, _, distances, _ in found])
+        placed = np.concatenate([positions + offset for (_, _, _, positions), offset in zip(found, self.offsets)])
+
+        def farthest(count: int) -> torch.Tensor:
+            return torch.from_numpy(self._logical_positions(placed[np.argsort(-far, kind="stable")[:count]]))
+
+        return counts, farthest
+
     def top_k(self, seeds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) of each seed's exact k nearest points, best first (-1 where fewer exist): every
         actor's top k of its share, merged on the driver."""
-        import ray
-
-        queries = ray.put(np.ascontiguousarray(seeds, np.float32))
-        found = ray.get([actor.top_k.remote(share, queries, k) for actor, share in zip(self.actors, self.share_refs)])
+        found = self._on_every_actor("top_k", np.ascontiguousarray(seeds, np.float32), k)
         scores = np.concatenate([share_scores for share_scores, _ in found], axis=1)
         placed = np.concatenate([np.where(ids >= 0, ids + offset, -1) for (_, ids), offset in zip(found, self.offsets)],
                                 axis=1)  # fmt: skip
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         placed = np.take_along_axis(placed, best, axis=1)
-        if self.order is not None:  # concatenation position -> logical position
-            logical = np.empty_like(self.order)
-            logical[self.order] = np.arange(len(self.order))
-            placed = np.where(placed >= 0, logical[placed], -1)
-        return np.take_along_axis(scores, best, axis=1), placed
+        logical = np.where(placed >= 0, self._logical_positions(np.maximum(placed, 0)), -1)
+        return np.take_along_axis(scores, best, axis=1), logical
+
+    def _on_every_actor(self, method: str, *args) -> list:
+        """`method(set key, its share's rows, *args)` on every actor at once; arrays go to the object store once."""
+        import ray
+
+        shared = [ray.put(arg) if isinstance(arg, np.ndarray) else arg for arg in args]
+        return ray.get([getattr(actor, method).remote(self.key, share, *shared)
+                        for actor, share in zip(self.actors, self.share_refs)])  # fmt: skip
+
+    def _logical_positions(self, placed: np.ndarray) -> np.ndarray:
+        """Positions in the concatenation of the shares -> logical positions (the inverse of `order`)."""
+        if self.order is None:
+            return placed
+        logical = np.empty_like(self.order)
+        logical[self.order] = np.arange(len(self.order))
+        return logical[placed]
 
     def _placed(self, positions: np.ndarray) -> np.ndarray:
         return positions if self.order is None else self.order[positions]

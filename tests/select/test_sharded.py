@@ -125,3 +125,26 @@ def test_actors_on_one_node_split_its_memory_budget(executor, float16_pool):
         budgets = ray.get([actor.__ray_call__.remote(budget) for actor in pool.actors])
     whole = kmeans_module.resident_budget(kmeans_module.compute_device())
     assert all(0.35 * whole < share < 0.65 * whole for share in budgets)
+
+
+def test_lloyd_passes_bring_back_no_per_point_data_and_reseed_empty_clusters_alike(executor, float16_pool,
+                                                                                   monkeypatch):  # fmt: skip
+    """Iterations move only k-sized results (sums, sizes, each actor's k farthest points); per-point labels come
+    back once, at the end. Clusters left empty (here: two centroids far from every point) are re-seeded with the
+    same farthest points as in process."""
+    init = np.asarray(float16_pool[:10], np.float32)
+    init[3], init[7] = 40.0, -40.0  # nothing is nearest to these
+    expected = kmeans(Points.of(float16_pool), 10, iterations=5, init=init)
+    per_point_passes = []
+    real_nearest = ShardedPoints.nearest
+
+    def counting_nearest(self, centroids, sums=None):
+        per_point_passes.append(len(self))
+        return real_nearest(self, centroids, sums)
+
+    monkeypatch.setattr(ShardedPoints, "nearest", counting_nearest)
+    with shard_pool(executor, float16_pool, 3) as pool:
+        centroids, labels = kmeans(pool.points(), 10, iterations=5, init=init)
+    assert per_point_passes == [5000]  # the final assignment only
+    assert np.allclose(centroids, expected[0], atol=1e-5) and np.array_equal(labels, expected[1])
+    assert np.abs(centroids).max() < 2 and len(np.unique(labels)) == 10  # the far centroids were re-seeded
