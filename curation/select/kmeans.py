@@ -70,7 +70,8 @@ def _chunk_rows(k: int) -> int:
 
 
 class _LocalPasses:
-    """The pass every kind of points offers; these run it here, chunk by chunk (sharded points run it remotely)."""
+    """The passes every kind of points offers (`nearest`, `lloyd`); these run them here, chunk by chunk (sharded
+    points run them on their actors)."""
 
     def nearest(self, centroids: np.ndarray | torch.Tensor,
                 sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip

@@ -70,12 +70,9 @@ class PointShard:
             self.sets[key] = Points.of(self.matrix, rows=rows)
         return self.sets[key]
 
-    def nearest(self, key: int, rows: np.ndarray, centroids: np.ndarray,
-                with_sums: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # fmt: skip
-        points, centroids = self._points(key, rows), np.array(centroids)  # Ray's arguments are read-only
-        sums = torch.zeros((len(centroids), points.dim), device=points.device) if with_sums else None
-        labels, distances = points.nearest(centroids, sums)
-        return labels.cpu().numpy(), distances.cpu().numpy(), None if sums is None else sums.cpu().numpy()
+    def nearest(self, key: int, rows: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels, distances = self._points(key, rows).nearest(np.array(centroids))  # Ray's arguments are read-only
+        return labels.cpu().numpy(), distances.cpu().numpy()
 
     def lloyd(self, key: int, rows: np.ndarray,
               centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
@@ -165,15 +162,12 @@ class ShardedPoints:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def nearest(self, centroids: np.ndarray | torch.Tensor,
-                sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Every actor's pass over its share at once; `sums` (if given) receives the added-up cluster sums."""
-        results = self._on_every_actor("nearest", _table(centroids), sums is not None)
-        if sums is not None:
-            for _, _, part in results:
-                sums += torch.tensor(part, device=sums.device)
-        labels = self._logical(np.concatenate([labels for labels, _, _ in results]))
-        distances = self._logical(np.concatenate([distances for _, distances, _ in results]))
+    def nearest(self, centroids: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(nearest centroid, squared distance) of every point: each actor's pass over its share, at once. Cluster
+        sums are `lloyd`'s, which keeps the per-point results on the actors."""
+        results = self._on_every_actor("nearest", _table(centroids))
+        labels = self._logical(np.concatenate([labels for labels, _ in results]))
+        distances = self._logical(np.concatenate([distances for _, distances in results]))
         return torch.from_numpy(labels), torch.from_numpy(distances)
 
     def lloyd(self, centroids: torch.Tensor, sums: torch.Tensor) -> tuple[torch.Tensor, Callable]:

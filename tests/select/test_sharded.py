@@ -138,9 +138,9 @@ def test_lloyd_passes_bring_back_no_per_point_data_and_reseed_empty_clusters_ali
     per_point_passes = []
     real_nearest = ShardedPoints.nearest
 
-    def counting_nearest(self, centroids, sums=None):
+    def counting_nearest(self, centroids):
         per_point_passes.append(len(self))
-        return real_nearest(self, centroids, sums)
+        return real_nearest(self, centroids)
 
     monkeypatch.setattr(ShardedPoints, "nearest", counting_nearest)
     with shard_pool(executor, float16_pool, 3) as pool:
