@@ -29,6 +29,7 @@ import numpy as np
 
 from curation.config import DedupStage
 from curation.core.progress import Progress
+from curation.embed.vectors import matrix_path
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,9 @@ def _ivf_join(vectors: np.ndarray, threshold: float, k: int, settings: DedupStag
         blocks = [[cell(number) for number in range(first, stop)]
                   for first, stop in _cell_ranges(work, TASKS_PER_CPU * int(runner.resources()[0]))]  # fmt: skip
         found = {}
-        for number, candidates, scanned in runner.map(scan_cells, list(enumerate(blocks)), str(vectors.filename),
-                                                      threshold, k, settings.batch_size):  # fmt: skip
+        path = matrix_path(vectors, "a distributed IVF self-join")
+        for number, candidates, scanned in runner.map(scan_cells, list(enumerate(blocks)), path, threshold, k,
+                                                      settings.batch_size):  # fmt: skip
             found[number] = candidates
             bar.update(scanned)
         for number in sorted(found):  # cell order, as in one process: the same edges, byte for byte
@@ -241,8 +243,7 @@ def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage, timin
     started = time.perf_counter()
     progress = progress or Progress()  # silent: no bar, never cancelled
     if search is _ivf_join and runner is not None:  # the cells as Ray tasks, reading the matrix by path
-        if not isinstance(vectors, np.memmap):
-            raise TypeError("a distributed IVF self-join reads the vectors by path: pass the memory-mapped matrix")
+        matrix_path(vectors, "a distributed IVF self-join")  # before the cells are built, not after
         search = partial(_ivf_join, runner=runner)
     parts = list(search(vectors, threshold, settings.k + 1, settings, timings, progress, label))  # +1: itself
     timings["search_s"] = time.perf_counter() - started - timings["build_s"]
@@ -275,12 +276,11 @@ def cross_edges(queries: np.ndarray, references: np.ndarray, threshold: float, s
     `queries` by path; the ranges are whole batches, so the answer is the in-process one byte for byte."""
     if runner is None:
         return _cross_rows(queries, references, 0, len(queries), threshold, settings)
-    if not isinstance(queries, np.memmap):
-        raise TypeError("a distributed cross search reads the queries by path: pass the memory-mapped matrix")
+    path = matrix_path(queries, "a distributed cross search")
     batches = -(-len(queries) // settings.batch_size)
     rows_per_task = settings.batch_size * max(1, -(-batches // (TASKS_PER_CPU * int(runner.resources()[0]))))
     ranges = [(start, min(len(queries), start + rows_per_task)) for start in range(0, len(queries), rows_per_task)]
-    by_start = dict(runner.map(cross_task, ranges, str(queries.filename), references, threshold, settings))
+    by_start = dict(runner.map(cross_task, ranges, path, references, threshold, settings))
     return _joined([by_start[start] for start, _ in ranges])
 
 

@@ -90,3 +90,11 @@ def load_matrix(catalog: Catalog, store: LocalStore, model_id: str, image_ids: l
     del matrix
     Path(temporary).replace(path)
     return np.load(path, mmap_mode="r")
+
+
+def matrix_path(matrix: np.ndarray, what: str) -> str:
+    """Where `matrix` (load_matrix's memory-mapped file) lies, for Ray workers that open it by path themselves;
+    anything else is a TypeError naming `what` needed it."""
+    if not isinstance(matrix, np.memmap):
+        raise TypeError(f"{what} reads the vectors by path: pass the memory-mapped matrix load_matrix returns")
+    return str(matrix.filename)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import curation.select.kmeans as kmeans_module
+from curation.embed.vectors import matrix_path
 from curation.errors import RunError
 from curation.select.kmeans import Points, StreamedPoints, compute_device, fits, resident_budget
 from curation.select.retrieval import streamed_top_k
@@ -107,14 +108,14 @@ class ShardPool:
     """The actors that hold the shares, over one memory-mapped matrix; `points(rows)` makes a sharded set."""
 
     def __init__(self, executor, matrix: np.memmap, shards: int):
-        if not isinstance(matrix, np.memmap):
-            raise TypeError("sharded points are read by path: pass the memory-mapped vector matrix")
         import ray
+
+        path = matrix_path(matrix, "stages.select.shards")
 
         cpus, gpus = executor.resources()
         share = {"num_cpus": _floor(cpus / shards), "num_gpus": _floor(min(1.0, gpus / shards))}
         self.executor, self.count, self.dim = executor, len(matrix), matrix.shape[1]
-        self.actors = executor.start_actors(PointShard, shards, str(matrix.filename), spread=True, **share)
+        self.actors = executor.start_actors(PointShard, shards, path, spread=True, **share)
         self.open, self.forgetting = True, []
         try:
             self.nodes = ray.get([actor.ready.remote() for actor in self.actors], timeout=ACTOR_START_S)
