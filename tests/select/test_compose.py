@@ -92,3 +92,15 @@ def test_compose_publishes_parts_with_reasons(ray_local, tmp_path, home):
 
     assert rounded(curation.open_version(sharded.version, home=tmp_path / "sharded").samples().to_pylist()) == \
         rounded(samples)  # fmt: skip
+
+
+def test_shards_start_only_for_parts_that_use_vectors(ray_local, tmp_path, home):
+    """A composition of curated sources alone runs no k-means: no shard actors are started for it."""
+    clip_art = {"kind": "folder", "name": "clip", "path": str(FIXTURE_IMAGES / "openclipart")}
+    spec = {"name": "curated-only", "sources": [clip_art],
+            "stages": {"decode": {"min_side": 16}, "embed": {"model": "builtin"},
+                       "select": {"mode": "compose", "shards": 2,
+                                  "parts": [{"kind": "source", "name": "clip", "sources": ["clip"]}]}},
+            "execution": {"executor": "ray"}}  # fmt: skip
+    result = curation.run(spec, home=home)
+    assert result.stats["select"]["selected"] > 0 and "shards" not in result.stats["select"]
