@@ -94,7 +94,7 @@ def test_compose_publishes_parts_with_reasons(ray_local, tmp_path, home):
         rounded(samples)  # fmt: skip
 
 
-def test_shards_start_only_for_parts_that_use_vectors(ray_local, tmp_path, home):
+def test_shards_start_only_for_parts_that_use_vectors(ray_local, home):
     """A composition of curated sources alone runs no k-means: no shard actors are started for it."""
     clip_art = {"kind": "folder", "name": "clip", "path": str(FIXTURE_IMAGES / "openclipart")}
     spec = {"name": "curated-only", "sources": [clip_art],
