@@ -288,8 +288,20 @@ class StorageSettings(Strict):
     blobs: str | None = None  # content-addressed image bytes; default HOME/blobs; may be s3://bucket/prefix
 
 
+class ImageTransform(Strict):
+    """Published images resized and/or re-encoded (img2dataset's image_size, resize_mode, encode_format); an
+    image that needs neither is published as its original bytes. curation/publish/transform.py."""
+
+    resize: Literal["shorter_side", "longer_side", "center_crop", "none"] = "shorter_side"
+    size: int = Field(default=512, ge=16, le=16384)  # that side's length in pixels (center_crop: the square's)
+    upscale: bool = False  # False: images already within `size` keep their size
+    format: Literal["JPEG", "WEBP", "PNG"] | None = None  # null: the original's format (MPO -> JPEG)
+    quality: int = Field(default=90, ge=1, le=100)  # JPEG and WebP
+
+
 class PublishSettings(Strict):
     uri: str | None = None  # where versions go; default HOME/datasets; may be s3://bucket/prefix
+    image: ImageTransform | None = None  # null: publish the original bytes
     shard_max_samples: int = Field(default=1000, ge=1)
     shard_max_bytes: int = Field(default=512 * 2**20, ge=1)
 

@@ -45,6 +45,7 @@ class Reason(StrEnum):
     OPTED_OUT = "opted_out"  # an opt-out request covers it (detail: the request id and how it matched)
     LICENSE_DENIED = "license_denied"  # its licence is on policy.licenses.deny, or not on a given allow list
     LICENSE_UNKNOWN = "license_unknown"  # no licence known, and policy.licenses.unknown is drop
+    TRANSFORM_FAILED = "transform_failed"  # publish.image: the selected image could not be resized or re-encoded
 
 
 KEPT = "kept"

@@ -257,15 +257,16 @@ def test_local_executor_gives_the_same_version_as_ray(ray_local, fixture_pool, t
     assert content[0] == content[1]
 
 
-def test_sample_metadata_validates_against_schema(ray_local, fixture_pool, home):
+@pytest.mark.parametrize("image", [None, {"size": 24, "format": "JPEG"}], ids=["originals", "transformed"])
+def test_sample_metadata_validates_against_schema(ray_local, fixture_pool, home, image):
     import jsonschema
     from referencing import Registry, Resource
 
     import manifests
 
-    version = curation.open_version(
-        curation.run(spec_for([folder("clipart", fixture_pool)]), home=home).version, home=home
-    )
+    spec = spec_for([folder("clipart", fixture_pool)])
+    spec["publish"]["image"] = image
+    version = curation.open_version(curation.run(spec, home=home).version, home=home)
     registry = Registry().with_resource(
         "https://curation.dev/schemas/provenance.schema.json", Resource.from_contents(manifests.load("provenance"))
     )

@@ -35,6 +35,7 @@ from curation.executors import make_executor
 from curation.ingest import Block, plan_blocks
 from curation.ingest.stage import BlockSummary, block_output_key, ingest_block
 from curation.publish.release import publish
+from curation.publish.transform import derive_images, published_form
 from curation.select.compose import compose
 from curation.select.report import build_reports
 from curation.select.sharded import shard_pool
@@ -177,13 +178,28 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         if spec.stages.select.mode == "compose":
             selection, stats["select"], reports = _compose(spec, home, catalog, run_id, kept, model_id, executor,
                                                            progress)  # fmt: skip
+        _select_stage(catalog, run_id, kept, selection)
+        if selection is not None:
+            chosen = [image_id in selection for image_id in kept["image_id"].to_pylist()]
+            kept = kept.filter(pa.array(chosen, pa.bool_()))
+        params = spec.stages.select.model_dump(mode="json")
+        lineage.append({"stage": "select", "params": params, **_model(model_id)})
+        samples = _samples(kept, selection)
+        if spec.publish.image is not None:
+            progress.stage("derive")
+            derived, stats["derive"] = derive_images(samples, spec.publish.image, home.blobs(spec), home.runs, run_id,
+                                                     executor.get, block_size=spec.execution.block_size,
+                                                     progress=progress)  # fmt: skip
+            verdicts = {image_id: (Reason.TRANSFORM_FAILED, row["error"])
+                        for image_id, row in derived.items() if row["error"]}  # fmt: skip
+            kept = _drop_images(catalog, run_id, "publish", 10, kept, verdicts)
+            samples = [published_form(sample, derived[sample["image_id"]], spec.publish.image)
+                       for sample in samples if sample["image_id"] not in verdicts]  # fmt: skip
+        else:
+            samples = [published_form(sample, None, None) for sample in samples]
         stats["startup_seconds"] = executor.startup_seconds
     finally:
         executor.close()
-    _select_stage(catalog, run_id, kept, selection)
-    if selection is not None:
-        kept = kept.filter(pa.array([image_id in selection for image_id in kept["image_id"].to_pylist()], pa.bool_()))
-    lineage.append({"stage": "select", "params": spec.stages.select.model_dump(mode="json"), **_model(model_id)})
 
     started = time.perf_counter()
     release = publish(
@@ -191,7 +207,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         target=home.datasets(spec),
         staging=home.staging(spec, run_id),
         blobs=home.blobs(spec),
-        samples=_samples(kept, selection),
+        samples=samples,
         reports=reports,
         provenance=_version_provenance(catalog, run_id),
         name=spec.name,

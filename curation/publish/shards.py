@@ -48,7 +48,9 @@ SAMPLE_SCHEMA = pa.schema(
         ("part", pa.string()),  # composition part (the trainer draws homogeneous batches from one part)
         ("parts", pa.list_(pa.string())),  # every part that selected it, in priority order
         ("selection", pa.string()),  # JSON list of the reasons: part, rule, seed image/rank/similarity, cluster path
-        ("format", pa.string()),
+        ("sha256", pa.string()),  # of the published image bytes: the image id unless publish.image changed them
+        ("transform", pa.string()),  # JSON of the publish.image settings that made them; null: the original
+        ("format", pa.string()),  # format, size, bytes and mode are the published file's
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("bytes", pa.int64()),
@@ -119,7 +121,7 @@ def _write_one(batch: list[dict[str, Any]], blobs: BlobStore, root: Path, number
         for sample in batch:
             member = f"{sample['key']}.{EXTENSION_BY_FORMAT[sample['format']]}"
             row = {**sample, "shard": tar_name, "member": member}
-            archive.addfile(*_member(member, blobs.get(sample["image_id"])))
+            archive.addfile(*_member(member, blobs.get(sample["sha256"])))
             archive.addfile(*_member(f"{sample['key']}.json", sample_json(row)))
             rows.append(row)
     pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), root / index_name)

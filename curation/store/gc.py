@@ -89,16 +89,18 @@ def find_garbage(home: Home, catalog: Catalog, *, blobs: bool = False) -> list[C
 
 
 def _held_by_unfinished_runs(root: Path, catalog: Catalog) -> set[str]:
-    """Images an unfinished run has read, committed or not: its resume embeds them from the blob store."""
+    """Images an unfinished run has read, committed or not (its resume embeds them from the blob store), and
+    the published forms it has derived (publish.image: its resume writes them into shards)."""
     unfinished = [row["run_id"] for row in catalog.rows("SELECT run_id FROM runs WHERE status <> 'finished'")]
     held = set()
     for run_id in unfinished:
         rows = catalog.rows("SELECT DISTINCT image_id FROM provenance WHERE run_id = ? AND image_id IS NOT NULL",
                             [run_id])  # fmt: skip
         held |= {row["image_id"] for row in rows}
-        for block in (root / "runs" / run_id / "ingest").glob("block-*.parquet"):  # done, not yet committed
-            held |= {image_id for image_id in pq.read_table(block, columns=["image_id"])["image_id"].to_pylist()
-                     if image_id}  # fmt: skip
+        outputs = [(block, "image_id") for block in (root / "runs" / run_id / "ingest").glob("block-*.parquet")]
+        outputs += [(block, "sha256") for block in (root / "runs" / run_id / "publish").glob("derive-*.parquet")]
+        for block, column in outputs:  # done, not yet committed
+            held |= {key for key in pq.read_table(block, columns=[column])[column].to_pylist() if key}
     return held
 
 

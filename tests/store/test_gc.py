@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -120,3 +121,23 @@ def test_gc_refuses_while_another_process_writes(used_home):
         shown.exit_code == 0 and "would free (run with --delete)" in shown.output and "vector matrices" in shown.output
     )
     assert json.loads(CliRunner().invoke(cli, ["--home", str(home), "gc", "--json"]).output)["deleted"] is False
+
+
+def test_an_unfinished_runs_published_forms_stay(used_home, tmp_path):
+    home, *_ = used_home
+    other = tmp_path / "other"
+    other.mkdir()
+    for index in range(3):
+        (other / f"{index}.jpg").write_bytes(image_bytes(200 + index, (80, 60)))
+    (tmp_path / "a-file").write_bytes(b"")
+    failing = {"name": "fails", "sources": [{"kind": "folder", "name": "other", "path": str(other)}],
+               "execution": {"executor": "local"},
+               "publish": {"uri": str(tmp_path / "a-file" / "datasets"), "image": {"size": 20}}}  # fmt: skip
+    with pytest.raises(OSError):
+        curation.run(failing, home=home)  # derived, then failed at publish: unfinished, resumable
+    outputs = sorted((home / "runs").glob("*/publish/derive-*.parquet"))
+    derived = {row["sha256"] for path in outputs for row in pq.read_table(path).to_pylist()}
+    assert len(derived) == 3 and not derived & {path.name for path in (home / "blobs").glob("*/*")} == set()
+
+    collect_garbage(home, blobs=True, delete=True)
+    assert derived <= {path.name for path in (home / "blobs").glob("*/*")}
