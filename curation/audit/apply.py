@@ -12,7 +12,7 @@ import io
 import json
 import shutil
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,26 +56,49 @@ def embed_stage_of(lineage: list[dict[str, Any]]) -> EmbedStage:
     return EmbedStage(model="builtin")
 
 
+def earlier_removals(catalog: Catalog, requests: list[OptOutRequest]) -> list[OptOutRequest]:
+    """`removed_before` requests: every image an `optout apply` removed for a request in `requests` (in force)."""
+    by_id = {request.request_id: request for request in requests}
+    rows = catalog.rows("SELECT DISTINCT image_id, request_id FROM optout_removals ORDER BY image_id, request_id")
+    return [replace(by_id[row["request_id"]], kind="removed_before", value=row["image_id"])
+            for row in rows if row["request_id"] in by_id]  # fmt: skip
+
+
 def covered_images(catalog: Catalog, home: Home, blobs: BlobStore, stage: EmbedStage, image_ids: list[str],
                    uris: list[list[str]], requests: list[OptOutRequest], settings: MatchSettings,
                    ) -> tuple[list[Match], str | None]:  # fmt: skip
-    """Match active requests against images; vectors come from (and missing ones go into) the embedding cache.
-    Returns the matches and the model id whose vectors were used."""
+    """The images among `image_ids` that active `requests` (or earlier removals for them) cover.
+
+    URL and hash kinds need no pixels. Uploads, and the near-duplicates of whatever matched, use vectors from
+    (and missing ones go into) the embedding cache; an image that cannot be embedded still matches the exact
+    kinds. Hashes the requests name outside `image_ids` whose vectors are cached take part as seeds, so a copy
+    of an opted-out image is caught even where the original never arrived. Returns the matches and the model id
+    whose vectors were used (None when none were needed)."""
     if not requests or not image_ids:
         return [], None
+    requests = [*requests, *earlier_removals(catalog, requests)]
     uploads = [request for request in requests if request.kind == "image"]
+    exact = match_images(requests, image_ids, uris)
     embedder = create_embedder(stage)
-    missing = sorted(set(image_ids) - catalog.embedded_ids(embedder.model_id))
+    embedded = catalog.embedded_ids(embedder.model_id)
+    named = {request.value for request in requests if request.kind in ("sha256", "removed_before")}
+    seeds = sorted((named - set(image_ids)) & embedded)
+    if not (uploads or exact or seeds):
+        return [], None
+    missing = sorted(set(image_ids) - embedded)
+    failures: set[str] = set()
     if missing:
         run_id = f"optout-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
         EmbedBlocks(stage, blobs, home.vectors, run_id)(Block(0, "embed", "embed", tuple(missing)))
-        failures = commit_blocks(catalog, home.vectors, embedder.model_id, run_id, [Block(0, "embed", "embed", ())])
-        image_ids_ok = [image_id for image_id in image_ids if image_id not in failures]
-    else:
-        image_ids_ok = image_ids
-    keep = [i for i, image_id in enumerate(image_ids) if image_id in set(image_ids_ok)]
-    image_ids, uris = [image_ids[i] for i in keep], [uris[i] for i in keep]
-    vectors = np.asarray(load_matrix(catalog, home.vectors, embedder.model_id, image_ids), np.float32)
+        block = Block(0, "embed", "embed", ())
+        failures = set(commit_blocks(catalog, home.vectors, embedder.model_id, run_id, [block]))
+    everything = [*image_ids, *seeds]
+    rows = [i for i, image_id in enumerate(everything) if image_id not in failures]
+    vectors = None
+    if rows:
+        found = load_matrix(catalog, home.vectors, embedder.model_id, [everything[i] for i in rows])
+        vectors = np.zeros((len(everything), found.shape[1]), np.float32)  # no vector: only exact kinds match
+        vectors[rows] = found
     request_vectors, request_phashes = {}, {}
     for request in uploads:
         data = home.uploads.get(request.value)
@@ -91,10 +114,11 @@ def covered_images(catalog: Catalog, home: Home, blobs: BlobStore, stage: EmbedS
                 cache[image_id] = None
         return cache[image_id]
 
-    matches = match_images(requests, image_ids, uris, vectors=vectors, request_vectors=request_vectors,
-                           phashes=sample_phash if uploads else None, request_phashes=request_phashes,
-                           settings=settings)  # fmt: skip
-    return matches, embedder.model_id
+    matches = match_images(requests, everything, [*uris, *[[] for _ in seeds]], vectors=vectors,
+                           request_vectors=request_vectors, phashes=sample_phash if uploads else None,
+                           request_phashes=request_phashes, settings=settings)  # fmt: skip
+    wanted = set(image_ids)
+    return [match for match in matches if match.image_id in wanted], embedder.model_id
 
 
 def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = None) -> ApplyResult:
@@ -127,7 +151,7 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
             name=parent["name"], version=number,
             parent={"ref": parent_ref, "version": parent["version"], "manifest_sha256": parent["manifest_sha256"]},
             run_id=manifest["run_id"], spec=manifest["spec"], spec_sha256=manifest["spec_sha256"],
-            lineage=[*manifest["lineage"], _optout_step(requests, active, matches, model_id, settings)],
+            lineage=[*manifest["lineage"], optout_step(requests, active, matches, model_id, settings)],
             counts=child["counts"], dropped=child["dropped"],
             changes={"added": 0, "removed": len(matches)}, files=child["files"], shards=child["shards"],
             removed=[{"image_id": m.image_id, "request_id": m.request_id, "method": m.method,
@@ -173,11 +197,11 @@ def _write_child(root: ObjectStore, staging: Path, manifest: dict, samples: pa.T
         files += [file_entry(staging, shard["tar"], "shard"), file_entry(staging, shard["index"], "shard_index")]
         shards.append({**shard, "samples": survivors.num_rows})
     provenance = read_parquet(root, PROVENANCE)
-    provenance = _mark_removed(provenance, removed)
+    provenance, opted_out_inputs = _mark_removed(provenance, removed)
     pq.write_table(provenance, staging / PROVENANCE)
     files.append(file_entry(staging, PROVENANCE, "provenance"))
-    opted_out_inputs = sum(1 for row in provenance.to_pylist() if row["stage"] == "optout")
-    dropped = {**manifest["dropped"], "optout": {str(Reason.OPTED_OUT): opted_out_inputs}}
+    before = manifest["dropped"].get("optout", {}).get(str(Reason.OPTED_OUT), 0)  # the run's, earlier applies'
+    dropped = {**manifest["dropped"], "optout": {str(Reason.OPTED_OUT): before + opted_out_inputs}}
     counts = {**manifest["counts"], "samples": samples.num_rows - len(removed), "shards": len(shards),
               "kept_inputs": manifest["counts"]["kept_inputs"] - opted_out_inputs,
               "rejected_inputs": manifest["counts"]["rejected_inputs"] + opted_out_inputs}  # fmt: skip
@@ -193,18 +217,22 @@ def _rewrite_tar(data: bytes, path: Path, gone: set[str]) -> None:
             out.addfile(member, source.extractfile(member))
 
 
-def _mark_removed(provenance: pa.Table, removed: dict[str, Match]) -> pa.Table:
+def _mark_removed(provenance: pa.Table, removed: dict[str, Match]) -> tuple[pa.Table, int]:
+    """The provenance with the removed images' kept inputs marked opted out, and how many inputs that marked."""
     rows = provenance.to_pylist()
+    marked = 0
     for row in rows:
         match = removed.get(row["image_id"])
         if match and row["status"] == "kept":
             row.update(status=REJECTED, stage="optout", reason=str(Reason.OPTED_OUT),
                        detail=f"{match.request_id} ({match.method})")  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=provenance.schema)
+            marked += 1
+    return pa.Table.from_pylist(rows, schema=provenance.schema), marked
 
 
-def _optout_step(requests: list[OptOutRequest], active: list[OptOutRequest], matches: list[Match],
+def optout_step(requests: list[OptOutRequest], active: list[OptOutRequest], matches: list[Match],
                  model_id: str | None, settings: MatchSettings) -> dict[str, Any]:  # fmt: skip
+    """The lineage step of a run's opt-out check or of an apply: the registry state it read and what it did."""
     return {
         "stage": "optout",
         "params": {

@@ -1,9 +1,11 @@
 """Which images do opt-out requests cover? Pure matching over (image id, provenance URIs) plus vectors/hashes.
 
-URL kinds match provenance URIs (exact, prefix, host or subdomain); `sha256` matches the content address;
-`image` matches the uploaded image by exact hash, perceptual hash (Hamming distance) and embedding cosine. Then
-every near-duplicate of a matched image (embedding cosine over the threshold) goes too: an opt-out covers the
-picture, not one file of it.
+URL kinds match provenance URIs (exact, prefix, host or subdomain, in canonical spelling); `sha256` matches the
+content address, and so does `removed_before`, a request derived from the registry rather than filed (an image
+that an earlier `optout apply` removed for a request still in force, so that a later run cannot bring it back
+through another URL); `image` matches the uploaded image by exact hash, perceptual hash (Hamming distance) and
+embedding cosine. Then every near-duplicate of a matched image (embedding cosine over the threshold) goes too: an
+opt-out covers the picture, not one file of it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ def exclusions_of(requests: Iterable[OptOutRequest]) -> Exclusions:
     """The URL, prefix, domain and hash requests as ingest-time exclusions."""
     by_kind: dict[str, list[tuple[str, str]]] = {"url": [], "url_prefix": [], "domain": [], "sha256": []}
     for request in requests:
-        if request.kind in by_kind:
-            by_kind[request.kind].append((request.request_id, request.value))
+        kind = "sha256" if request.kind == "removed_before" else request.kind
+        if kind in by_kind:
+            by_kind[kind].append((request.request_id, request.value))
     return Exclusions(tuple(by_kind["url"]), tuple(by_kind["url_prefix"]), tuple(by_kind["domain"]),
                       tuple(by_kind["sha256"]))  # fmt: skip
 
@@ -37,7 +40,7 @@ class MatchSettings:
 class Match:
     image_id: str
     request_id: str
-    method: str  # url | url_prefix | domain | sha256 | exact | phash | embedding | near_duplicate
+    method: str  # url | url_prefix | domain | sha256 | removed_before | exact | phash | embedding | near_duplicate
     similarity: float | None = None  # cosine, or 64 - Hamming distance for phash
     via_image_id: str | None = None  # for near_duplicate: the matched image it is a copy of
 
@@ -67,8 +70,8 @@ def match_images(
             for image_id, image_uris in zip(image_ids, uris):
                 if image_id not in found and any(single.covering_uri(uri) for uri in image_uris):
                     found[image_id] = Match(image_id, request.request_id, request.kind)
-        elif request.kind == "sha256" and request.value in index_of:
-            found.setdefault(request.value, Match(request.value, request.request_id, "sha256"))
+        elif request.kind in ("sha256", "removed_before") and request.value in index_of:
+            found.setdefault(request.value, Match(request.value, request.request_id, request.kind))
         elif request.kind == "image":
             if request.value in index_of:
                 found.setdefault(request.value, Match(request.value, request.request_id, "exact", 1.0))

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from curation.errors import CurationError
+from curation.ingest.exclusions import canonical_uri
 from curation.store.catalog import Catalog
 
 KINDS = ("url", "url_prefix", "domain", "sha256", "image", "withdraw")
@@ -52,11 +53,13 @@ def _normalise(kind: str, value: str) -> str:
     value = value.strip()
     if kind not in KINDS:
         raise RequestError(f"unknown opt-out kind {kind!r}; kinds: {', '.join(KINDS)}")
-    if kind in ("url", "url_prefix"):
+    if kind in ("url", "url_prefix"):  # stored in the spelling matching compares (canonical_uri)
+        if value.startswith("/"):  # a local path: how folder and tar sources name their inputs
+            return value
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https", "s3", "file") or not (parts.netloc or parts.scheme == "file"):
-            raise RequestError(f"{kind}: not a URL: {value!r}")
-        return value
+        if parts.scheme.lower() not in ("http", "https", "s3", "file") or not (parts.netloc or parts.scheme == "file"):
+            raise RequestError(f"{kind}: not a URL or an absolute path: {value!r}")
+        return canonical_uri(value)
     if kind == "domain":
         domain = value.lower().removeprefix("www.").strip(".")
         if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
@@ -112,8 +115,13 @@ def add_request(catalog: Catalog, *, kind: str, value: str, reason: str = "", re
     value = _normalise(kind, value)
     with catalog.transaction():
         existing = list_requests(catalog)
-        if kind == "withdraw" and value not in {request.request_id for request in existing}:
-            raise RequestError(f"withdraw: no request {value!r}")
+        if kind == "withdraw":
+            target = next((request for request in existing if request.request_id == value), None)
+            if target is None:
+                raise RequestError(f"withdraw: no request {value!r}")
+            if target.kind == "withdraw":
+                raise RequestError(f"withdraw: {value} is itself a withdrawal; a withdrawal cannot be withdrawn "
+                                   "(file the request again instead)")  # fmt: skip
         seq = len(existing) + 1
         fields = {
             "seq": seq,

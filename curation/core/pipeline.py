@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.audit.apply import covered_images
+from curation.audit.apply import covered_images, earlier_removals, optout_step
 from curation.audit.matching import MatchSettings, exclusions_of
 from curation.audit.policy import license_verdict
 from curation.audit.registry import active_requests, list_requests
@@ -132,10 +132,11 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
     done = {block.index for block in blocks if home.runs.exists(block_output_key(run_id, block.index))}
     pending = [block for block in blocks if block.index not in done]
     requests = active_requests(list_requests(catalog))  # every run checks the opt-out registry
+    exclusions = exclusions_of([*requests, *earlier_removals(catalog, requests)])
     model_id = None
     executor = _Executor(spec, ray_address)
     try:
-        stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, executor, exclusions_of(requests), progress)
+        stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, executor, exclusions, progress)
         stats["ingest"]["resumed_blocks"] = len(done)
         inputs = _read_inputs(home, run_id, blocks)
         sources = [source.model_dump(mode="json") for source in spec.sources]
@@ -170,9 +171,8 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             params = spec.stages.decontaminate.model_dump(mode="json")
             lineage.append({"stage": "decontaminate", "params": params, **_model(model_id)})
         progress.stage("optout")
-        kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, requests)
-        if optout_step:
-            lineage.append(optout_step)
+        kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, order=5)
+        lineage.append(optout_step)
         progress.stage("select")
         selection, reports = None, {}
         if spec.stages.select.mode == "compose":
@@ -184,6 +184,9 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             kept = kept.filter(pa.array(chosen, pa.bool_()))
         params = spec.stages.select.model_dump(mode="json")
         lineage.append({"stage": "select", "params": params, **_model(model_id)})
+        if _registry_moved(catalog, optout_step):  # a request filed while the run embedded or selected
+            kept, late_step = _optout_stage(spec, home, catalog, run_id, kept, order=11)
+            lineage.append(late_step)
         samples = _samples(kept, selection)
         if spec.publish.image is not None:
             progress.stage("derive")
@@ -256,10 +259,13 @@ def _drop_images(catalog: Catalog, run_id: str, stage: str, order: int, kept: pa
     return kept.filter(pa.array([image_id not in verdicts for image_id in image_ids], pa.bool_()))
 
 
-def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, requests):
-    """Uploaded-image opt-outs (and near-duplicates of what they match) need pixels: they apply after ingest."""
-    if not any(request.kind == "image" for request in requests) or kept.num_rows == 0:
-        return kept, None
+def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, *, order: int):
+    """Every request in force, read afresh (one filed while the run ingested, or before it resumed, counts), matched
+    against every kept image: URLs against all the places it was seen, hashes, uploads by pixels, images earlier
+    applies removed, then the near-duplicates of everything matched. Returns the images still kept and the
+    lineage step (with the request ids it checked)."""
+    registry = list_requests(catalog)
+    requests = active_requests(registry)
     by_image: dict[str, list[str]] = {}
     for image_id, uri in zip(kept["image_id"].to_pylist(), kept["uri"].to_pylist()):
         by_image.setdefault(image_id, []).append(uri)
@@ -268,9 +274,13 @@ def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Tabl
     matches, model_id = covered_images(catalog, home, home.blobs(spec), stage.model_copy(update={"device": "cpu"}),
                                        list(by_image), list(by_image.values()), requests, settings)  # fmt: skip
     verdicts = {m.image_id: (Reason.OPTED_OUT, f"{m.request_id} ({m.method})") for m in matches}
-    params = {**spec.stages.optout.model_dump(mode="json"), "active_requests": [r.request_id for r in requests]}
-    step = {"stage": "optout", "params": params, "model_id": model_id}
-    return _drop_images(catalog, run_id, "optout", 5, kept, verdicts), step
+    step = optout_step(registry, requests, matches, model_id, settings)
+    return _drop_images(catalog, run_id, "optout", order, kept, verdicts), step
+
+
+def _registry_moved(catalog: Catalog, step: dict[str, Any]) -> bool:
+    checked = step["params"]["active_requests"]
+    return [request.request_id for request in active_requests(list_requests(catalog))] != checked
 
 
 def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, exclusions,

@@ -62,7 +62,7 @@ def read_block(block: Block, spec: PipelineSpec, exclusions: Exclusions = NO_EXC
 def _fetch_unless_excluded(rows, spec: PipelineSpec, exclusions: Exclusions) -> Iterator[RawInput]:
     covered = [exclusions.covering_uri(str(row[0])) if exclusions else None for row in rows]
     fetched = fetch_urls(tuple(row for row, request in zip(rows, covered) if not request), spec.fetch,
-                         spec.stages.decode.max_bytes)  # fmt: skip
+                         spec.stages.decode.max_bytes, exclusions)  # fmt: skip
     for row, request in zip(rows, covered):
         if request:
             meta = {"license": row[1], "caption": row[2], "attribution": row[3]}

@@ -2,17 +2,82 @@
 
 Built by the driver from the registry (curation.audit) and shipped to every block, so an excluded URL is never
 fetched and an excluded hash is never stored; the input's row names the request instead.
+
+URLs are compared in one canonical spelling (`canonical_uri`), so a request is not dodged by writing its URL
+another way: scheme and host in lower case, no trailing dot on the host, no default port, no user info, no
+fragment, no empty query, `.` and `..` segments resolved, percent-escapes of unreserved characters decoded and the
+rest in upper case. Local paths (folder and tar sources) and s3:// URIs are compared as they are.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _host(hostname: str) -> str:
+    host = hostname.lower().rstrip(".")
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:  # not a valid IDN: compare it as written
+        return host
+
+
+def _escapes(text: str) -> str:
+    def one(match: re.Match) -> str:
+        character = chr(int(match.group(1), 16))
+        return character if character in UNRESERVED else "%" + match.group(1).upper()
+
+    return PERCENT_ESCAPE.sub(one, text)
+
+
+def _without_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4, on a path split at '/'."""
+    segments, output = path.split("/"), []
+    for position, segment in enumerate(segments):
+        last = position == len(segments) - 1
+        if segment in (".", ".."):
+            if segment == ".." and len(output) > 1:
+                output.pop()
+            if last:
+                output.append("")
+            continue
+        output.append(segment)
+    return "/".join(output)
+
+
+def canonical_uri(uri: str) -> str:
+    """One spelling per http(s) URL; `file://` URLs become the local path; anything else is returned as is."""
+    try:
+        parts = urlsplit(uri.strip())
+        port = parts.port
+    except ValueError:  # a malformed URL (bad port, bad IPv6 literal) can only match itself
+        return uri
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return unquote(parts.path)
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return uri
+    host = _host(parts.hostname)
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    path = _without_dot_segments(_escapes(parts.path)) or "/"
+    return urlunsplit((scheme, netloc, path, _escapes(parts.query), ""))
 
 
 def host_matches(uri: str, domain: str) -> bool:
     """`uri`'s host is `domain` or one of its subdomains."""
-    host = (urlsplit(uri).hostname or "").lower()
+    try:
+        host = _host(urlsplit(uri).hostname or "")
+    except ValueError:
+        return False
+    domain = _host(domain)
     return host == domain or host.endswith("." + domain)
 
 
@@ -34,11 +99,12 @@ class Exclusions:
         return bool(self.urls or self.prefixes or self.domains or self.hashes)
 
     def covering_uri(self, uri: str) -> str | None:
+        canonical = canonical_uri(uri)
         for request_id, url in self.urls:
-            if uri == url:
+            if canonical == canonical_uri(url):
                 return request_id
         for request_id, prefix in self.prefixes:
-            if uri.startswith(prefix):
+            if canonical.startswith(canonical_uri(prefix)):
                 return request_id
         for request_id, domain in self.domains:
             if host_matches(uri, domain):

@@ -52,8 +52,10 @@ def ingest_block(block: Block, spec: PipelineSpec, blobs: BlobStore, work: Objec
             **{key: raw.meta.get(key) for key in ("license", "attribution", "caption")},
         }
         if raw.data is not None and exclusions:
-            request = exclusions.covering_uri(raw.uri) or exclusions.covering_hash(image_id_of(raw.data))
-            if request:  # opted out: the bytes are not stored, the row names the request
+            image_id = image_id_of(raw.data)
+            request = exclusions.covering_uri(raw.uri) or exclusions.covering_hash(image_id)
+            if request:  # opted out: the bytes are not stored; the row names the request and keeps the hash (audit)
+                row.update(image_id=image_id, bytes=len(raw.data), detail=request)
                 raw = RawInput(raw.uri, reason=Reason.OPTED_OUT, detail=request, meta=raw.meta)
         if raw.data is not None:
             image_id = image_id_of(raw.data)

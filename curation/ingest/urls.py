@@ -2,7 +2,8 @@
 
 Fetch-time opt-out: a response whose X-Robots-Tag carries one of `fetch.robots_opt_out` (noai, noimageai,
 noindex, noimageindex by default) is not taken; its row says so. Bodies are streamed and cut at
-`decode.max_bytes`, so a hostile server cannot make a worker hold an unbounded body.
+`decode.max_bytes`, so a hostile server cannot make a worker hold an unbounded body. Redirects are followed
+hop by hop, each target checked against the opt-out exclusions before it is requested.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -20,10 +22,12 @@ import requests
 
 from curation.config import FetchSettings, UrlListSource
 from curation.errors import SpecError
+from curation.ingest.exclusions import NO_EXCLUSIONS, Exclusions
 from curation.ingest.raw import RawInput
 from curation.types import Reason
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+MAX_REDIRECTS = 10
 _local = threading.local()
 
 
@@ -63,11 +67,15 @@ def read_url_table(source: UrlListSource) -> list[tuple[str, str | None, str | N
 
 
 def fetch_urls(
-    rows: tuple[tuple[str, str | None, str | None, str | None], ...], settings: FetchSettings, max_bytes: int
+    rows: tuple[tuple[str, str | None, str | None, str | None], ...],
+    settings: FetchSettings,
+    max_bytes: int,
+    exclusions: Exclusions = NO_EXCLUSIONS,
 ) -> Iterator[RawInput]:
-    """Fetch every row concurrently; yields results in row order."""
+    """Fetch every row concurrently; yields results in row order. A redirect to a URL that `exclusions` cover
+    is not followed: the row is opted out, so a redirect cannot smuggle in what a request forbids."""
     with ThreadPoolExecutor(max_workers=min(settings.concurrency, max(len(rows), 1))) as pool:
-        results = pool.map(lambda row: _fetch_row(row, settings, max_bytes), rows)
+        results = pool.map(lambda row: _fetch_row(row, settings, max_bytes, exclusions), rows)
         yield from results
 
 
@@ -79,7 +87,7 @@ def _session(settings: FetchSettings) -> requests.Session:
     return _local.session
 
 
-def _fetch_row(row, settings: FetchSettings, max_bytes: int) -> RawInput:
+def _fetch_row(row, settings: FetchSettings, max_bytes: int, exclusions: Exclusions) -> RawInput:
     url, license_, caption, attribution = row
     meta = {key: value for key, value in (("license", license_), ("caption", caption), ("attribution", attribution))}
     if not url or not url.lower().startswith(("http://", "https://")):
@@ -88,35 +96,54 @@ def _fetch_row(row, settings: FetchSettings, max_bytes: int) -> RawInput:
     for attempt in range(settings.retries + 1):
         if attempt:
             time.sleep(settings.backoff_s * 2 ** (attempt - 1))
-        last, retry = _fetch_once(url, settings, max_bytes)
+        last, retry = _fetch_once(url, settings, max_bytes, exclusions)
         last.meta = meta
         if not retry:
             break
     return last
 
 
-def _fetch_once(url: str, settings: FetchSettings, max_bytes: int) -> tuple[RawInput, bool]:
-    """One GET; returns (result, worth retrying)."""
+def _fetch_once(url: str, settings: FetchSettings, max_bytes: int, exclusions: Exclusions) -> tuple[RawInput, bool]:
+    """One GET, redirects followed here hop by hop (each checked against the exclusions); returns (result, worth
+    retrying)."""
+    target = url
     try:
-        with _session(settings).get(url, stream=True, timeout=settings.timeout_s, allow_redirects=True) as response:
-            # Status first: an error page's X-Robots-Tag (often noindex) is about that page, not the image.
-            if response.status_code >= 400:
-                detail = f"HTTP {response.status_code}"
-                return RawInput(url, reason=Reason.HTTP_ERROR, detail=detail), response.status_code in RETRY_STATUS
-            opted_out = _robots_opt_out(response.headers.get("X-Robots-Tag", ""), settings.robots_opt_out)
-            if opted_out:
-                return RawInput(url, reason=Reason.ROBOTS_OPT_OUT, detail=f"X-Robots-Tag: {opted_out}"), False
-            declared = _content_length(response.headers.get("Content-Length"))
-            if declared > max_bytes:
-                return RawInput(url, reason=Reason.TOO_LARGE, detail=f"{declared} bytes > max_bytes {max_bytes}"), False
-            body = bytearray()
-            for piece in response.iter_content(chunk_size=1 << 16):
-                body.extend(piece)
-                if len(body) > max_bytes:
-                    return RawInput(url, reason=Reason.TOO_LARGE, detail=f"more than max_bytes {max_bytes}"), False
-            return RawInput(url, data=bytes(body)), False
+        for _hop in range(MAX_REDIRECTS + 1):
+            with _session(settings).get(target, stream=True, timeout=settings.timeout_s,
+                                        allow_redirects=False) as response:  # fmt: skip
+                if response.is_redirect:
+                    target = urljoin(target, response.headers["Location"])
+                    if not target.lower().startswith(("http://", "https://")):
+                        return RawInput(url, reason=Reason.INVALID_URL, detail=f"redirected to {target[:200]}"), False
+                    request = exclusions.covering_uri(target) if exclusions else None
+                    if request:
+                        detail = f"{request} (redirected to {target[:200]}, not fetched)"
+                        return RawInput(url, reason=Reason.OPTED_OUT, detail=detail), False
+                    continue
+                return _read_response(url, response, settings, max_bytes)
+        return RawInput(url, reason=Reason.FETCH_FAILED, detail=f"more than {MAX_REDIRECTS} redirects"), False
     except requests.RequestException as error:
         return RawInput(url, reason=Reason.FETCH_FAILED, detail=f"{type(error).__name__}: {error}"[:300]), True
+
+
+def _read_response(url: str, response: requests.Response, settings: FetchSettings,
+                   max_bytes: int) -> tuple[RawInput, bool]:  # fmt: skip
+    # Status first: an error page's X-Robots-Tag (often noindex) is about that page, not the image.
+    if response.status_code >= 400:
+        detail = f"HTTP {response.status_code}"
+        return RawInput(url, reason=Reason.HTTP_ERROR, detail=detail), response.status_code in RETRY_STATUS
+    opted_out = _robots_opt_out(response.headers.get("X-Robots-Tag", ""), settings.robots_opt_out)
+    if opted_out:
+        return RawInput(url, reason=Reason.ROBOTS_OPT_OUT, detail=f"X-Robots-Tag: {opted_out}"), False
+    declared = _content_length(response.headers.get("Content-Length"))
+    if declared > max_bytes:
+        return RawInput(url, reason=Reason.TOO_LARGE, detail=f"{declared} bytes > max_bytes {max_bytes}"), False
+    body = bytearray()
+    for piece in response.iter_content(chunk_size=1 << 16):
+        body.extend(piece)
+        if len(body) > max_bytes:
+            return RawInput(url, reason=Reason.TOO_LARGE, detail=f"more than max_bytes {max_bytes}"), False
+    return RawInput(url, data=bytes(body)), False
 
 
 def _content_length(value: str | None) -> int:

@@ -19,10 +19,20 @@ from PIL import Image
 
 import curation
 from curation import audit
+from curation.audit.apply import covered_images
+from curation.audit.matching import MatchSettings
 from curation.audit.queries import audit_image
+from curation.audit.registry import active_requests, list_requests
 from curation.cli import cli
+from curation.config import EmbedStage, parse_spec
+from curation.core.pipeline import run_pipeline
+from curation.core.progress import Progress
+from curation.errors import SpecError
 from curation.store.catalog import Catalog
+from curation.store.home import Home
 from tests.conftest import FIXTURE_IMAGES
+
+DEFAULT_EMBEDDER = Path(curation.__file__).parent / "train" / "default"
 
 
 def transformed(data: bytes, scale: float, quality: int) -> bytes:
@@ -200,7 +210,7 @@ def test_statement_figures_agree_with_the_catalog(published, home, tmp_path):
     rejected = db.execute("SELECT count(*) FROM outcomes WHERE run_id = ? AND status = 'rejected'",
                           [published["result"].run_id]).fetchone()[0]  # fmt: skip
     assert statement["inputs"]["rejected"] == rejected
-    assert [step["stage"] for step in statement["lineage"]] == ["ingest", "license", "embed", "select"]
+    assert [step["stage"] for step in statement["lineage"]] == ["ingest", "license", "embed", "optout", "select"]
 
 
 def test_quickstart_statement_is_complete(ray_local, home, tmp_path):
@@ -214,3 +224,121 @@ def test_quickstart_statement_is_complete(ray_local, home, tmp_path):
                     "## What was dropped", "## Opt-outs", "## Known gaps"):  # fmt: skip
         assert section in text
     assert "| MIT | 120 |" in text and "fashion-mnist" in text
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def outcome_of(home: Path, run_id: str, uri: str) -> dict:
+    with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
+        (row,) = catalog.rows("SELECT stage, reason, detail, image_id FROM outcomes WHERE run_id = ? AND uri = ?",
+                              [run_id, uri])  # fmt: skip
+    return row
+
+
+def test_a_later_run_brings_back_nothing_an_apply_removed(published, home):
+    pool, target, spec = published["pool"], published["target"], published["spec"]
+    target_path = next(path for path in sorted(pool.iterdir()) if path.read_bytes() == target)
+    planted_id = sha((pool / "planted-copy.jpg").read_bytes())
+    request = audit.add_optout(home, kind="url", value=f"file://{target_path}", reason="mine")  # a local path
+    assert {match.image_id for match in audit.apply_optouts(home, "demo").removed} == {sha(target), planted_id}
+
+    (pool / "mirror.png").write_bytes(target)  # the same bytes under another name
+    fresh_copy = transformed(target, 0.8, 80)  # a copy no run has seen
+    (pool / "fresh-copy.jpg").write_bytes(fresh_copy)
+    later = curation.run(spec, home=home)
+
+    ids = set(curation.open_version(later.version, home=home).samples()["image_id"].to_pylist())
+    assert not ids & {sha(target), planted_id, sha(fresh_copy)}
+    mirror = outcome_of(home, later.run_id, str(pool / "mirror.png"))
+    assert (mirror["stage"], mirror["reason"], mirror["detail"]) == ("ingest", "opted_out", request.request_id)
+    assert mirror["image_id"] == sha(target)  # not stored, but the audit can find it by hash
+    fresh = outcome_of(home, later.run_id, str(pool / "fresh-copy.jpg"))
+    assert (fresh["stage"], fresh["reason"]) == ("optout", "opted_out")
+    assert fresh["detail"] == f"{request.request_id} (near_duplicate)"  # of the original, which never arrived
+    assert audit_image(home, str(pool / "mirror.png"))["decisions"]
+
+
+def test_a_request_filed_before_a_resume_counts(ray_local, tmp_path, home):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for path in sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:6]:
+        shutil.copyfile(path, pool / path.name)
+    victim = sorted(pool.iterdir())[2]
+    model = tmp_path / "model" / "default-vit-tiny.json"
+    spec = {"name": "late", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+            "stages": {"decode": {"min_side": 16}, "embed": {"model": f"bundled:{model}"}},
+            "execution": {"executor": "local"}}  # fmt: skip
+    with pytest.raises(SpecError):
+        curation.run(spec, home=home)  # ingested, then stopped at embed: the weights are not there yet
+    request = audit.add_optout(home, kind="url", value=str(victim), reason="filed while the run was down")
+    model.parent.mkdir()
+    for name in ("default-vit-tiny.json", "default-vit-tiny.safetensors"):
+        shutil.copyfile(DEFAULT_EMBEDDER / name, model.parent / name)
+
+    resumed = curation.run(spec, home=home)
+
+    assert resumed.resumed_blocks == 1  # the ingest block was not redone, yet the request counts
+    version = curation.open_version(resumed.version, home=home)
+    assert sha(victim.read_bytes()) not in set(version.samples()["image_id"].to_pylist())
+    assert version.samples().num_rows == 5
+    row = outcome_of(home, resumed.run_id, str(victim))
+    assert (row["stage"], row["detail"]) == ("optout", f"{request.request_id} (url)")
+
+
+class FilesAnOptOutAtSelect(Progress):
+    """A curator filing a request through the service while the run selects (the service writes in-process)."""
+
+    def __init__(self, home: Path, uri: str):
+        super().__init__()
+        self.home, self.uri, self.request = home, uri, None
+
+    def stage(self, name: str) -> None:
+        super().stage(name)
+        if name == "select":
+            self.request = audit.add_optout(self.home, kind="url", value=self.uri)
+
+
+def test_a_request_filed_while_the_run_selects_is_checked_before_publishing(published, home):
+    pool, spec = published["pool"], published["spec"]
+    victim = sorted(pool.glob("*.png"))[3]
+    progress = FilesAnOptOutAtSelect(home, str(victim))
+    result = run_pipeline(parse_spec(spec), home=Home(home), fresh=True, progress=progress)
+
+    version = curation.open_version(result.version, home=home)
+    assert sha(victim.read_bytes()) not in set(version.samples()["image_id"].to_pylist())
+    row = outcome_of(home, result.run_id, str(victim))
+    assert (row["stage"], row["detail"]) == ("optout", f"{progress.request.request_id} (url)")
+    checks = [step for step in version.manifest["lineage"] if step["stage"] == "optout"]
+    assert [step["params"]["applied_requests"] for step in checks] == [[], [progress.request.request_id]]
+
+
+def test_exact_requests_match_images_that_cannot_be_embedded(published, home):
+    store = Home(home)
+    blobs = store.blobs_for(published["spec"])
+    broken = blobs.put(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # no embedder decodes this
+    fine = sha(published["target"])
+    audit.add_optout(home, kind="sha256", value=broken)
+    audit.add_optout(home, kind="url", value="/elsewhere/broken.png")
+    with Catalog.open(store.catalog_path) as catalog:
+        requests = active_requests(list_requests(catalog))
+        uris = [["/elsewhere/broken.png"], ["/pool/fine.png"]]
+        stage = EmbedStage(model="builtin")
+        matches, _ = covered_images(catalog, store, blobs, stage, [broken, fine], uris, requests, MatchSettings())
+    assert [(match.image_id, match.method) for match in matches] == [(broken, "sha256")]
+
+
+def test_counts_stay_true_across_applies(published, home):
+    ids = curation.open_version("demo@v1", home=home).samples()["image_id"].to_pylist()
+    for image_id in ids[:2]:
+        audit.add_optout(home, kind="sha256", value=image_id)
+        audit.apply_optouts(home, "demo")
+    grandchild = curation.open_version("demo@v3", home=home)
+    rows = grandchild.provenance().to_pylist()
+    kept = sum(row["status"] == "kept" for row in rows)
+    counts = grandchild.manifest["counts"]
+    assert (counts["kept_inputs"], counts["rejected_inputs"]) == (kept, len(rows) - kept)
+    assert counts["samples"] == len(ids) - 2 == grandchild.samples().num_rows
+    opted_out = sum(row["stage"] == "optout" for row in rows)
+    assert opted_out == 2 and grandchild.manifest["dropped"]["optout"] == {"opted_out": opted_out}

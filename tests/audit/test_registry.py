@@ -40,6 +40,18 @@ def test_withdrawal_is_a_new_request(catalog):
     assert [request.kind for request in requests] == ["domain", "withdraw"]
     assert requests[0] == first  # the original is untouched
     assert active_requests(requests) == []
+    with pytest.raises(RequestError, match="itself a withdrawal"):  # it would look withdrawn and change nothing
+        add_request(catalog, kind="withdraw", value=requests[1].request_id)
+    assert len(list_requests(catalog)) == 2
+
+
+def test_urls_are_stored_canonical_and_local_paths_are_accepted(catalog):
+    url = add_request(catalog, kind="url", value="HTTPS://Cdn.Example.ORG.:443/a/./b/../%7Eme.jpg#frag")
+    assert url.value == "https://cdn.example.org/a/~me.jpg"
+    assert add_request(catalog, kind="url_prefix", value="/data/pool/private/").value == "/data/pool/private/"
+    assert add_request(catalog, kind="url", value="file:///data/pool/a%20b.png").value == "/data/pool/a b.png"
+    with pytest.raises(RequestError, match="absolute path"):
+        add_request(catalog, kind="url", value="pool/relative.png")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import pytest
 
 from curation.config import FetchSettings, UrlListSource
 from curation.errors import SpecError
+from curation.ingest.exclusions import Exclusions
 from curation.ingest.urls import fetch_urls, read_url_table
 from curation.types import Reason
 from tests.conftest import free_port
@@ -479,3 +480,14 @@ def test_table_rows_feed_fetch_and_carry_their_metadata(server, tmp_path):
     assert good.meta == {"license": "CC-BY-4.0", "caption": "noise", "attribution": "tests"}
     assert missing.reason == Reason.HTTP_ERROR
     assert missing.meta == {"license": "CC0", "caption": None, "attribution": None}
+
+
+def test_a_redirect_to_an_opted_out_url_is_not_followed(server):
+    base, state = server
+    before = state.counts.get("/good.jpg", 0)
+    exclusions = Exclusions(urls=(("opt-000001-abc", f"{base}/good.jpg"),))
+    rows = ((f"{base}/redirect.jpg", None, None, None),)
+    (result,) = fetch_urls(rows, FetchSettings(**FAST), MAX_BYTES, exclusions)
+    assert result.reason == Reason.OPTED_OUT and result.data is None
+    assert result.detail == f"opt-000001-abc (redirected to {base}/good.jpg, not fetched)"
+    assert state.counts.get("/good.jpg", 0) == before  # the target was never requested

@@ -1,0 +1,51 @@
+"""Opt-out exclusions compare URLs in one canonical spelling: a request is not dodged by writing its URL
+another way, and a different URL is not caught by accident."""
+
+from __future__ import annotations
+
+import pytest
+
+from curation.ingest.exclusions import Exclusions, canonical_uri, host_matches
+
+REQUESTED = "http://127.0.0.1:18765/img3.png"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["HTTP://127.0.0.1:18765/img3.png", "http://127.0.0.1:18765/%69mg3.png", "http://127.0.0.1:18765/./img3.png",
+     "http://127.0.0.1:18765/x/../img3.png", "http://127.0.0.1:18765/img3.png?", "http://127.0.0.1:18765/img3.png#a",
+     "http://user:secret@127.0.0.1:18765/img3.png", " http://127.0.0.1:18765/img3.png"],
+)  # fmt: skip
+def test_other_spellings_of_a_requested_url_are_covered(spelling):
+    assert Exclusions(urls=(("opt-1", REQUESTED),)).covering_uri(spelling) == "opt-1"
+    assert Exclusions(prefixes=(("opt-2", "HTTP://127.0.0.1:18765/"),)).covering_uri(spelling) == "opt-2"
+
+
+@pytest.mark.parametrize(
+    "other",
+    ["http://127.0.0.1:18765/img3.png?size=2", "http://127.0.0.1:18766/img3.png", "https://127.0.0.1:18765/img3.png",
+     "http://127.0.0.1:18765/IMG3.png", "http://127.0.0.1:18765/img3%2Epng2"],
+)  # fmt: skip
+def test_different_urls_are_not_covered(other):
+    assert Exclusions(urls=(("opt-1", REQUESTED),)).covering_uri(other) is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "canonical"),
+    [("http://Example.org.:80", "http://example.org/"), ("https://example.org:8443/a", "https://example.org:8443/a"),
+     ("http://example.org/a%2fb", "http://example.org/a%2Fb"), ("http://b\u00fccher.example/x", "http://xn--bcher-kva.example/x"),
+     ("file:///srv/pool/a%20b.png", "/srv/pool/a b.png"), ("/srv/pool/x.png", "/srv/pool/x.png"),
+     ("s3://Bucket/Key.jpg", "s3://Bucket/Key.jpg"), ("http://example.org:notaport/x", "http://example.org:notaport/x")],
+)  # fmt: skip
+def test_canonical_spelling(uri, canonical):
+    assert canonical_uri(uri) == canonical
+
+
+@pytest.mark.parametrize(
+    ("uri", "hit"),
+    [("http://example.org./x", True), ("https://cdn.example.org.:8443/x", True), ("http://EXAMPLE.org/x", True),
+     ("http://notexample.org/x", False), ("http://example.org.evil.net/x", False), ("http://[::1/x", False)],
+)  # fmt: skip
+def test_domains_match_hosts_and_subdomains_however_written(uri, hit):
+    assert host_matches(uri, "example.org") is hit
+    assert Exclusions(domains=(("opt-3", "example.org"),)).covering_uri(uri) == ("opt-3" if hit else None)
