@@ -20,10 +20,10 @@ from curation.ingest.exclusions import Exclusions
 
 
 def exclusions_of(requests: Iterable[OptOutRequest]) -> Exclusions:
-    """The URL, prefix, domain and hash requests as ingest-time exclusions."""
+    """The URL, prefix, domain and hash requests (and uploads' exact hashes) as ingest-time exclusions."""
     by_kind: dict[str, list[tuple[str, str]]] = {"url": [], "url_prefix": [], "domain": [], "sha256": []}
-    for request in requests:
-        kind = "sha256" if request.kind == "removed_before" else request.kind
+    for request in requests:  # an upload's value is its SHA-256: an exact copy is not even stored
+        kind = "sha256" if request.kind in ("removed_before", "image") else request.kind
         if kind in by_kind:
             by_kind[kind].append((request.request_id, request.value))
     return Exclusions(tuple(by_kind["url"]), tuple(by_kind["url_prefix"]), tuple(by_kind["domain"]),

@@ -49,6 +49,9 @@ class OptOutRequest:
         return asdict(self)
 
 
+MAX_CHARS = {"value": 2048, "reason": 1000, "requester": 200}  # an append-only log cannot shed spam later
+
+
 def _normalise(kind: str, value: str) -> str:
     value = value.strip()
     if kind not in KINDS:
@@ -112,6 +115,9 @@ def list_requests(catalog: Catalog) -> list[OptOutRequest]:
 
 def add_request(catalog: Catalog, *, kind: str, value: str, reason: str = "", requester: str = "") -> OptOutRequest:
     """Append one request (in a transaction, after verifying the chain); returns it with its id."""
+    for name, text in (("value", value), ("reason", reason), ("requester", requester)):
+        if len(text) > MAX_CHARS[name]:
+            raise RequestError(f"{kind}: {name} is {len(text)} characters; at most {MAX_CHARS[name]}")
     value = _normalise(kind, value)
     with catalog.transaction():
         existing = list_requests(catalog)

@@ -342,3 +342,18 @@ def test_counts_stay_true_across_applies(published, home):
     assert counts["samples"] == len(ids) - 2 == grandchild.samples().num_rows
     opted_out = sum(row["stage"] == "optout" for row in rows)
     assert opted_out == 2 and grandchild.manifest["dropped"]["optout"] == {"opted_out": opted_out}
+
+
+def test_an_exact_copy_of_an_uploaded_image_is_not_taken_at_ingest(ray_local, tmp_path, home):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for path in sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:4]:
+        shutil.copyfile(path, pool / path.name)
+    victim = sorted(pool.iterdir())[1]
+    request = audit.add_optout(home, kind="image", image=victim.read_bytes())
+    spec = {"name": "up", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+            "stages": {"decode": {"min_side": 16}}, "execution": {"executor": "local"}}  # fmt: skip
+    result = curation.run(spec, home=home)
+    row = outcome_of(home, result.run_id, str(victim))
+    assert (row["stage"], row["detail"]) == ("ingest", request.request_id)
+    assert not (home / "blobs" / row["image_id"][:2] / row["image_id"]).exists()  # never stored

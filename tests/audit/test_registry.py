@@ -45,6 +45,15 @@ def test_withdrawal_is_a_new_request(catalog):
     assert len(list_requests(catalog)) == 2
 
 
+@pytest.mark.parametrize(("field", "limit"), [("value", 2048), ("reason", 1000), ("requester", 200)])
+def test_overlong_fields_are_refused(catalog, field, limit):
+    fields = {"kind": "url", "value": "https://example.org/" + "a" * 20, "reason": "mine", "requester": "me"}
+    add_request(catalog, **{**fields, field: fields[field] + "x" * (limit - len(fields[field]))})  # at the limit
+    with pytest.raises(RequestError, match=f"{field} is {limit + 1} characters"):
+        add_request(catalog, **{**fields, field: fields[field] + "x" * (limit + 1 - len(fields[field]))})
+    assert len(list_requests(catalog)) == 1
+
+
 def test_urls_are_stored_canonical_and_local_paths_are_accepted(catalog):
     url = add_request(catalog, kind="url", value="HTTPS://Cdn.Example.ORG.:443/a/./b/../%7Eme.jpg#frag")
     assert url.value == "https://cdn.example.org/a/~me.jpg"
