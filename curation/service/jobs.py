@@ -9,6 +9,7 @@ continues the unfinished run block by block.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import queue
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from braceexpand import braceexpand
 
 from curation.config import FolderSource, PipelineSpec, UrlListSource, WebDatasetSource, parse_spec
 from curation.core.progress import Progress
@@ -65,7 +67,7 @@ def spec_from_text(text: str, settings: ServiceSettings, home: Home) -> Pipeline
         if isinstance(source, FolderSource | UrlListSource):
             inputs.append(source.path)
         elif isinstance(source, WebDatasetSource):
-            inputs += [Path(url) for url in source.urls if not url.startswith("s3://")]
+            inputs += _local_shards(source)
     embed = spec.stages.embed
     if embed and embed.model.startswith("bundled:"):
         inputs.append(Path(embed.model.removeprefix("bundled:")))
@@ -77,6 +79,21 @@ def spec_from_text(text: str, settings: ServiceSettings, home: Home) -> Pipeline
         if value and not value.startswith("s3://"):
             _require_inside(Path(value), settings.specs_dir, home.root, f"the home ({key})")
     return spec
+
+
+def _local_shards(source: WebDatasetSource) -> list[Path]:
+    """Every local pattern a webdataset source expands to (braces as ingest expands them) and every file its globs
+    match now: braces can hide '..' from a check of the unexpanded text, and a match can be a symlink out."""
+    found: list[Path] = []
+    for pattern in source.urls:
+        for url in braceexpand(pattern):
+            if url.startswith("s3://"):
+                continue
+            if ".." in Path(url).parts:
+                raise SpecError(f"<submitted spec>: source {source.name!r}: {url} has a '..' part; name shards by "
+                                "their place under data_root")  # fmt: skip
+            found += [Path(url), *map(Path, glob.glob(url))]
+    return found
 
 
 def _require_inside(path: Path, base: Path, root: Path, what: str) -> None:
