@@ -20,6 +20,7 @@ from curation.errors import SpecError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 DEFAULT_ROBOTS_OPT_OUT = ("noai", "noimageai", "noindex", "noimageindex")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 class Strict(BaseModel):
@@ -192,6 +193,15 @@ class EmbedStage(Strict):
     precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype on CUDA; CPU always runs fp32
     compile: bool = False  # torch.compile the model (CUDA; first batches are slow)
     gpu_decode: bool = True  # decode JPEGs with nvjpeg on the GPU; anything it refuses falls back to Pillow
+
+    def weights_file(self) -> str | None:
+        """`pretrained` when it names a local file: always for timm; for open_clip when it looks like a path (else
+        it is a tag, which downloads); the other embedders take no `pretrained`."""
+        family = self.model.partition(":")[0]
+        if self.pretrained is None or family not in ("timm", "open_clip"):
+            return None
+        looks_like_a_file = "/" in self.pretrained or self.pretrained.endswith(WEIGHT_SUFFIXES)
+        return self.pretrained if family == "timm" or looks_like_a_file else None
 
 
 class LicenseStage(Strict):
@@ -379,7 +389,7 @@ def _format_errors(error: ValidationError, origin: str) -> str:
 
 
 def parse_spec(data: Any, *, origin: str = "<spec>", base_dir: Path | None = None) -> PipelineSpec:
-    """Validate a spec given as a mapping; relative source paths are resolved against `base_dir`."""
+    """Validate a spec given as a mapping; relative local paths are resolved against `base_dir`."""
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: a pipeline spec must be a mapping, got {type(data).__name__}")
     try:
@@ -388,10 +398,26 @@ def parse_spec(data: Any, *, origin: str = "<spec>", base_dir: Path | None = Non
         raise SpecError(_format_errors(error, origin)) from None
     if base_dir is None:
         return spec
-    return spec.model_copy(update={"sources": tuple(_resolve_paths(source, base_dir) for source in spec.sources)})
+    return _resolve_paths(spec, base_dir)
 
 
-def _resolve_paths(source: Any, base_dir: Path) -> Any:
+def _resolve_paths(spec: PipelineSpec, base_dir: Path) -> PipelineSpec:
+    """Every relative local path made absolute against `base_dir` (the spec's folder): what a run opens must not
+    depend on the working directory, and a service that confines a spec must check the paths the run will use."""
+    stages: dict[str, Any] = {}
+    if spec.stages.decontaminate:
+        sets = tuple(_resolve_source(source, base_dir) for source in spec.stages.decontaminate.sets)
+        stages["decontaminate"] = spec.stages.decontaminate.model_copy(update={"sets": sets})
+    if spec.stages.embed:
+        stages["embed"] = _resolve_model_files(spec.stages.embed, base_dir)
+    storage = spec.storage.model_copy(update={"blobs": _resolve_location(spec.storage.blobs, base_dir)})
+    publish = spec.publish.model_copy(update={"uri": _resolve_location(spec.publish.uri, base_dir)})
+    sources = tuple(_resolve_source(source, base_dir) for source in spec.sources)
+    return spec.model_copy(update={"sources": sources, "stages": spec.stages.model_copy(update=stages),
+                                   "storage": storage, "publish": publish})  # fmt: skip
+
+
+def _resolve_source(source: Any, base_dir: Path) -> Any:
     if isinstance(source, FolderSource | UrlListSource) and not source.path.is_absolute():
         return source.model_copy(update={"path": (base_dir / source.path).resolve()})
     if isinstance(source, WebDatasetSource):
@@ -401,6 +427,28 @@ def _resolve_paths(source: Any, base_dir: Path) -> Any:
         )
         return source.model_copy(update={"urls": urls})
     return source
+
+
+def _resolve_model_files(stage: EmbedStage, base_dir: Path) -> EmbedStage:
+    """`bundled:PATH` (but `bundled:default`, the shipped embedder) and a `pretrained` weights file."""
+    family, _, argument = stage.model.partition(":")
+    update = {}
+    if family == "bundled" and argument != "default":
+        update["model"] = f"bundled:{_resolve_file(argument, base_dir)}"
+    if stage.weights_file():
+        update["pretrained"] = _resolve_file(stage.weights_file(), base_dir)
+    return stage.model_copy(update=update)
+
+
+def _resolve_file(path: str, base_dir: Path) -> str:
+    return path if Path(path).is_absolute() else str(base_dir / path)
+
+
+def _resolve_location(location: str | None, base_dir: Path) -> str | None:
+    """A local folder for blobs or versions; s3:// URIs stay as they are."""
+    if location is None or location.startswith("s3://"):
+        return location
+    return _resolve_file(location, base_dir)
 
 
 def load_spec(path: str | Path) -> PipelineSpec:

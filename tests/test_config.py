@@ -24,6 +24,29 @@ def test_relative_paths_resolve_against_the_spec_file(tmp_path):
     assert spec.sources[0].path == tmp_path / "images"
 
 
+def test_every_local_path_resolves_against_the_spec_file_not_the_working_directory(tmp_path):
+    """Decontamination sets, model files and output folders too, so that what a service checks is what a run
+    opens; `bundled:default`, open_clip tags and s3:// URIs stay as they are."""
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", {
+        **MINIMAL,
+        "stages": {"embed": {"model": "bundled:models/b.json"},
+                   "decontaminate": {"sets": [{"kind": "folder", "name": "eval", "path": "../eval"}]}},
+        "storage": {"blobs": "blobs"}, "publish": {"uri": "s3://bucket/versions"},
+    }))  # fmt: skip
+    assert spec.stages.decontaminate.sets[0].path == tmp_path.parent / "eval"
+    assert spec.stages.embed.model == f"bundled:{tmp_path / 'models' / 'b.json'}"
+    assert spec.storage.blobs == str(tmp_path / "blobs") and spec.publish.uri == "s3://bucket/versions"
+    for model, pretrained, expected in [
+        ("timm:vit_small_patch16_224", "weights.pth", str(tmp_path / "weights.pth")),
+        ("open_clip:ViT-B-32", "w/open_clip.bin", str(tmp_path / "w" / "open_clip.bin")),
+        ("open_clip:ViT-B-32", "laion2b_s34b_b79k", "laion2b_s34b_b79k"),
+    ]:
+        data = {**MINIMAL, "stages": {"embed": {"model": model, "pretrained": pretrained}}}
+        assert load_spec(write_spec(tmp_path / "spec.yaml", data)).stages.embed.pretrained == expected
+    shipped = {**MINIMAL, "stages": {"embed": {"model": "bundled:default"}}}
+    assert load_spec(write_spec(tmp_path / "spec.yaml", shipped)).stages.embed.model == "bundled:default"
+
+
 def balanced(levels: list[dict]) -> dict:
     part = {"kind": "balanced", "name": "balanced", "target": 5, "levels": levels}
     return {"embed": {"model": "builtin"}, "select": {"mode": "compose", "parts": [part]}}

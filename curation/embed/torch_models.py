@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from curation.config import EmbedStage
+from curation.config import WEIGHT_SUFFIXES, EmbedStage
 from curation.decode.jpeg_header import read_jpeg_header
 from curation.decode.safe import open_rgb
 from curation.embed.registry import Embedder, model_id_for, register_embedder
 from curation.errors import SpecError
 
 log = logging.getLogger(__name__)
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 # EXIF orientation -> (transpose H and W first?, dims to flip after): Pillow's exif_transpose, on [C, H, W] tensors
 ORIENTATION_OPS = {1: (False, ()), 2: (False, (-1,)), 3: (False, (-2, -1)), 4: (False, (-2,)),
                    5: (True, ()), 6: (True, (-1,)), 7: (True, (-2, -1)), 8: (True, (-2,))}  # fmt: skip

@@ -69,15 +69,15 @@ def spec_from_text(text: str, settings: ServiceSettings, home: Home) -> Pipeline
         elif isinstance(source, WebDatasetSource):
             inputs += _local_shards(source)
     embed = spec.stages.embed
-    if embed and embed.model.startswith("bundled:"):
+    if embed and embed.model.startswith("bundled:") and embed.model != "bundled:default":  # default: shipped
         inputs.append(Path(embed.model.removeprefix("bundled:")))
-    if embed and embed.pretrained and "/" in embed.pretrained:
-        inputs.append(Path(embed.pretrained))
-    for path in inputs:
-        _require_inside(path, settings.specs_dir, settings.data_root, "data_root")
+    if embed and embed.weights_file():
+        inputs.append(Path(embed.weights_file()))
+    for path in inputs:  # parse_spec made every local path absolute: these are the paths the run will open
+        _require_inside(path, settings.data_root, "data_root")
     for key, value in (("storage.blobs", spec.storage.blobs), ("publish.uri", spec.publish.uri)):
         if value and not value.startswith("s3://"):
-            _require_inside(Path(value), settings.specs_dir, home.root, f"the home ({key})")
+            _require_inside(Path(value), home.root, f"the home ({key})")
     return spec
 
 
@@ -96,8 +96,8 @@ def _local_shards(source: WebDatasetSource) -> list[Path]:
     return found
 
 
-def _require_inside(path: Path, base: Path, root: Path, what: str) -> None:
-    resolved = (base / path).resolve()
+def _require_inside(path: Path, root: Path, what: str) -> None:
+    resolved = path.resolve()
     if not resolved.is_relative_to(root):
         raise SpecError(f"<submitted spec>: {path} is outside {what} {root}; the service reads and writes only there")
 

@@ -54,3 +54,32 @@ def test_webdataset_braces_and_symlinks_cannot_leave_the_data_root(confined, lay
     inside = check(confined, spec_with({"kind": "folder", "name": "imgs", "path": "../imgs"}))
     assert inside.status_code == 200 and inside.json()["ok"], inside.text
     assert "secret" not in json.dumps(confined.get("/api/jobs").json())
+
+
+def test_stage_paths_are_checked_where_the_run_reads_them(confined, layout):
+    """Decontamination sets and model files resolve against specs_dir like sources, not against the server's
+    working directory, so the path that passes the check is the one the run opens."""
+    imgs = {"kind": "folder", "name": "imgs", "path": "../imgs"}
+    evaluation = {"kind": "folder", "name": "eval", "path": "../eval"}
+    inside = check(confined, spec_with(imgs, embed={"model": "builtin"}, decontaminate={"sets": [evaluation]}))
+    assert inside.status_code == 200 and inside.json()["ok"], inside.text  # ROOT/data/eval, not CWD/../eval
+    escape = {**evaluation, "path": "../../outside/imgs"}
+    timm = {"model": "timm:vit_small_patch16_224", "pretrained": "../../outside/w.pth"}
+    for stages in ({"embed": {"model": "builtin"}, "decontaminate": {"sets": [escape]}},
+                   {"embed": {"model": "bundled:../../outside/b.json"}}, {"embed": timm}):  # fmt: skip
+        refused = check(confined, spec_with(imgs, **stages))
+        assert refused.status_code == 400 and "outside data_root" in refused.json()["detail"], (stages, refused.text)
+
+
+def test_the_shipped_default_embedder_is_allowed_whatever_specs_dir_is(tmp_path):
+    """`bundled:default` names the embedder in the package, not a file `default` under specs_dir (which may lie
+    outside data_root)."""
+    from curation.service.jobs import spec_from_text
+    from curation.service.settings import ServiceSettings
+    from curation.store.home import Home
+
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    settings = ServiceSettings(data_root=tmp_path / "data", specs_dir=tmp_path / "specs").resolved()
+    text = yaml.safe_dump(spec_with({"kind": "folder", "name": "imgs", "path": "../data/imgs"},
+                                    embed={"model": "bundled:default"}))  # fmt: skip
+    assert spec_from_text(text, settings, Home(tmp_path / "home")).stages.embed.model == "bundled:default"
