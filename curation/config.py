@@ -441,7 +441,9 @@ def _resolve_model_files(stage: EmbedStage, base_dir: Path) -> EmbedStage:
 
 
 def _resolve_file(path: str, base_dir: Path) -> str:
-    return path if Path(path).is_absolute() else str(base_dir / path)
+    """`~` expands here, as the model readers expand it: a check of the resolved path sees the file they open."""
+    expanded = Path(path).expanduser()
+    return str(expanded if expanded.is_absolute() else base_dir / expanded)
 
 
 def _resolve_location(location: str | None, base_dir: Path) -> str | None:

@@ -43,6 +43,8 @@ def test_every_local_path_resolves_against_the_spec_file_not_the_working_directo
     ]:
         data = {**MINIMAL, "stages": {"embed": {"model": model, "pretrained": pretrained}}}
         assert load_spec(write_spec(tmp_path / "spec.yaml", data)).stages.embed.pretrained == expected
+    home = {**MINIMAL, "stages": {"embed": {"model": "bundled:~/b.json", "pretrained": "~/w.pth"}}}
+    assert load_spec(write_spec(tmp_path / "spec.yaml", home)).stages.embed.model == f"bundled:{Path.home()}/b.json"
     shipped = {**MINIMAL, "stages": {"embed": {"model": "bundled:default"}}}
     assert load_spec(write_spec(tmp_path / "spec.yaml", shipped)).stages.embed.model == "bundled:default"
 

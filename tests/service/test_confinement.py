@@ -4,6 +4,7 @@ every path a spec names is checked as the run will use it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -69,6 +70,15 @@ def test_stage_paths_are_checked_where_the_run_reads_them(confined, layout):
                    {"embed": {"model": "bundled:../../outside/b.json"}}, {"embed": timm}):  # fmt: skip
         refused = check(confined, spec_with(imgs, **stages))
         assert refused.status_code == 400 and "outside data_root" in refused.json()["detail"], (stages, refused.text)
+
+
+def test_a_home_folder_in_a_model_path_is_checked_as_expanded(confined, layout):
+    """The model readers expand `~`; the check must see that path, not specs_dir/~/..."""
+    assert not Path.home().is_relative_to(layout)
+    imgs = {"kind": "folder", "name": "imgs", "path": "../imgs"}
+    for embed in ({"model": "bundled:~/.bashrc"}, {"model": "timm:vit_small_patch16_224", "pretrained": "~/w.pth"}):
+        refused = check(confined, spec_with(imgs, embed=embed))
+        assert refused.status_code == 400 and f"{Path.home()}" in refused.json()["detail"], (embed, refused.text)
 
 
 def test_the_shipped_default_embedder_is_allowed_whatever_specs_dir_is(tmp_path):
