@@ -58,9 +58,7 @@ def spec_from_text(text: str, settings: ServiceSettings, home: Home) -> Pipeline
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise SpecError(f"<submitted spec>: not valid YAML: {error}") from None
-    spec = parse_spec(data, origin="<submitted spec>", base_dir=settings.specs_dir)
-    if spec.s3 and any((spec.s3.access_key_id, spec.s3.secret_access_key, spec.s3.session_token)):
-        raise SpecError("<submitted spec>: s3 credentials cannot be sent to the service; set them on the server")
+    spec = _with_server_s3(parse_spec(data, origin="<submitted spec>", base_dir=settings.specs_dir), settings)
     inputs: list[Path] = []
     sources = list(spec.sources) + list(spec.stages.decontaminate.sets if spec.stages.decontaminate else ())
     for source in sources:
@@ -79,6 +77,21 @@ def spec_from_text(text: str, settings: ServiceSettings, home: Home) -> Pipeline
         if value and not value.startswith("s3://"):
             _require_inside(Path(value), home.root, f"the home ({key})")
     return spec
+
+
+def _with_server_s3(spec: PipelineSpec, settings: ServiceSettings) -> PipelineSpec:
+    """The spec with the server's S3 endpoint and region. A run signs its S3 requests with the server's
+    credentials, so a spec that could name another endpoint (or region) could send them to any host."""
+    s3 = spec.s3
+    if any((s3.access_key_id, s3.secret_access_key, s3.session_token)):
+        raise SpecError("<submitted spec>: s3 credentials cannot be sent to the service; set them on the server")
+    for key, given, served in (("endpoint_url", s3.endpoint_url, settings.s3_endpoint_url),
+                               ("region", s3.region, settings.s3_region)):  # fmt: skip
+        if given is not None and given != served:
+            raise SpecError(f"<submitted spec>: s3.{key} {given!r} is not the service's "
+                            f"({served or 'its environment decides'}); leave it out")  # fmt: skip
+    served = s3.model_copy(update={"endpoint_url": settings.s3_endpoint_url, "region": settings.s3_region})
+    return spec.model_copy(update={"s3": served})
 
 
 def _local_shards(source: WebDatasetSource) -> list[Path]:

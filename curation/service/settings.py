@@ -25,6 +25,10 @@ class ServiceSettings(Strict):
     public_optout_limit: str = "20/hour"  # COUNT/second|minute|hour|day
     max_upload_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     request_threads: int = Field(default=8, ge=1)  # concurrent request handlers (reads); runs have their own thread
+    # The S3 endpoint and region runs use, signed with the server's credentials (its environment's). A submitted
+    # spec may leave them out (it gets these) or repeat them, never name others. None: the environment's.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
 
     @field_validator("public_optout_limit")
     @classmethod

@@ -93,3 +93,34 @@ def test_the_shipped_default_embedder_is_allowed_whatever_specs_dir_is(tmp_path)
     text = yaml.safe_dump(spec_with({"kind": "folder", "name": "imgs", "path": "../data/imgs"},
                                     embed={"model": "bundled:default"}))  # fmt: skip
     assert spec_from_text(text, settings, Home(tmp_path / "home")).stages.embed.model == "bundled:default"
+
+
+def test_a_submitted_spec_cannot_send_the_servers_s3_credentials_to_another_host(confined):
+    """Runs sign S3 requests with the server's credentials: an endpoint or region of the spec's own would get them."""
+    bucket = {"kind": "s3", "name": "b", "uri": "s3://bucket/x"}
+    for s3 in ({"endpoint_url": "http://127.0.0.1:9/"}, {"region": "elsewhere-1"}):
+        for route in ("/api/specs/check", "/api/jobs"):
+            refused = confined.post(
+                route, role="curator", json={"spec": yaml.safe_dump({**spec_with(bucket), "s3": s3})}
+            )
+            assert refused.status_code == 400, (route, s3, refused.text)
+            assert f"s3.{next(iter(s3))}" in refused.json()["detail"]
+    assert confined.get("/api/jobs").json() == []
+
+
+def test_a_submitted_spec_runs_against_the_servers_s3_endpoint(tmp_path):
+    from curation.errors import SpecError
+    from curation.service.jobs import spec_from_text
+    from curation.service.settings import ServiceSettings
+    from curation.store.home import Home
+
+    settings = ServiceSettings(data_root=tmp_path, specs_dir=tmp_path, s3_endpoint_url="http://s3.internal:9000",
+                               s3_region="eu-west-1").resolved()  # fmt: skip
+    bucket = spec_with({"kind": "s3", "name": "b", "uri": "s3://bucket/x"})
+    served = ("http://s3.internal:9000", "eu-west-1")
+    for s3 in ({}, {"endpoint_url": served[0], "region": served[1]}):
+        spec = spec_from_text(yaml.safe_dump({**bucket, "s3": s3}), settings, Home(tmp_path / "home"))
+        assert (spec.s3.endpoint_url, spec.s3.region) == served
+    with pytest.raises(SpecError, match="s3.endpoint_url 'http://s3.internal:9001'"):
+        spec_from_text(yaml.safe_dump({**bucket, "s3": {"endpoint_url": "http://s3.internal:9001"}}), settings,
+                       Home(tmp_path / "home"))  # fmt: skip
