@@ -40,6 +40,7 @@ STATIC = Path(__file__).parent / "static"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 THUMBNAIL_SIDE = 192
 Offset = Annotated[int, Query(ge=0, le=2**53)]  # positions in listings and logs: bounded, so never an overflow
+FORM_OVERHEAD = 64 * 1024  # bytes a request body may hold beside an upload: its other fields and part headers
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,37 @@ class RateLimiter:
                 return False
             calls.append(now)
             return True
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before it is read (by its Content-Length) or as
+    soon as that many bytes have arrived (chunked). Starlette spools a whole multipart body to disk before a
+    route sees it, so a check in the route comes after the cost."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse({"detail": self._too_large()}, status_code=413, headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self._too_large(), headers={"Connection": "close"})
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.limit} bytes"
 
 
 class RunRequest(BaseModel):
@@ -144,6 +176,7 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
                   description="Runs, versions, samples, provenance audit and opt-outs over one curation home. "
                               "Send `Authorization: Bearer TOKEN` (tokens: `curate token create`); each route's "
                               "`x-role` names the role it needs (viewer < curator < admin).")  # fmt: skip
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_OVERHEAD)
 
     def caller(request: Request, role: str, public: bool) -> Caller:
         header = request.headers.get("authorization")

@@ -1,0 +1,48 @@
+"""What a request may cost a real `curate serve`: body sizes, upload pixels, form fields, rate-limit keys."""
+
+from __future__ import annotations
+
+import http.client
+
+import pytest
+
+from tests.service.conftest import start_service
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    running = start_service(tmp_path_factory.mktemp("limits") / "home")
+    yield running
+    running.stop()
+
+
+def raw_post(service, path: str, headers: dict[str, str]) -> http.client.HTTPConnection:
+    """A POST whose headers are sent and whose body is left to the caller."""
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=20)
+    connection.putrequest("POST", path)
+    for name, value in {"Authorization": f"Bearer {service.tokens['viewer']}", **headers}.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    return connection
+
+
+@pytest.mark.parametrize("path", ["/api/optouts", "/api/versions/x@v1/similar"])
+def test_a_body_over_the_limit_is_refused_before_it_is_received(limited, path):
+    """By its Content-Length, before a byte of it is sent; chunked, as soon as the limit is passed (the body is
+    left unfinished, so only a server that stops reading on its own can answer)."""
+    from curation.service.app import FORM_OVERHEAD
+
+    form = {"Content-Type": "multipart/form-data; boundary=x"}
+    declared = raw_post(limited, path, {**form, "Content-Length": str(300 * 2**20)})
+    assert declared.getresponse().status == 413
+    limit = limited.get("/api/policy").json()["max_upload_bytes"] + FORM_OVERHEAD
+    chunked = raw_post(limited, path, {**form, "Transfer-Encoding": "chunked"})
+    part = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+    chunked.send(b"%x\r\n%s\r\n" % (len(part), part))
+    chunk, sent = b"\0" * 2**20, len(part)
+    while sent <= limit:
+        piece = chunk[: limit + 1 - sent]
+        chunked.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        sent += len(piece)
+    response = chunked.getresponse()
+    assert response.status == 413 and b"larger than" in response.read()
