@@ -59,6 +59,20 @@ def test_counts_what_the_planner_would_list(tmp_path):
     assert sorted(tmp_path.rglob("*")) == before  # nothing was written: no home, no run
 
 
+@pytest.mark.parametrize(
+    ("image", "line"),
+    [({"size": 384, "format": "WEBP", "quality": 80}, "shorter_side 384 px, as WEBP (quality 80)"),
+     ({"resize": "none", "format": "JPEG"}, "derive published images: as JPEG (quality 90)"),
+     ({"resize": "center_crop", "size": 256, "upscale": True}, "center_crop 256 px, upscale, in their own format")],
+)  # fmt: skip
+def test_the_published_image_transform_is_described(tmp_path, image, line):
+    (tmp_path / "pool").mkdir()
+    sources = [{"kind": "folder", "name": "pool", "path": "pool"}]
+    spec = write_spec(tmp_path / "spec.yaml", {"name": "small", "sources": sources, "publish": {"image": image}})
+    code, report = check(spec)
+    assert code == 0 and any(line in stage for stage in report["stages"]), report["stages"]
+
+
 def test_every_problem_is_named_and_fails_the_check(tmp_path):
     (tmp_path / "urls.csv").write_text("link\nhttp://127.0.0.1:9/a.jpg\n")  # no `url` column
     (tmp_path / "empty").mkdir()

@@ -154,6 +154,11 @@ def _describe_stages(spec: PipelineSpec, report: CheckReport) -> list[str]:
         described += [f"  {part.name}: {_describe_part(part)}" for part in select.parts]
     else:
         described.append("select keep_all")
+    image = spec.publish.image
+    if image is not None:
+        size = "" if image.resize == "none" else f"{image.resize} {image.size} px{', upscale' if image.upscale else ''}"
+        encoding = f"as {image.format} (quality {image.quality})" if image.format else "in their own format"
+        described.append(f"derive published images: {size}{', ' if size else ''}{encoding}, on the executor")
     target = spec.publish.uri or "HOME/datasets"
     described.append(f"publish {spec.name}@vN to {target} ({spec.publish.shard_max_samples:,} samples per shard)")
     return described

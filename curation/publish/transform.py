@@ -53,6 +53,7 @@ SAVE_OPTIONS = {  # fixed encoder settings: the same pixels give the same bytes
 }
 FORMAT_OF_ORIGINAL = {"MPO": "JPEG"}  # an MPO's first frame is a JPEG
 ORIENTATION = 0x0112  # the EXIF tag
+DRAFT_MARGIN = 1.0  # a draft keeps at least this multiple of the target size
 QUARTER_TURNS = (5, 6, 7, 8)  # orientations that swap width and height
 
 
@@ -86,8 +87,8 @@ def transform_image(data: bytes, original_format: str, settings: ImageTransform)
         crop = settings.resize == "center_crop" and width != height
         if size == (width, height) and not crop and image_format == original_format:
             return None
-        if size != (width, height):  # JPEG decodes at 1/2, 1/4 or 1/8 scale: keep at least twice the target
-            image.draft(image.mode, (2 * size[0], 2 * size[1]))
+        if size != (width, height):  # JPEG decodes at 1/2, 1/4 or 1/8 scale; Lanczos does the rest
+            image.draft(image.mode, (round(DRAFT_MARGIN * size[0]), round(DRAFT_MARGIN * size[1])))
         if image.getexif().get(ORIENTATION) in QUARTER_TURNS:
             size = (size[1], size[0])
         image = _encodable(ImageOps.exif_transpose(image), image_format)  # orientation goes into the pixels
@@ -161,13 +162,11 @@ def derive_images(samples: list[dict[str, Any]], settings: ImageTransform, blobs
             for count in executor().map(derive_block, pending, settings, blobs, work, run_id):
                 bar.update(count)
     seconds = time.perf_counter() - started
-    rows = [
-        row
-        for block in blocks
-        for row in (done.get(block.index) or read_parquet(work, derive_key(run_id, block.index))).to_pylist()
-    ]
+    tables = [done[block.index] if block.index in done else read_parquet(work, derive_key(run_id, block.index))
+              for block in blocks]  # fmt: skip
+    rows = [row for table in tables for row in table.to_pylist()]
     derived = {row["image_id"]: row for row in rows}
-    changed = [row for row in rows if row["sha256"] not in (None, row["image_id"])]
+    changed = [sample for sample in samples if derived[sample["image_id"]]["sha256"] not in (None, sample["image_id"])]
     stats = {
         "images": len(rows),
         "transformed": len(changed),
@@ -177,12 +176,8 @@ def derive_images(samples: list[dict[str, Any]], settings: ImageTransform, blobs
         "resumed_blocks": len(done),
         "seconds": round(seconds, 3),
         "images_per_s": round(sum(len(block.items) for block in pending) / seconds, 1) if pending else None,
-        "bytes_in": sum(
-            sample["bytes"]
-            for sample in samples
-            if derived[sample["image_id"]]["sha256"] not in (None, sample["image_id"])
-        ),
-        "bytes_out": sum(row["bytes"] for row in changed),
+        "bytes_in": sum(sample["bytes"] for sample in changed),  # of the originals that were transformed
+        "bytes_out": sum(derived[sample["image_id"]]["bytes"] for sample in changed),
     }
     return derived, stats
 
