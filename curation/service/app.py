@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -220,7 +221,8 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
     def policy() -> dict:
         """What the page needs before it has a token: whether opt-outs are open to everyone, and the limits."""
         return {"public_optouts": settings.public_optouts, "public_optout_limit": settings.public_optout_limit,
-                "max_upload_bytes": settings.max_upload_bytes, "roles": list(ROLES)}  # fmt: skip
+                "max_upload_bytes": settings.max_upload_bytes, "max_upload_pixels": settings.max_upload_pixels,
+                "roles": list(ROLES)}  # fmt: skip
 
     @route("GET", "/api/whoami", "viewer")
     def whoami(request: Request) -> dict:
@@ -415,6 +417,7 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         image = await upload.read(settings.max_upload_bytes + 1)
         if len(image) > settings.max_upload_bytes:
             raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
+        _refuse_large_canvas(image, settings.max_upload_pixels)
         try:
             k = int(form.get("k") or 12)
         except ValueError:
@@ -471,6 +474,7 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
             image = await upload.read(settings.max_upload_bytes + 1)
             if len(image) > settings.max_upload_bytes:
                 raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
+            _refuse_large_canvas(image, settings.max_upload_pixels)
         fields = {
             "kind": kind,
             "value": str(form.get("value") or "") or None,
@@ -563,6 +567,19 @@ def _spec_file(settings: ServiceSettings, name: str | None) -> Path:
     if not path.is_file():
         raise HTTPException(404, f"no spec {name!r} in the service's specs folder")
     return path
+
+
+def _refuse_large_canvas(image: bytes, max_pixels: int) -> None:
+    """413 for an upload whose header declares more than `max_pixels`, before any pixel is decoded: the safe
+    decoder's limit is sized for ingest, not for a request handler's memory."""
+    try:
+        with Image.open(io.BytesIO(image)) as opened:  # reads the header only
+            width, height = opened.size
+    except Exception:  # noqa: BLE001 - not an image, or Pillow's own bomb guard: the safe decoder says which
+        return
+    if width * height > max_pixels:
+        raise HTTPException(413, f"the upload is {width}x{height} = {width * height} pixels; the service takes at "
+                                 f"most {max_pixels}")  # fmt: skip
 
 
 def _thumbnail(home: Home, version, image_id: str) -> bytes:

@@ -24,6 +24,9 @@ class ServiceSettings(Strict):
     public_optouts: bool = True
     public_optout_limit: str = "20/hour"  # COUNT/second|minute|hour|day
     max_upload_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Uploads decode inside a request handler: a small file can declare a huge canvas (9400x9400 RGBA: 343 KB, 2 GB
+    # decoded), well under the decoder's ingest limit, so uploads get this much lower one, read from the header.
+    max_upload_pixels: int = Field(default=25_000_000, ge=1)
     request_threads: int = Field(default=8, ge=1)  # concurrent request handlers (reads); runs have their own thread
     # The S3 endpoint and region runs use, signed with the server's credentials (its environment's). A submitted
     # spec may leave them out (it gets these) or repeat them, never name others. None: the environment's.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import io
 
 import pytest
+from PIL import Image
 
 from tests.service.conftest import start_service
 
@@ -46,3 +48,16 @@ def test_a_body_over_the_limit_is_refused_before_it_is_received(limited, path):
         sent += len(piece)
     response = chunked.getresponse()
     assert response.status == 413 and b"larger than" in response.read()
+
+
+def test_an_upload_declaring_a_huge_canvas_is_refused_from_its_header(limited):
+    """A small PNG of a 5001x5001 canvas: under the decoder's ingest limit (89 Mpx), over the service's for
+    uploads (25 Mpx), which it checks before decoding anything."""
+    buffer = io.BytesIO()
+    Image.new("L", (5001, 5001)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 100_000
+    files = {"image": ("canvas.png", buffer.getvalue(), "image/png")}
+    limit = limited.get("/api/policy").json()["max_upload_pixels"]
+    for path, data in (("/api/optouts", {"kind": "image"}), ("/api/versions/x@v1/similar", {})):
+        refused = limited.post(path, role="viewer", data=data, files=files)
+        assert refused.status_code == 413 and f"at most {limit}" in refused.json()["detail"], (path, refused.text)
