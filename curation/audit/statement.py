@@ -56,6 +56,7 @@ def build_statement(home: str | Path, ref: str) -> dict[str, Any]:
             "content_sha256": manifest["content_sha256"],
             "code_version": manifest["code_version"],
             "location": row["uri"],
+            "published_images": manifest["spec"].get("publish", {}).get("image"),  # null: the original bytes
         },
         "sources": [
             {
@@ -120,6 +121,13 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _images_line(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return "the original bytes, as collected"
+    return (f"resized / re-encoded at publishing, `{json.dumps(settings, sort_keys=True)}` (each sample's `sha256` "
+            "and `transform`; its id names the original)")  # fmt: skip
+
+
 def render_markdown(statement: dict[str, Any]) -> str:
     dataset = statement["dataset"]
     lines = [
@@ -134,6 +142,7 @@ def render_markdown(statement: dict[str, Any]) -> str:
         f"- Manifest SHA-256 `{dataset['manifest_sha256']}`; content SHA-256 `{dataset['content_sha256']}`; "
         f"code {dataset['code_version']}",
         f"- Check it: `{statement['verify']}`",
+        "- Images: " + _images_line(dataset["published_images"]),
         "",
         "## Sources and collection",
         "| source | kind | location | inputs | samples | first seen | last seen |",

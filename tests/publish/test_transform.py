@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import curation
+from curation.audit.statement import build_statement, render_markdown
 from curation.config import ImageTransform
 from curation.core.progress import Progress
 from curation.executors.local import LocalExecutor
@@ -184,6 +185,10 @@ def test_a_run_publishes_the_transformed_images_with_their_provenance(ray_local,
     assert "WebP" in wide_outcome["detail"]
     assert version.manifest["dropped"]["publish"] == {"transform_failed": 1}
     assert result.stats["derive"]["transformed"] == 13 and result.stats["derive"]["failed"] == 1
+
+    statement = build_statement(home, result.version)
+    assert statement["dataset"]["published_images"] == {**settings, "upscale": False}
+    assert "resized / re-encoded at publishing" in render_markdown(statement)
 
     rerun = curation.run(spec, home=home, progress=False, fresh=True)
     assert rerun.unchanged and rerun.version == result.version  # the same bytes out: nothing new to publish
