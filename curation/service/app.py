@@ -51,23 +51,35 @@ class Caller:
 
 
 class RateLimiter:
-    """At most `count` calls per `window` seconds per key (a client address): a sliding window in memory."""
+    """At most `count` calls per `window` seconds per key (a client address): a sliding window in memory. Keys
+    whose window has emptied are dropped, and past `max_keys` the least recently seen go first, so the table
+    stays bounded however many addresses call."""
 
-    def __init__(self, count: int, window: float):
-        self.count, self.window = count, window
-        self._calls: dict[str, deque[float]] = {}
+    def __init__(self, count: int, window: float, max_keys: int = 10_000):
+        self.count, self.window, self.max_keys = count, window, max_keys
+        self._calls: OrderedDict[str, deque[float]] = OrderedDict()  # least recently seen first
         self._lock = threading.Lock()
 
     def allow(self, key: str) -> bool:
         now = time.monotonic()
         with self._lock:
-            calls = self._calls.setdefault(key, deque())
+            calls = self._calls.pop(key, None) or deque()
             while calls and calls[0] <= now - self.window:
                 calls.popleft()
-            if len(calls) >= self.count:
-                return False
-            calls.append(now)
-            return True
+            allowed = len(calls) < self.count
+            if allowed:
+                calls.append(now)
+            if calls:
+                self._calls[key] = calls
+            while self._calls and (len(self._calls) > self.max_keys or self._stale(next(iter(self._calls)), now)):
+                self._calls.popitem(last=False)
+            return allowed
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def _stale(self, key: str, now: float) -> bool:
+        return self._calls[key][-1] <= now - self.window
 
 
 class BodyLimit:
@@ -615,4 +627,5 @@ def serve(home: Home, settings: ServiceSettings) -> None:
     print(f"curation service on http://{settings.host}:{settings.port}/  (home {home.root})", flush=True)
     if not any(record.state() == "active" for record in TokenStore(home.root).list()):
         print("no active API token yet: `curate token create --name YOU --role admin` prints one", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", proxy_headers=settings.proxy_headers,
+                forwarded_allow_ips=settings.forwarded_allow_ips)  # fmt: skip

@@ -23,6 +23,10 @@ class ServiceSettings(Strict):
     # Opt-out requests from people without a token, limited per client address.
     public_optouts: bool = True
     public_optout_limit: str = "20/hour"  # COUNT/second|minute|hour|day
+    # The client address (which the limit counts) from X-Forwarded-For: only behind a proxy that sets it, and only
+    # when the request comes from one of `forwarded_allow_ips` (comma-separated, '*' for any). Off: the peer's.
+    proxy_headers: bool = False
+    forwarded_allow_ips: str = "127.0.0.1"
     max_upload_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Uploads decode inside a request handler: a small file can declare a huge canvas (9400x9400 RGBA: 343 KB, 2 GB
     # decoded), well under the decoder's ingest limit, so uploads get this much lower one, read from the header.

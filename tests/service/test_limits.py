@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import time
 
 import pytest
 from PIL import Image
@@ -61,3 +62,22 @@ def test_an_upload_declaring_a_huge_canvas_is_refused_from_its_header(limited):
     for path, data in (("/api/optouts", {"kind": "image"}), ("/api/versions/x@v1/similar", {})):
         refused = limited.post(path, role="viewer", data=data, files=files)
         assert refused.status_code == 413 and f"at most {limit}" in refused.json()["detail"], (path, refused.text)
+
+
+def test_the_rate_limit_counts_the_peer_not_a_forwarded_for_header(limited):
+    """Proxy headers are off unless configured: a client cannot be a new address per request."""
+    limit = int(limited.get("/api/policy").json()["public_optout_limit"].split("/")[0])
+    codes = [limited.post("/api/optouts", role=None, headers={"X-Forwarded-For": f"10.9.9.{i}"},
+                          data={"kind": "domain", "value": f"site{i}.example"}).status_code
+             for i in range(limit + 1)]  # fmt: skip
+    assert codes[-1] == 429, codes
+
+
+def test_the_rate_limiter_forgets_quiet_addresses_and_holds_at_most_max_keys():
+    from curation.service.app import RateLimiter
+
+    limiter = RateLimiter(1, window=0.2, max_keys=3)
+    assert [limiter.allow(key) for key in "abcd"] == [True] * 4 and len(limiter) == 3  # 'a' went first
+    assert limiter.allow("a") and not limiter.allow("d")
+    time.sleep(0.25)
+    assert limiter.allow("e") and len(limiter) == 1  # every other window had emptied
