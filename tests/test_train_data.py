@@ -125,6 +125,20 @@ def test_a_version_superseded_by_an_optout_is_refused_unless_allowed(tmp_path):
     assert open_training_set(home, "fixture@latest").lineage["dataset"] == "fixture@v2"
 
 
+def test_requests_filed_after_a_version_was_checked_are_named(tmp_path, caplog):
+    home = tmp_path / "home"
+    curation.run(SPEC, home=home)
+    assert "unapplied_optout_requests" not in open_training_set(home, "fixture@v1").lineage
+    image_id = open_training_set(home, "fixture@v1").version.samples().column("image_id")[0].as_py()
+    request = audit.add_optout(home, kind="sha256", value=image_id)
+    with caplog.at_level("WARNING", logger="curation"):
+        lineage = open_training_set(home, "fixture@v1").lineage
+    assert lineage["unapplied_optout_requests"] == [request.request_id]
+    assert "curate optout apply fixture" in caplog.text
+    audit.apply_optouts(home, "fixture")
+    assert "unapplied_optout_requests" not in open_training_set(home, "fixture@v2").lineage
+
+
 def test_stream_reads_a_version_published_to_s3(s3_spec, bucket, tmp_path, monkeypatch):
     home = tmp_path / "home"
     curation.run({**SPEC, "publish": {"uri": f"s3://{bucket}/datasets", "shard_max_samples": 64}, "s3": s3_spec},
