@@ -41,6 +41,7 @@ STATIC = Path(__file__).parent / "static"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 THUMBNAIL_SIDE = 192
 Offset = Annotated[int, Query(ge=0, le=2**53)]  # positions in listings and logs: bounded, so never an overflow
+OPTOUT_FIELD_CHARS = {"value": 2048, "reason": 1000, "requester": 200}  # the registry keeps every request forever
 FORM_OVERHEAD = 64 * 1024  # bytes a request body may hold beside an upload: its other fields and part headers
 
 
@@ -475,6 +476,12 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
         if who.role is None and not limiter.allow(who.name):
             raise HTTPException(429, f"too many opt-out requests from {who.name}; limit {settings.public_optout_limit}")
         form = await request.form(max_files=1, max_fields=8)
+        for name, most in OPTOUT_FIELD_CHARS.items():
+            given = form.get(name)
+            if given is not None and not isinstance(given, str):
+                raise HTTPException(422, f"{name} must be a text field")
+            if given and len(given) > most:
+                raise HTTPException(422, f"{name} is {len(given)} characters; at most {most}")
         kind = str(form.get("kind") or "")
         if kind == "withdraw" and who.role is None:
             raise HTTPException(401, "withdrawing a request needs a token")

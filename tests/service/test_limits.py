@@ -81,3 +81,20 @@ def test_the_rate_limiter_forgets_quiet_addresses_and_holds_at_most_max_keys():
     assert limiter.allow("a") and not limiter.allow("d")
     time.sleep(0.25)
     assert limiter.allow("e") and len(limiter) == 1  # every other window had emptied
+
+
+def test_opt_out_fields_are_bounded(limited):
+    """The registry keeps every request forever: a field over its length is refused, named."""
+    for name, most in (("value", 2048), ("reason", 1000), ("requester", 200)):
+        form = {"kind": "url", "value": "https://example.com/a.jpg", name: "https://example.com/" + "a" * most}
+        refused = limited.post("/api/optouts", role="viewer", data=form)
+        assert refused.status_code == 422 and refused.json()["detail"].startswith(f"{name} is "), refused.text
+    as_file = limited.post("/api/optouts", role="viewer", data={"kind": "url"}, files={"value": ("v", b"x")})
+    assert as_file.status_code == 422 and "value must be a text field" in as_file.text
+    fitting = {
+        "kind": "url",
+        "value": "https://example.com/" + "a" * 2000,
+        "reason": "r" * 1000,
+        "requester": "q" * 200,
+    }
+    assert limited.post("/api/optouts", role="viewer", data=fitting).status_code == 201
