@@ -469,7 +469,8 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
     @route("POST", "/api/optouts", "viewer", public=settings.public_optouts, status_code=201)
     async def submit_optout(request: Request) -> dict:
         """An opt-out request: a form with kind (url, url_prefix, domain, sha256, image, withdraw), value or an
-        image file, reason and requester. Without a token it is rate-limited per client address."""
+        image file, reason and requester. Without a token it is rate-limited per client address. Withdrawing a
+        request (kind withdraw) needs the curator role: anyone else could undo anyone's opt-out."""
         from curation import audit
 
         who: Caller = request.state.caller
@@ -483,8 +484,8 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
             if given and len(given) > most:
                 raise HTTPException(422, f"{name} is {len(given)} characters; at most {most}")
         kind = str(form.get("kind") or "")
-        if kind == "withdraw" and who.role is None:
-            raise HTTPException(401, "withdrawing a request needs a token")
+        if kind == "withdraw" and not (who.role and role_allows(who.role, "curator")):
+            raise HTTPException(403 if who.role else 401, "withdrawing a request needs the curator role")
         upload = form.get("image")
         image = None
         if kind == "image":

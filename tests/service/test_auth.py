@@ -74,6 +74,18 @@ def test_public_routes_are_only_the_ones_policy_opens(service):
                       ("GET", "/api/optouts/x")}  # fmt: skip
 
 
+def test_withdrawing_an_opt_out_needs_the_curator_role(service):
+    """Anyone may ask for an opt-out; only a curator may withdraw one (else any viewer could undo anyone's)."""
+    created = service.post("/api/optouts", role="viewer", data={"kind": "domain", "value": "withdrawn.example"})
+    withdrawal = {"kind": "withdraw", "value": created.json()["request_id"]}
+    assert service.post("/api/optouts", role=None, data=withdrawal).status_code == 401
+    refused = service.post("/api/optouts", role="viewer", data=withdrawal)
+    assert refused.status_code == 403 and "curator" in refused.json()["detail"]
+    assert service.get(f"/api/optouts/{withdrawal['value']}").json()["status"] == "received"
+    assert service.post("/api/optouts", role="curator", data=withdrawal).status_code == 201
+    assert service.get(f"/api/optouts/{withdrawal['value']}").json()["status"] == "withdrawn"
+
+
 @pytest.fixture(scope="module")
 def closed_service(tmp_path_factory):
     running = start_service(tmp_path_factory.mktemp("closed") / "home", "--no-public-optouts")
