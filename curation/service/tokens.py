@@ -19,6 +19,7 @@ from pathlib import Path
 from curation.errors import CurationError
 
 ROLES = ("viewer", "curator", "admin")  # each role can do everything the ones before it can
+MAX_LIFETIME = timedelta(days=3650)  # ten years; a longer one overflows the expiry date or means "never" (omit it)
 
 
 class TokenError(CurationError):
@@ -90,6 +91,8 @@ class TokenStore:
             raise TokenError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         if expires_in is not None and expires_in <= timedelta(0):
             raise TokenError("a token's lifetime must be positive")
+        if expires_in is not None and expires_in > MAX_LIFETIME:
+            raise TokenError(_too_long(expires_in))
         token_id = secrets.token_hex(4)
         token = f"cur_{token_id}_{secrets.token_urlsafe(32)}"
         now = datetime.now(UTC)
@@ -123,8 +126,16 @@ class TokenStore:
 
 
 def parse_lifetime(text: str) -> timedelta:
-    """'90d', '12h', '30m' -> timedelta."""
-    units = {"d": "days", "h": "hours", "m": "minutes"}
-    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+    """'90d', '12h', '30m' -> timedelta, at most MAX_LIFETIME (checked before a timedelta could overflow)."""
+    seconds_per = {"d": 86400, "h": 3600, "m": 60}
+    if len(text) < 2 or text[-1] not in seconds_per or not text[:-1].isdigit():
         raise TokenError(f"lifetime {text!r}: expected a number and a unit, e.g. 90d, 12h or 30m")
-    return timedelta(**{units[text[-1]]: int(text[:-1])})
+    seconds = int(text[:-1]) * seconds_per[text[-1]]
+    if seconds > MAX_LIFETIME.total_seconds():
+        raise TokenError(_too_long(text))
+    return timedelta(seconds=seconds)
+
+
+def _too_long(lifetime: str | timedelta) -> str:
+    shown = lifetime if isinstance(lifetime, str) else f"{lifetime.days} days"
+    return f"lifetime {shown} is longer than {MAX_LIFETIME.days} days (10 years); give none for no expiry"

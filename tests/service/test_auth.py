@@ -86,6 +86,18 @@ def test_withdrawing_an_opt_out_needs_the_curator_role(service):
     assert service.get(f"/api/optouts/{withdrawal['value']}").json()["status"] == "withdrawn"
 
 
+def test_token_lifetimes_are_capped_with_a_clear_error(service, tmp_path):
+    """Over HTTP and in the CLI: ten years at most, and an absurd one is a TokenError, not an OverflowError."""
+    for expires in ("99999999999d", "999999999d", "3651d"):
+        refused = service.post("/api/tokens", json={"name": "t", "role": "viewer", "expires": expires})
+        assert refused.status_code == 422 and "longer than 3650 days" in refused.json()["detail"], refused.text
+    assert service.post("/api/tokens", json={"name": "t", "role": "viewer", "expires": "3650d"}).status_code == 201
+    command = [sys.executable, "-m", "curation.cli", "--home", str(tmp_path), "token", "create", "--name", "t",
+               "--role", "viewer", "--expires", "99999999999d"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "longer than 3650 days" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.fixture(scope="module")
 def closed_service(tmp_path_factory):
     running = start_service(tmp_path_factory.mktemp("closed") / "home", "--no-public-optouts")
