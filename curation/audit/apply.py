@@ -158,12 +158,7 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
                       "similarity": m.similarity, "via_image_id": m.via_image_id} for m in matches],
         )  # fmt: skip
         commit_version(target, staging, parent["name"], number, child_manifest)
-        register_version(catalog, target, child_manifest)
-        catalog.record_removals(parent["name"], number, matches)
-        catalog.db.execute(
-            "UPDATE versions SET status = 'superseded_by_optout' WHERE name = ? AND version < ?",
-            [parent["name"], number],
-        )
+        register_version(catalog, target, child_manifest)  # records its removals; earlier versions superseded
         return ApplyResult(parent_ref, child_manifest["ref"], matches)
 
 

@@ -331,23 +331,6 @@ class Catalog:
         )
 
     # --- opt-outs -----------------------------------------------------------------------------------------
-    def record_removals(self, name: str, number: int, matches) -> None:
-        """What an opt-out child version removed (its manifest lists the same)."""
-        with self.transaction() as db:
-            for match in matches:
-                db.execute(
-                    "INSERT INTO optout_removals VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        name,
-                        number,
-                        match.image_id,
-                        match.request_id,
-                        match.method,
-                        match.similarity,
-                        match.via_image_id,
-                    ],
-                )
-
     # --- versions ---------------------------------------------------------------------------------------
     def register_version(self, manifest: dict, uri: str, manifest_sha256: str) -> None:
         name, number = manifest["name"], manifest["version"]
@@ -376,6 +359,24 @@ class Catalog:
                     "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)",
                     [name, number, shard["tar"], tar["sha256"], tar["bytes"], shard["samples"]],
                 )
+            self._register_removals(db, manifest)
+
+    @staticmethod
+    def _register_removals(db, manifest: dict) -> None:
+        """What an opt-out child removed (its manifest's `removed`), and the status it implies: a child supersedes
+        every earlier version, and an earlier version registered after its child (a catalog catching up with a
+        shared store) is superseded as well. The store, not one catalog, is the truth."""
+        name, number = manifest["name"], manifest["version"]
+        db.execute("DELETE FROM optout_removals WHERE name = ? AND version = ?", [name, number])
+        for item in manifest.get("removed", []):
+            db.execute("INSERT INTO optout_removals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [name, number, item["image_id"], item["request_id"], item["method"], item["similarity"],
+                        item["via_image_id"]])  # fmt: skip
+        db.execute(
+            "UPDATE versions SET status = 'superseded_by_optout' WHERE name = ? AND version < "
+            "(SELECT max(version) FROM optout_removals WHERE name = ?)",
+            [name, name],
+        )
 
     def record_version_samples(self, name: str, number: int, samples: pa.Table) -> None:
         """Columns image_id, shard, part: which image sits in which shard of the version."""

@@ -27,9 +27,10 @@ from curation.cli import cli
 from curation.config import EmbedStage, parse_spec
 from curation.core.pipeline import run_pipeline
 from curation.core.progress import Progress
-from curation.errors import SpecError
+from curation.errors import SpecError, TrainError
 from curation.store.catalog import Catalog
 from curation.store.home import Home
+from curation.train.dataset import open_training_set
 from tests.conftest import FIXTURE_IMAGES
 
 DEFAULT_EMBEDDER = Path(curation.__file__).parent / "train" / "default"
@@ -357,3 +358,23 @@ def test_an_exact_copy_of_an_uploaded_image_is_not_taken_at_ingest(ray_local, tm
     row = outcome_of(home, result.run_id, str(victim))
     assert (row["stage"], row["detail"]) == ("ingest", request.request_id)
     assert not (home / "blobs" / row["image_id"][:2] / row["image_id"]).exists()  # never stored
+
+
+def test_a_second_home_on_the_same_store_sees_the_superseded_parent(published, tmp_path):
+    spec = {**published["spec"], "publish": {**published["spec"]["publish"], "uri": str(tmp_path / "shared")}}
+    first = tmp_path / "first-home"
+    curation.run(spec, home=first)
+    audit.add_optout(first, kind="sha256", value=sha(published["target"]))
+    assert audit.apply_optouts(first, "demo").ref == "demo@v2"
+
+    other = tmp_path / "other-home"
+    later = curation.run(spec, home=other)  # its catalog learns v1 and v2 from the shared store first
+    with Catalog.open(other / "catalog.duckdb", read_only=True) as catalog:
+        statuses = {row["version"]: row["status"] for row in catalog.versions("demo")}
+        removed = catalog.rows("SELECT image_id FROM optout_removals WHERE name = 'demo'")
+    assert statuses[1] == "superseded_by_optout" and statuses[2] == "current"
+    planted = sha((published["pool"] / "planted-copy.jpg").read_bytes())
+    assert {row["image_id"] for row in removed} == {sha(published["target"]), planted}
+    assert later.version == "demo@v3"  # its own registry is empty: it keeps the image, as that home asked
+    with pytest.raises(TrainError, match="superseded by an opt-out"):
+        open_training_set(other, "demo@v1")
