@@ -17,11 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import tldextract
+
 from curation.errors import CurationError
 from curation.ingest.exclusions import canonical_uri
 from curation.store.catalog import Catalog
 
 KINDS = ("url", "url_prefix", "domain", "sha256", "image", "withdraw")
+_SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # the snapshot it ships: never downloads
 GENESIS = "0" * 64
 
 
@@ -67,6 +70,10 @@ def _normalise(kind: str, value: str) -> str:
         domain = value.lower().removeprefix("www.").strip(".")
         if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
             raise RequestError(f"domain: not a domain name: {value!r}")
+        parts = _SUFFIXES(domain)
+        if parts.suffix and not parts.domain:  # anyone may file a request: one must not take a country's web
+            raise RequestError(f"domain: {domain} is a public suffix, not a site; name the site (e.g. "
+                               f"example.{domain})")  # fmt: skip
         return domain
     if kind in ("sha256", "image"):
         if not re.fullmatch(r"[0-9a-f]{64}", value.lower()):

@@ -54,6 +54,13 @@ def test_overlong_fields_are_refused(catalog, field, limit):
     assert len(list_requests(catalog)) == 1
 
 
+@pytest.mark.parametrize("suffix", ["co.uk", "com.au", "CO.UK.", "www.co.uk"])
+def test_a_public_suffix_is_not_a_domain_to_opt_out(catalog, suffix):
+    with pytest.raises(RequestError, match="is a public suffix"):
+        add_request(catalog, kind="domain", value=suffix)
+    assert add_request(catalog, kind="domain", value="example.co.uk").value == "example.co.uk"
+
+
 def test_urls_are_stored_canonical_and_local_paths_are_accepted(catalog):
     url = add_request(catalog, kind="url", value="HTTPS://Cdn.Example.ORG.:443/a/./b/../%7Eme.jpg#frag")
     assert url.value == "https://cdn.example.org/a/~me.jpg"
