@@ -261,12 +261,17 @@ def test_a_later_run_brings_back_nothing_an_apply_removed(published, home):
     assert audit_image(home, str(pool / "mirror.png"))["decisions"]
 
 
+def small_pool(folder: Path, count: int) -> list[Path]:
+    """`count` clip-art fixtures copied into `folder`, sorted."""
+    folder.mkdir()
+    for path in sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:count]:
+        shutil.copyfile(path, folder / path.name)
+    return sorted(folder.iterdir())
+
+
 def test_a_request_filed_before_a_resume_counts(ray_local, tmp_path, home):
     pool = tmp_path / "pool"
-    pool.mkdir()
-    for path in sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:6]:
-        shutil.copyfile(path, pool / path.name)
-    victim = sorted(pool.iterdir())[2]
+    victim = small_pool(pool, 6)[2]
     model = tmp_path / "model" / "default-vit-tiny.json"
     spec = {"name": "late", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
             "stages": {"decode": {"min_side": 16}, "embed": {"model": f"bundled:{model}"}},
@@ -347,10 +352,7 @@ def test_counts_stay_true_across_applies(published, home):
 
 def test_an_exact_copy_of_an_uploaded_image_is_not_taken_at_ingest(ray_local, tmp_path, home):
     pool = tmp_path / "pool"
-    pool.mkdir()
-    for path in sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:4]:
-        shutil.copyfile(path, pool / path.name)
-    victim = sorted(pool.iterdir())[1]
+    victim = small_pool(pool, 4)[1]
     request = audit.add_optout(home, kind="image", image=victim.read_bytes())
     spec = {"name": "up", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
             "stages": {"decode": {"min_side": 16}}, "execution": {"executor": "local"}}  # fmt: skip
