@@ -36,7 +36,7 @@ def test_run_submitted_over_http_publishes_a_browsable_version(service, publishe
     assert [row["ref"] for row in versions] == ["fashion@v1"]
     summary = service.get("/api/versions/fashion@v1").json()
     assert summary["counts"]["samples"] == 120 and summary["counts"]["shards"] == 3
-    assert summary["lineage"] == ["ingest", "license", "embed", "select"]
+    assert summary["lineage"] == ["ingest", "license", "embed", "optout", "select"]
 
     page = service.get("/api/versions/fashion@v1/samples", params={"limit": 50, "offset": 100}).json()
     assert page["total"] == 120 and len(page["samples"]) == 20
