@@ -56,7 +56,8 @@ def match_images(
     request_phashes: dict[str, int] | None = None,
     settings: MatchSettings | None = None,
 ) -> list[Match]:
-    """One Match per covered image (the first request that covers it, in registry order).
+    """One Match per covered image: URL kinds first (an exact URL over a prefix over a domain, then registry order,
+    as at ingest), then the other kinds in registry order.
 
     `vectors` are the images' unit vectors (rows aligned with `image_ids`); `request_vectors` and
     `request_phashes` hold the uploaded images' vector and hash per request id.
@@ -64,13 +65,15 @@ def match_images(
     settings = settings or MatchSettings()
     found: dict[str, Match] = {}
     index_of = {image_id: i for i, image_id in enumerate(image_ids)}
+    by_url = exclusions_of([request for request in requests if request.kind in ("url", "url_prefix", "domain")])
+    kind_of = {request.request_id: request.kind for request in requests}
+    if by_url:  # one indexed lookup per URI, whatever the registry's size
+        for image_id, image_uris in zip(image_ids, uris):
+            request_id = next((hit for uri in image_uris if (hit := by_url.covering_uri(uri))), None)
+            if request_id:
+                found[image_id] = Match(image_id, request_id, kind_of[request_id])
     for request in requests:
-        if request.kind in ("url", "url_prefix", "domain"):
-            single = exclusions_of([request])
-            for image_id, image_uris in zip(image_ids, uris):
-                if image_id not in found and any(single.covering_uri(uri) for uri in image_uris):
-                    found[image_id] = Match(image_id, request.request_id, request.kind)
-        elif request.kind in ("sha256", "removed_before") and request.value in index_of:
+        if request.kind in ("sha256", "removed_before") and request.value in index_of:
             found.setdefault(request.value, Match(request.value, request.request_id, request.kind))
         elif request.kind == "image":
             if request.value in index_of:

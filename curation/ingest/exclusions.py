@@ -71,48 +71,49 @@ def canonical_uri(uri: str) -> str:
     return urlunsplit((scheme, netloc, path, _escapes(parts.query), ""))
 
 
-def host_matches(uri: str, domain: str) -> bool:
-    """`uri`'s host is `domain` or one of its subdomains."""
-    try:
-        host = _host(urlsplit(uri).hostname or "")
-    except ValueError:
-        return False
-    domain = _host(domain)
-    return host == domain or host.endswith("." + domain)
-
-
 @dataclass(frozen=True)
 class Exclusions:
-    """(request id, value) pairs per kind, in registry order (the first covering request is the one named)."""
+    """(request id, value) pairs per kind, in registry order. An exact URL wins over a prefix, a prefix over a
+    domain; within a kind the first request in registry order is the one named. Exact URLs, domains and hashes
+    are looked up in indexes built once, so a registry of millions of URLs costs a lookup per input, not a scan."""
 
     urls: tuple[tuple[str, str], ...] = ()
     prefixes: tuple[tuple[str, str], ...] = ()
     domains: tuple[tuple[str, str], ...] = ()
     hashes: tuple[tuple[str, str], ...] = ()
-    _hash_index: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _index: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for request_id, value in reversed(self.hashes):
-            self._hash_index[value] = request_id
+        spell = {"urls": canonical_uri, "prefixes": canonical_uri, "domains": _host, "hashes": str}
+        for kind, canonical in spell.items():
+            index = self._index.setdefault(kind, {})
+            for request_id, value in getattr(self, kind):
+                index.setdefault(canonical(value), request_id)
 
     def __bool__(self) -> bool:
         return bool(self.urls or self.prefixes or self.domains or self.hashes)
 
     def covering_uri(self, uri: str) -> str | None:
         canonical = canonical_uri(uri)
-        for request_id, url in self.urls:
-            if canonical == canonical_uri(url):
+        if canonical in self._index["urls"]:
+            return self._index["urls"][canonical]
+        for prefix, request_id in self._index["prefixes"].items():  # registry order (dicts keep insertion order)
+            if canonical.startswith(prefix):
                 return request_id
-        for request_id, prefix in self.prefixes:
-            if canonical.startswith(canonical_uri(prefix)):
-                return request_id
-        for request_id, domain in self.domains:
-            if host_matches(uri, domain):
-                return request_id
+        if self._index["domains"]:
+            try:
+                labels = _host(urlsplit(uri).hostname or "").split(".")
+            except ValueError:
+                return None
+            found = [self._index["domains"][suffix] for suffix in (".".join(labels[i:]) for i in range(len(labels)))
+                     if suffix in self._index["domains"]]  # fmt: skip
+            if found:
+                order = list(self._index["domains"].values())
+                return min(found, key=order.index)
         return None
 
     def covering_hash(self, image_id: str) -> str | None:
-        return self._hash_index.get(image_id)
+        return self._index["hashes"].get(image_id)
 
 
 NO_EXCLUSIONS = Exclusions()

@@ -326,13 +326,13 @@ def test_exact_requests_match_images_that_cannot_be_embedded(published, home):
     broken = blobs.put(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # no embedder decodes this
     fine = sha(published["target"])
     audit.add_optout(home, kind="sha256", value=broken)
-    audit.add_optout(home, kind="url", value="/elsewhere/broken.png")
+    audit.add_optout(home, kind="url_prefix", value="/elsewhere/unembeddable/")
     with Catalog.open(store.catalog_path) as catalog:
         requests = active_requests(list_requests(catalog))
-        uris = [["/elsewhere/broken.png"], ["/pool/fine.png"]]
+        uris = [["/elsewhere/broken.png"], ["/elsewhere/unembeddable/fine.png"]]
         stage = EmbedStage(model="builtin")
         matches, _ = covered_images(catalog, store, blobs, stage, [broken, fine], uris, requests, MatchSettings())
-    assert [(match.image_id, match.method) for match in matches] == [(broken, "sha256")]
+    assert sorted((match.image_id, match.method) for match in matches) == sorted([(broken, "sha256"), (fine, "url_prefix")])
 
 
 def test_counts_stay_true_across_applies(published, home):

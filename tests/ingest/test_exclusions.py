@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from curation.ingest.exclusions import Exclusions, canonical_uri, host_matches
+from curation.ingest.exclusions import Exclusions, canonical_uri
 
 REQUESTED = "http://127.0.0.1:18765/img3.png"
 
@@ -47,5 +47,23 @@ def test_canonical_spelling(uri, canonical):
      ("http://notexample.org/x", False), ("http://example.org.evil.net/x", False), ("http://[::1/x", False)],
 )  # fmt: skip
 def test_domains_match_hosts_and_subdomains_however_written(uri, hit):
-    assert host_matches(uri, "example.org") is hit
     assert Exclusions(domains=(("opt-3", "example.org"),)).covering_uri(uri) == ("opt-3" if hit else None)
+
+
+def test_the_first_request_in_registry_order_is_named_and_exact_urls_win():
+    exclusions = Exclusions(urls=(("opt-5", "http://a.example.org/x.jpg"),),
+                            prefixes=(("opt-3", "http://a.example.org/"), ("opt-4", "http://a.example.org/x")),
+                            domains=(("opt-1", "example.org"), ("opt-2", "a.example.org")))  # fmt: skip
+    assert exclusions.covering_uri("http://a.example.org/x.jpg") == "opt-5"
+    assert exclusions.covering_uri("http://a.example.org/x2.jpg") == "opt-3"
+    assert exclusions.covering_uri("http://b.a.example.org/y.jpg") == "opt-1"
+    later_first = Exclusions(domains=(("opt-1", "a.example.org"), ("opt-2", "example.org")))
+    assert later_first.covering_uri("http://b.a.example.org/y.jpg") == "opt-1"
+
+
+def test_a_large_registry_is_looked_up_not_scanned():
+    urls = tuple((f"opt-{i}", f"https://cdn.example.org/u/{i}.jpg") for i in range(200_000))
+    exclusions = Exclusions(urls=urls, domains=tuple((f"d-{i}", f"site{i}.example.net") for i in range(50_000)))
+    assert exclusions.covering_uri("HTTPS://cdn.example.org/u/199999.jpg") == "opt-199999"
+    assert exclusions.covering_uri("https://img.site49999.example.net/a.png") == "d-49999"
+    assert exclusions.covering_uri("https://cdn.example.org/u/200000.jpg") is None
