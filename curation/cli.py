@@ -409,6 +409,8 @@ def audit_image_command(obj: Context, query: str, as_json: bool) -> None:
         if report["removed_from"]:
             click.echo("removed by opt-out:")
             _table(report["removed_from"], ["ref", "request_id", "method"])
+        if report["requests"]:
+            click.echo(f"opt-out requests (in force and covering it now: {', '.join(report['covered_by']) or 'none'}):")
             _table(report["requests"], ["request_id", "kind", "reason", "requester", "received_at"])
 
     _emit(report, as_json, render)

@@ -12,7 +12,7 @@ import io
 import json
 import shutil
 import tarfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from curation.api import s3_settings_of
 from curation.audit.matching import Match, MatchSettings, match_images
-from curation.audit.registry import OptOutRequest, active_requests, list_requests
+from curation.audit.registry import OptOutRequest, active_requests, earlier_removals, list_requests
 from curation.config import EmbedStage
 from curation.dedup.perceptual import phash
 from curation.embed.driver import commit_blocks
@@ -54,14 +54,6 @@ def embed_stage_of(lineage: list[dict[str, Any]]) -> EmbedStage:
         if step["stage"] == "embed":
             return EmbedStage(**{**step["params"], "device": "cpu", "compile": False})
     return EmbedStage(model="builtin")
-
-
-def earlier_removals(catalog: Catalog, requests: list[OptOutRequest]) -> list[OptOutRequest]:
-    """`removed_before` requests: every image an `optout apply` removed for a request in `requests` (in force)."""
-    by_id = {request.request_id: request for request in requests}
-    rows = catalog.rows("SELECT DISTINCT image_id, request_id FROM optout_removals ORDER BY image_id, request_id")
-    return [replace(by_id[row["request_id"]], kind="removed_before", value=row["image_id"])
-            for row in rows if row["request_id"] in by_id]  # fmt: skip
 
 
 def covered_images(catalog: Catalog, home: Home, blobs: BlobStore, stage: EmbedStage, image_ids: list[str],

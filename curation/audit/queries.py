@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from curation.api import open_version
+from curation.audit.matching import exclusions_of
+from curation.audit.registry import active_requests, earlier_removals, list_requests
 from curation.errors import CurationError
 from curation.store.catalog import Catalog
 from curation.store.home import Home
@@ -52,11 +54,13 @@ def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> di
     a query from the network must not read the server's files."""
     with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
         image_ids = _image_ids_for(catalog, query, local_files)
-        by_uri = [] if image_ids else catalog.rows("SELECT * FROM outcomes WHERE uri = ?", [query])
         report: dict[str, Any] = {"query": query, "image_ids": image_ids}
-        if not image_ids:
+        if not image_ids:  # a URI no bytes came from (opted out before fetching, failed, ...)
+            by_uri = catalog.rows("SELECT * FROM outcomes WHERE uri = ?", [query])
+            covered_by = _covering_requests(catalog, [query], [])
             report.update(found=bool(by_uri), decisions=by_uri, provenance=[], versions=[], removed_from=[],
-                          requests=[], images=[], checkpoints=[])  # fmt: skip
+                          covered_by=covered_by, requests=_requests(catalog, by_uri, [], covered_by), images=[],
+                          checkpoints=[])  # fmt: skip
             return report
         marks = ", ".join("?" * len(image_ids))
         report["images"] = catalog.rows(f"SELECT * FROM images WHERE image_id IN ({marks})", image_ids)
@@ -80,14 +84,9 @@ def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> di
             f"WHERE image_id IN ({marks}) ORDER BY name, version",
             image_ids,
         )
-        request_ids = sorted({row["request_id"] for row in report["removed_from"]} | {
-            match for row in report["decisions"] if row["reason"] == "opted_out"
-            for match in re.findall(r"opt-\d{6}-[0-9a-f]{8}", row["detail"] or "")})  # fmt: skip
-        report["requests"] = [
-            row for request_id in request_ids
-            for row in catalog.rows("SELECT request_id, kind, value, reason, requester, received_at FROM "
-                                    "optout_requests WHERE request_id = ?", [request_id])
-        ]  # fmt: skip
+        uris = sorted({row["uri"] for row in report["provenance"]} | ({query} if "://" in query else set()))
+        report["covered_by"] = _covering_requests(catalog, uris, image_ids)
+        report["requests"] = _requests(catalog, report["decisions"], report["removed_from"], report["covered_by"])
         report["checkpoints"] = _checkpoint_rows(
             catalog,
             f"SELECT DISTINCT c.path, c.name || '@v' || c.version AS dataset, c.step, c.created_at FROM checkpoints c "
@@ -96,6 +95,25 @@ def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> di
         )
         report["found"] = bool(report["provenance"] or report["versions"])
         return report
+
+
+def _covering_requests(catalog: Catalog, uris: list[str], image_ids: list[str]) -> list[str]:
+    """Requests in force now that cover one of these URIs or hashes (and so would keep it out of the next run),
+    whether or not a run or an apply has acted on them yet. Uploaded images match by pixels: see `requests`."""
+    active = active_requests(list_requests(catalog))
+    exclusions = exclusions_of([*active, *earlier_removals(catalog, active)])
+    found = {exclusions.covering_uri(uri) for uri in uris} | {exclusions.covering_hash(i) for i in image_ids}
+    return sorted(request_id for request_id in found if request_id)
+
+
+def _requests(catalog: Catalog, decisions: list[dict], removed_from: list[dict], covered_by: list[str]) -> list[dict]:
+    """The registry rows of every request that removed it, rejected one of its inputs, or covers it now."""
+    request_ids = sorted({row["request_id"] for row in removed_from} | set(covered_by) | {
+        match for row in decisions if row["reason"] == "opted_out"
+        for match in re.findall(r"opt-\d{6}-[0-9a-f]{8}", row["detail"] or "")})  # fmt: skip
+    return [row for request_id in request_ids
+            for row in catalog.rows("SELECT request_id, kind, value, reason, requester, received_at FROM "
+                                    "optout_requests WHERE request_id = ?", [request_id])]  # fmt: skip
 
 
 def run_rejects(catalog: Catalog, run_id: str, *, summary: bool) -> list[dict[str, Any]]:

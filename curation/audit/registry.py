@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -183,3 +183,11 @@ def request_status(catalog: Catalog, requests: list[OptOutRequest]) -> dict[str,
         else:
             status[request.request_id] = "received"
     return status
+
+
+def earlier_removals(catalog: Catalog, requests: list[OptOutRequest]) -> list[OptOutRequest]:
+    """`removed_before` requests: every image an `optout apply` removed for a request in `requests` (in force)."""
+    by_id = {request.request_id: request for request in requests}
+    rows = catalog.rows("SELECT DISTINCT image_id, request_id FROM optout_removals ORDER BY image_id, request_id")
+    return [replace(by_id[row["request_id"]], kind="removed_before", value=row["image_id"])
+            for row in rows if row["request_id"] in by_id]  # fmt: skip

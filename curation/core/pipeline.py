@@ -20,10 +20,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.audit.apply import covered_images, earlier_removals, optout_step
+from curation.audit.apply import covered_images, optout_step
 from curation.audit.matching import MatchSettings, exclusions_of
 from curation.audit.policy import license_verdict
-from curation.audit.registry import active_requests, list_requests
+from curation.audit.registry import active_requests, earlier_removals, list_requests
 from curation.config import EmbedStage, PipelineSpec
 from curation.core.progress import Progress
 from curation.dedup.driver import run_decontaminate, run_dedup

@@ -121,6 +121,8 @@ def test_cli_add_apply_audit_and_statement(published, home, tmp_path):
     target_id = hashlib.sha256(published["target"]).hexdigest()
     trail = json.loads(runner.invoke(cli, ["--home", str(home), "audit", "image", target_id, "--json"]).output)
     assert trail["removed_from"][0]["request_id"] == request_id
+    text = runner.invoke(cli, ["--home", str(home), "audit", "image", target_id]).output
+    assert f"covering it now: {request_id}" in text and "removed by opt-out" in text  # removed before: by hash
     exported = tmp_path / "registry.jsonl"
     assert runner.invoke(cli, ["--home", str(home), "optout", "export", str(exported)]).exit_code == 0
     assert json.loads(exported.read_text().splitlines()[0])["request_id"] == request_id
@@ -167,7 +169,7 @@ def test_domain_optout_sticks_across_runs(ray_local, tmp_path, home):
             "stages": {"decode": {"min_side": 16}}, "execution": {"executor": "ray", "block_size": 4}}  # fmt: skip
     try:
         curation.run(spec, home=home)
-        audit.add_optout(home, kind="domain", value="127.0.0.2", reason="site owner")
+        domain = audit.add_optout(home, kind="domain", value="127.0.0.2", reason="site owner")
         result = audit.apply_optouts(home, "web")
         assert result.ref == "web@v2" and len(result.removed) == 6
         assert {match.method for match in result.removed} == {"domain"}
@@ -184,6 +186,10 @@ def test_domain_optout_sticks_across_runs(ray_local, tmp_path, home):
         fates = {row["uri"]: (row["reason"], row["detail"]) for row in later_version.provenance().to_pylist()}
         assert sum(reason == "opted_out" for reason, _ in fates.values()) == 6
         assert later_version.samples().num_rows == 6
+        never_fetched = next(url for url in urls if "127.0.0.2" in url)
+        report = audit_image(home, never_fetched)  # no bytes, no image id: the audit still names the request
+        assert report["found"] and report["covered_by"] == [domain.request_id]
+        assert [row["request_id"] for row in report["requests"]] == [domain.request_id]
     finally:
         for server in servers:
             server.shutdown()
@@ -258,7 +264,10 @@ def test_a_later_run_brings_back_nothing_an_apply_removed(published, home):
     fresh = outcome_of(home, later.run_id, str(pool / "fresh-copy.jpg"))
     assert (fresh["stage"], fresh["reason"]) == ("optout", "opted_out")
     assert fresh["detail"] == f"{request.request_id} (near_duplicate)"  # of the original, which never arrived
-    assert audit_image(home, str(pool / "mirror.png"))["decisions"]
+    report = audit_image(home, str(pool / "mirror.png"))  # covered now by its hash, removed before
+    assert report["decisions"] and report["covered_by"] == [request.request_id]
+    assert audit_image(home, str(target_path))["covered_by"] == [request.request_id]  # by its URL (a path)
+    assert audit_image(home, str(pool / "fresh-copy.jpg"))["covered_by"] == []  # only its pixels match
 
 
 def small_pool(folder: Path, count: int) -> list[Path]:
@@ -332,7 +341,8 @@ def test_exact_requests_match_images_that_cannot_be_embedded(published, home):
         uris = [["/elsewhere/broken.png"], ["/elsewhere/unembeddable/fine.png"]]
         stage = EmbedStage(model="builtin")
         matches, _ = covered_images(catalog, store, blobs, stage, [broken, fine], uris, requests, MatchSettings())
-    assert sorted((match.image_id, match.method) for match in matches) == sorted([(broken, "sha256"), (fine, "url_prefix")])
+    found = sorted((match.image_id, match.method) for match in matches)
+    assert found == sorted([(broken, "sha256"), (fine, "url_prefix")])
 
 
 def test_counts_stay_true_across_applies(published, home):
