@@ -84,8 +84,8 @@ def _curated_images(spec: PipelineSpec, kept: pa.Table) -> frozenset[str]:
     return frozenset(curated["image_id"].to_pylist())
 
 
-def _published_images(catalog: Catalog, refs: tuple[str, ...], pool: set[str]) -> dict[str, int]:
-    """{image id: pixel count} of the images in the given versions that are not in this pool."""
+def _published_images(catalog: Catalog, refs: tuple[str, ...]) -> dict[str, int]:
+    """{image id: pixel count} of every image in the given versions."""
     found: dict[str, int] = {}
     for ref in refs:
         row = resolve(catalog, ref)
@@ -94,8 +94,7 @@ def _published_images(catalog: Catalog, refs: tuple[str, ...], pool: set[str]) -
             "WHERE s.name = ? AND s.version = ?",
             [row["name"], row["version"]],
         ).fetchall():
-            if image_id not in pool:
-                found[image_id] = int(width or 0) * int(height or 0)
+            found[image_id] = int(width or 0) * int(height or 0)
     return found
 
 
@@ -104,13 +103,16 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
     """Returns (stats, {dropped image id: (Reason, detail)})."""
     settings = spec.stages.dedup
     image_ids, pixels = _pixels(kept)
-    published = _published_images(catalog, settings.against, set(image_ids))
-    if published:  # incremental: the past takes part in the graph and always wins representation
-        image_ids = sorted([*image_ids, *published])
-        sizes = {**dict(zip(_pixels(kept)[0], pixels)), **published}
+    # Incremental: the past always wins representation, also where it reappears in this pool; what is not in the
+    # pool takes part in the graph as extra nodes, never to be published again here.
+    published = _published_images(catalog, settings.against)
+    extra = sorted(set(published) - set(image_ids))
+    if extra:
+        sizes = {**dict(zip(image_ids, pixels)), **published}
+        image_ids = sorted([*image_ids, *extra])
         pixels = [sizes[image_id] for image_id in image_ids]
         if settings.copy_detection:
-            embed_images(spec.stages.embed, home, catalog, f"{run_id}-published", list(published), home.blobs(spec),
+            embed_images(spec.stages.embed, home, catalog, f"{run_id}-published", extra, home.blobs(spec),
                          executor, None)  # fmt: skip
     edges = []
     graph_timings: dict[str, float] = {}
@@ -124,11 +126,9 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
                                      runner=executor() if settings.distributed else None)  # fmt: skip
         edges.append(Edges("copy_detection", i, j, similarity, settings.threshold))
     curated = _curated_images(spec, kept)
-    members = [
-        m
-        for m in group_duplicates(image_ids, pixels, edges, frozenset(published), curated)
-        if m.image_id not in published
-    ]
+    outside = frozenset(extra)
+    members = [m for m in group_duplicates(image_ids, pixels, edges, frozenset(published), curated)
+               if m.image_id not in outside]  # fmt: skip
     catalog.record_duplicates(run_id, "dedup", members, model_id)
     group_sizes = Counter(member.group_id for member in members)
     largest = max(group_sizes.values()) + 1 if group_sizes else 0  # + the kept representative
@@ -137,6 +137,7 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
         "perceptual_edges": int(sum(len(e.i) for e in edges if e.method == "perceptual")),
         "copy_edges": int(sum(len(e.i) for e in edges if e.method == "copy_detection")),
         "published_images": len(published),
+        "published_in_pool": len(published) - len(extra),
         "groups": len(group_sizes),
         "largest_group": largest,
         "dropped_images": len(members),
@@ -173,8 +174,12 @@ def dedup_verdicts(members: list[Member], published: frozenset[str]) -> dict[str
 
 
 def _evaluation_images(spec: PipelineSpec, home: Home, run_id: str, executor: Callable[[], Any]) -> pa.Table:
-    """Ingest the evaluation sets (safe decode, blobs) without publishing them; their rows stay in the run dir."""
-    evaluation = spec.model_copy(update={"sources": spec.stages.decontaminate.sets})
+    """Ingest the evaluation sets without publishing them; their rows stay in the run dir. Only the safety limits
+    of decode apply (bombs, corrupt bytes, size, formats): the pool's taste (min_side, quality checks) must not
+    drop a small test image and so let its copies through. Returns every row, kept or not."""
+    safety_only = spec.stages.decode.model_copy(update={"min_side": 1, "quality": None})
+    evaluation = spec.model_copy(update={"sources": spec.stages.decontaminate.sets,
+                                         "stages": spec.stages.model_copy(update={"decode": safety_only})})  # fmt: skip
     plan_id = f"{run_id}-evaluation"
     key = f"{plan_id}/plan.json"
     if home.runs.exists(key):
@@ -185,24 +190,30 @@ def _evaluation_images(spec: PipelineSpec, home: Home, run_id: str, executor: Ca
     pending = [block for block in blocks if not home.runs.exists(block_output_key(plan_id, block.index))]
     if pending:
         list(executor().map(ingest_block, pending, evaluation, home.blobs(spec), home.runs, plan_id))
-    tables = [read_parquet(home.runs, block_output_key(plan_id, block.index)) for block in blocks]
-    rows = pa.concat_tables(tables)
-    return rows.filter(pc.equal(rows["status"], KEPT))
+    return pa.concat_tables([read_parquet(home.runs, block_output_key(plan_id, block.index)) for block in blocks])
 
 
 def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
                       model_id: str, executor: Callable[[], Any], progress: Progress):  # fmt: skip
     """Returns (stats, {pool image id: (Reason, detail)})."""
     settings = spec.stages.decontaminate
-    evaluation = _evaluation_images(spec, home, run_id, executor)
+    rows = _evaluation_images(spec, home, run_id, executor)
+    evaluation = rows.filter(pc.equal(rows["status"], KEPT))
     eval_ids = sorted(set(evaluation["image_id"].to_pylist()))
     eval_uri = dict(zip(evaluation["image_id"].to_pylist(), evaluation["uri"].to_pylist()))
     _stats, _model, failures = embed_images(spec.stages.embed, home, catalog, f"{run_id}-evaluation", eval_ids,
                                             home.blobs(spec), executor, progress, label="embed evaluation")  # fmt: skip
     eval_ids = [image_id for image_id in eval_ids if image_id not in failures]
+    unusable = sorted({*rows.filter(pc.not_equal(rows["status"], KEPT))["uri"].to_pylist(),
+                       *(eval_uri[image_id] for image_id in failures)})  # fmt: skip
+    stats = {"evaluation_images": len(eval_ids), "evaluation_unusable": len(unusable)}
+    if unusable:  # a test image we cannot read cannot be protected: say so
+        stats["warning"] = (f"decontaminate: {len(unusable)} evaluation input(s) could not be read or embedded, so "
+                            f"their copies are not looked for (first: {', '.join(unusable[:3])})")  # fmt: skip
+        LOG.warning(stats["warning"])
     pool_ids = sorted(set(kept["image_id"].to_pylist()))
     if not eval_ids or not pool_ids:
-        return {"evaluation_images": len(eval_ids), "dropped_images": 0}, {}
+        return {**stats, "dropped_images": 0}, {}
     pool = load_matrix(catalog, home.vectors, model_id, pool_ids)  # memory-mapped float16: read in batches
     references = np.asarray(load_matrix(catalog, home.vectors, model_id, eval_ids), np.float32)
     graph_settings = spec.stages.dedup or DedupStage()
@@ -234,4 +245,4 @@ def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: 
             members.append(Member(image_id, f"contamination-{label}", eval_id, "contamination", round(score, 6),
                                   settings.threshold, eval_id))  # fmt: skip
     catalog.record_duplicates(run_id, "decontaminate", members, model_id)
-    return {"evaluation_images": len(eval_ids), "dropped_images": len(verdicts)}, verdicts
+    return {**stats, "dropped_images": len(verdicts)}, verdicts

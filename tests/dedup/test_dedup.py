@@ -269,6 +269,27 @@ def test_decontamination_drops_the_whole_component_and_nothing_else(ray_local, p
     assert statement["dedup_and_decontamination"] == {"decontaminate": {"contamination": 2}}
 
 
+def test_a_small_test_image_is_protected_whatever_the_pools_decode_rules(ray_local, planted, tmp_path, home):
+    evaluation = tmp_path / "small-eval"
+    evaluation.mkdir()
+    thumbnail = Image.open(planted["files"][4]).convert("RGB").resize((40, 20))  # below the pool's min_side
+    thumbnail.save(evaluation / "thumb.png")
+    (evaluation / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (planted["pool"] / "thumb-upscaled.jpg").write_bytes(transformed((evaluation / "thumb.png").read_bytes(), 3.0, 90))
+    spec = dedup_spec(planted, decontaminate={"sets": [{"kind": "folder", "name": "test", "path": str(evaluation)}],
+                                              "threshold": 0.8})  # fmt: skip
+    spec["stages"]["decode"] = {"min_side": 32}
+    spec["stages"]["dedup"] = None
+    result = curation.run(spec, home=home)
+    version = curation.open_version(result.version, home=home)
+    contaminated = {row["uri"].rsplit("/", 1)[1] for row in version.provenance().to_pylist()
+                    if row["reason"] == "contamination"}  # fmt: skip
+    assert "thumb-upscaled.jpg" in contaminated
+    stats = result.stats["decontaminate"]
+    assert (stats["evaluation_images"], stats["evaluation_unusable"]) == (1, 1)
+    assert "broken.png" in stats["warning"]
+
+
 def test_incremental_dedup_against_a_published_version(ray_local, planted, tmp_path, home):
     first_pool = tmp_path / "first"
     first_pool.mkdir()
@@ -285,6 +306,9 @@ def test_incremental_dedup_against_a_published_version(ray_local, planted, tmp_p
         shutil.copyfile(path, second_pool / path.name)
     (second_pool / "again-0.jpg").write_bytes(transformed(planted["files"][0].read_bytes(), 0.6, 75))
     (second_pool / "again-1.jpg").write_bytes(transformed(planted["files"][1].read_bytes(), 0.8, 65))
+    # A published image crawled again, byte for byte, beside a bigger copy of it: the published one still wins
+    shutil.copyfile(planted["files"][2], second_pool / "same-as-published.png")
+    (second_pool / "bigger-copy.jpg").write_bytes(transformed(planted["files"][2].read_bytes(), 2.0, 90))
     later = dedup_spec(planted, dedup={"threshold": 0.9, "against": ["crawl@v1"]})
     later["name"] = "crawl-2"
     later["sources"] = [{"kind": "folder", "name": "crawl-2", "path": str(second_pool)}]
@@ -292,9 +316,10 @@ def test_incremental_dedup_against_a_published_version(ray_local, planted, tmp_p
     version = curation.open_version(result.version, home=home)
     dropped = {row["uri"].rsplit("/", 1)[1]: json.loads(row["detail"]) for row in version.provenance().to_pylist()
                if row["stage"] == "dedup"}  # fmt: skip
-    assert set(dropped) == {"again-0.jpg", "again-1.jpg"}
+    assert set(dropped) == {"again-0.jpg", "again-1.jpg", "bigger-copy.jpg"}
     assert all(detail["kept_is_published"] for detail in dropped.values())
-    assert version.samples().num_rows == 10 and result.stats["dedup"]["published_images"] == 10
+    assert version.samples().num_rows == 11  # ten new images and the published one it crawled again
+    assert (result.stats["dedup"]["published_images"], result.stats["dedup"]["published_in_pool"]) == (10, 1)
 
 
 def test_copy_detection_needs_an_embedder():
