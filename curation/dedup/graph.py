@@ -37,6 +37,9 @@ _BLOCK_ELEMENTS = 1 << 24  # scores held at once by one product block: 64 MiB of
 _TILE_ELEMENTS = 1 << 30  # scores held at once by one GPU tile: 2 GiB of float16
 _TRAIN_POINTS_PER_CELL = 64  # k-means sample per cell: enough for coarse cells, cheap to train
 _TRAIN_ITERATIONS = 10
+# Vectors are stored as float16: identical images land anywhere in cosine 0.999-1.0, so a threshold above this is
+# taken as this (1.0 would otherwise miss half the identical pairs).
+HIGHEST_THRESHOLD = 0.999
 TASKS_PER_CPU = 4  # distributed IVF self-join: cell blocks per cluster CPU, so a slow node does not hold the end
 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]  # (query row, neighbour row, cosine)
@@ -229,6 +232,7 @@ def knn_edges(vectors: np.ndarray, threshold: float, settings: DedupStage, timin
     `progress` as the stage `label` (a bar on the terminal, live counts in the service, and a cancel point).
     With `runner` (a Ray executor), an IVF self-join scans its cells as the runner's tasks."""
     timings = {} if timings is None else timings
+    threshold = min(threshold, HIGHEST_THRESHOLD)
     timings["build_s"] = 0.0  # the flat and IVF searches set it; the CUDA search has no index to build
     count = len(vectors)
     use_ivf = settings.index == "ivf" or (settings.index == "auto" and count >= settings.ivf_min_size)
@@ -274,6 +278,7 @@ def cross_edges(queries: np.ndarray, references: np.ndarray, threshold: float, s
     """(query row, reference row, cosine) for query-reference pairs at or over `threshold` (decontamination).
     With `runner` (a Ray executor), ranges of query rows are searched by its tasks, each opening the memory-mapped
     `queries` by path; the ranges are whole batches, so the answer is the in-process one byte for byte."""
+    threshold = min(threshold, HIGHEST_THRESHOLD)
     if runner is None:
         return _cross_rows(queries, references, 0, len(queries), threshold, settings)
     path = matrix_path(queries, "a distributed cross search")

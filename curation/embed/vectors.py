@@ -40,7 +40,12 @@ def block_keys(model_id: str, run_id: str, block: int) -> tuple[str, str]:
 
 def write_block(store: ObjectStore, model_id: str, dim: int, run_id: str, block: int, image_ids: list[str],
                 vectors: np.ndarray, errors: list[str | None]) -> int:  # fmt: skip
-    """Store the successful rows as float16 and an index of all rows; returns how many were embedded."""
+    """Store the successful rows as float16 and an index of all rows; returns how many were embedded. A row the
+    model made non-finite or (near) zero is that image's failure: one NaN vector would pull every k-means
+    centroid it touches to NaN and every later search with it."""
+    usable = np.isfinite(vectors).all(axis=1) & (np.linalg.norm(np.nan_to_num(vectors), axis=1) > 0.5)
+    errors = [error if error is not None or usable[index] else "the model gave a non-finite or zero vector"
+              for index, error in enumerate(errors)]  # fmt: skip
     ok = [index for index, error in enumerate(errors) if error is None]
     rows = np.full(len(image_ids), -1, np.int32)
     rows[ok] = np.arange(len(ok), dtype=np.int32)

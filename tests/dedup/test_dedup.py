@@ -21,7 +21,7 @@ from curation.audit.statement import build_statement
 from curation.cli import cli
 from curation.config import DedupStage, PipelineSpec
 from curation.core.progress import Progress
-from curation.dedup.graph import knn_edges
+from curation.dedup.graph import cross_edges, knn_edges
 from curation.dedup.groups import Edges, group_duplicates
 from curation.dedup.perceptual import hamming, near_pairs
 from tests.audit.test_optout_apply import transformed
@@ -66,6 +66,17 @@ def test_knn_edges_match_brute_force(index):
     recall = len(found & brute) / len(brute)
     assert recall == 1.0 if index == "flat" else recall >= 0.95
     assert found <= {(a, b) for a, b in zip(*np.nonzero(np.triu(scores >= 0.95, 1)))}  # no false edges
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_a_threshold_of_one_finds_identical_images_stored_as_float16(index):
+    originals = clustered(400, 64, seed=3)
+    vectors = np.concatenate([originals, originals]).astype(np.float16)  # every image twice: 400 identical pairs
+    i, j, _ = knn_edges(vectors, 1.0, DedupStage(k=4, index=index, nprobe=64))
+    assert {(a, b) for a, b in zip(i.tolist(), j.tolist())} >= {(a, a + 400) for a in range(400)}
+    references = originals[:50].astype(np.float16)
+    hits = cross_edges(vectors, references, 1.0, DedupStage())
+    assert len(hits[0]) >= 100  # each reference matches both of its copies
 
 
 def test_exhaustive_ivf_join_equals_exact_search_when_rows_have_more_hits_than_k():

@@ -10,6 +10,11 @@ import pytest
 from curation.config import EmbedStage
 from curation.embed.backbone import export_backbone, read_backbone
 from curation.embed.registry import create_embedder
+from curation.embed.stage import EmbedBlocks
+from curation.embed.vectors import read_block_index
+from curation.ingest.raw import Block
+from curation.store.blobs import BlobStore
+from curation.store.objects import LocalStore
 from curation.errors import SpecError
 from tests.corpus import image_bytes
 
@@ -58,3 +63,20 @@ def test_bad_descriptions_are_refused(exported, tmp_path):
     path.write_text(json.dumps({**description, "arch": {**description["arch"], "family": "mystery"}}))
     with pytest.raises(SpecError, match="unknown backbone family"):
         create_embedder(EmbedStage(model=f"bundled:{path}"))
+
+
+def test_a_model_that_outputs_nan_fails_its_images_instead_of_storing_nan(exported, tmp_path):
+    reference, _ = exported
+    for parameter in reference.model.parameters():
+        parameter.data.fill_(float("nan"))
+        break
+    broken = export_backbone(reference.model, tmp_path / "nan", family="timm", name=ARCH,
+                             preprocess=reference.preprocess)  # fmt: skip
+    stage = EmbedStage(model=f"bundled:{broken}", batch_size=2)
+    blobs, vectors = BlobStore(LocalStore(tmp_path / "blobs")), LocalStore(tmp_path / "vectors")
+    ids = [blobs.put(image_bytes(seed)) for seed in range(3)]
+    summary = EmbedBlocks(stage, blobs, vectors, "run-1")(Block(0, "embed", "embed", tuple(ids)))
+    model_id = create_embedder(stage).model_id
+    index = read_block_index(vectors, model_id, "run-1", 0).to_pylist()
+    assert summary.embedded == 0 and all(row["row"] == -1 for row in index)
+    assert {row["error"] for row in index} == {"the model gave a non-finite or zero vector"}
