@@ -12,10 +12,10 @@ from curation.embed.backbone import export_backbone, read_backbone
 from curation.embed.registry import create_embedder
 from curation.embed.stage import EmbedBlocks
 from curation.embed.vectors import read_block_index
+from curation.errors import SpecError
 from curation.ingest.raw import Block
 from curation.store.blobs import BlobStore
 from curation.store.objects import LocalStore
-from curation.errors import SpecError
 from tests.corpus import image_bytes
 
 ARCH = "vit_tiny_patch16_224"
