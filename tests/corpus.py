@@ -109,7 +109,11 @@ def write_hostile_corpus(folder: Path) -> dict[str, str]:
         "tiny.png": (image_bytes(6, size=(8, 8), fmt="PNG"), "too_small"),
         "corrupt.png": (image_bytes(8, fmt="PNG")[:60] + b"\x00garbage" * 20, "corrupt_or_truncated"),
     }
+    sidecars = {"deep-sidecar.json": b"[" * 100_000 + b"]" * 100_000}  # beside an image: ignored, image kept
+    files["deep-sidecar.png"] = (image_bytes(9, fmt="PNG"), "kept")
     for name, (data, _fate) in files.items():
+        (folder / name).write_bytes(data)
+    for name, data in sidecars.items():
         (folder / name).write_bytes(data)
     return {name: fate for name, (data, fate) in files.items()}
 

@@ -50,6 +50,8 @@ def parse_sidecar(raw: bytes) -> tuple[dict[str, str | None], str | None]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         return {}, f"sidecar ignored: not JSON ({error})"
+    except RecursionError:  # a megabyte of '[' nests deeper than the parser's stack
+        return {}, "sidecar ignored: JSON nested too deeply"
     if not isinstance(data, dict):
         return {}, "sidecar ignored: not a JSON object"
     fields = {}

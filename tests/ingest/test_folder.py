@@ -78,7 +78,12 @@ def test_files_are_read_with_their_sidecar_fields(tmp_path):
 
 @pytest.mark.parametrize(
     ("sidecar", "problem"),
-    [(b'{"license": "CC0",', "not JSON"), (b"\xff\xfe\x00garbage", "not JSON"), (b'["CC0"]', "not a JSON object")],
+    [
+        (b'{"license": "CC0",', "not JSON"),
+        (b"\xff\xfe\x00garbage", "not JSON"),
+        (b'["CC0"]', "not a JSON object"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
 )
 def test_a_malformed_sidecar_is_ignored_and_the_image_still_read(tmp_path, sidecar, problem):
     image = tmp_path / "x.jpg"
