@@ -91,7 +91,8 @@ def tar_bytes(members: list[tuple[str, bytes]], *, symlink: tuple[str, str] | No
 
 
 def write_hostile_corpus(folder: Path) -> dict[str, str]:
-    """Write the hostile corpus into `folder`; returns {file name: expected fate ('kept' or a reason code)}."""
+    """Write the hostile corpus into `folder`; returns {file name: expected fate ('kept' or a reason code)}. A name
+    that is not UTF-8 is recorded with its bytes escaped (`os.fsencode(uri).decode("utf-8", "backslashreplace")`)."""
     folder.mkdir(parents=True, exist_ok=True)
     good = image_bytes(1)
     files: dict[str, tuple[bytes, str]] = {
@@ -109,8 +110,13 @@ def write_hostile_corpus(folder: Path) -> dict[str, str]:
         "tiny.png": (image_bytes(6, size=(8, 8), fmt="PNG"), "too_small"),
         "corrupt.png": (image_bytes(8, fmt="PNG")[:60] + b"\x00garbage" * 20, "corrupt_or_truncated"),
     }
-    sidecars = {"deep-sidecar.json": b"[" * 100_000 + b"]" * 100_000}  # beside an image: ignored, image kept
+    sidecars = {  # beside an image of the same name: each is ignored or cleaned, and the image kept
+        "deep-sidecar.json": b"[" * 100_000 + b"]" * 100_000,
+        "surrogate-sidecar.json": rb'{"caption": "caf\ud800"}',  # a lone surrogate: no UTF-8 (nor Arrow) takes it
+    }
     files["deep-sidecar.png"] = (image_bytes(9, fmt="PNG"), "kept")
+    files["surrogate-sidecar.png"] = (image_bytes(10, fmt="PNG"), "kept")
+    files["not-utf8-\udcff.png"] = (image_bytes(14, fmt="PNG"), "kept")  # the name's bytes: b"not-utf8-\xff.png"
     for name, (data, _fate) in files.items():
         (folder / name).write_bytes(data)
     for name, data in sidecars.items():

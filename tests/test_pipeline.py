@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def fixture_pool(tmp_path) -> Path:
 
 def test_hostile_corpus_every_input_gets_one_row_and_nothing_escapes_home(ray_local, tmp_path, home):
     expected = {
-        str(tmp_path / "hostile" / name): fate for name, fate in write_hostile_corpus(tmp_path / "hostile").items()
+        os.fsencode(tmp_path / "hostile" / name).decode("utf-8", "backslashreplace"): fate
+        for name, fate in write_hostile_corpus(tmp_path / "hostile").items()
     }
     tar_path = tmp_path / "tars" / "evil-000.tar"
     tar_path.parent.mkdir()

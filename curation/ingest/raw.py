@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from curation.types import Reason
 SIDECAR_MAX_BYTES = 1 << 20
 SIDECAR_FIELDS = ("license", "attribution", "caption")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+_LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")  # all but surrogateescape's \udc80-\udcff
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,16 @@ def parse_sidecar(raw: bytes) -> tuple[dict[str, str | None], str | None]:
         if value is not None:
             fields[name] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return fields, None
+
+
+def storable(text: str) -> str:
+    """`text` as valid UTF-8, which Arrow requires: bytes of a file or tar member name that are not UTF-8 (which
+    the OS and tarfile hand over surrogate-escaped) become visible `\\xNN` escapes, so a valid name is unchanged
+    and a bad one still says which bytes it had; any other lone surrogate (JSON's "\\ud800") becomes U+FFFD."""
+    if text.isascii():
+        return text
+    escaped = _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8", "surrogateescape")
+    return escaped.decode("utf-8", "backslashreplace")
 
 
 def has_image_extension(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:

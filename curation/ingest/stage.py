@@ -18,7 +18,7 @@ from curation.config import PipelineSpec
 from curation.decode.safe import inspect_image
 from curation.ingest import Block, read_block
 from curation.ingest.exclusions import NO_EXCLUSIONS, Exclusions
-from curation.ingest.raw import RawInput
+from curation.ingest.raw import RawInput, storable
 from curation.store.blobs import BlobStore, image_id_of
 from curation.store.objects import ObjectStore
 from curation.types import INPUT_SCHEMA, KEPT, REJECTED, Reason
@@ -46,14 +46,14 @@ def ingest_block(block: Block, spec: PipelineSpec, blobs: BlobStore, work: Objec
             "block": block.index,
             "position": position,
             "source": block.source,
-            "uri": raw.uri,
+            "uri": storable(raw.uri),  # what is recorded, and what opt-out requests name; raw.uri stays the path
             "seen_at": seen_at,
-            "detail": raw.detail,
-            **{key: raw.meta.get(key) for key in ("license", "attribution", "caption")},
+            "detail": raw.detail and storable(raw.detail),
+            **{key: raw.meta.get(key) and storable(raw.meta[key]) for key in ("license", "attribution", "caption")},
         }
         if raw.data is not None and exclusions:
             image_id = image_id_of(raw.data)
-            request = exclusions.covering_uri(raw.uri) or exclusions.covering_hash(image_id)
+            request = exclusions.covering_uri(row["uri"]) or exclusions.covering_hash(image_id)
             if request:  # opted out: the bytes are not stored; the row names the request and keeps the hash (audit)
                 row.update(image_id=image_id, bytes=len(raw.data), detail=request)
                 raw = RawInput(raw.uri, reason=Reason.OPTED_OUT, detail=request, meta=raw.meta)
