@@ -53,6 +53,15 @@ def jpeg_header_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def apng_claiming(frames: int) -> bytes:
+    """A 64x48 PNG whose acTL chunk (APNG's animation control) claims this many frames."""
+    png = image_bytes(15, fmt="PNG")
+    actl = struct.pack(">III", 8, 0, 0)  # length 8, then the chunk type, data and CRC below
+    actl = actl[:4] + b"acTL" + struct.pack(">II", frames, 0)
+    ihdr_end = 8 + 25  # signature, then IHDR's length, type, 13 data bytes and CRC
+    return png[:ihdr_end] + actl + struct.pack(">I", zlib.crc32(actl[4:]) & 0xFFFFFFFF) + png[ihdr_end:]
+
+
 def animated_gif() -> bytes:
     frames = [Image.new("RGB", (40, 40), color) for color in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     buffer = io.BytesIO()
@@ -109,6 +118,7 @@ def write_hostile_corpus(folder: Path) -> dict[str, str]:
         "rotated.jpg": (exif_rotated_jpeg(), "kept"),
         "tiny.png": (image_bytes(6, size=(8, 8), fmt="PNG"), "too_small"),
         "corrupt.png": (image_bytes(8, fmt="PNG")[:60] + b"\x00garbage" * 20, "corrupt_or_truncated"),
+        "frames-2-31.png": (apng_claiming(2**31), "kept"),  # more frames claimed than the int32 column holds
     }
     sidecars = {  # beside an image of the same name: each is ignored or cleaned, and the image kept
         "deep-sidecar.json": b"[" * 100_000 + b"]" * 100_000,

@@ -21,6 +21,7 @@ from curation.types import Reason
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, not decode as grey
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # transpose, rotate 270, transverse, rotate 90: width and height swap
+MAX_FRAMES = 2**31 - 1  # the `frames` column is int32; no file holds more frames than that
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,8 @@ def _inspect(data: bytes, settings: DecodeStage) -> DecodeResult:
         image_format = image.format or "UNKNOWN"
         width, height = image.size
         mode = image.mode
-        frames = int(getattr(image, "n_frames", 1))
+        frames = int(getattr(image, "n_frames", 1))  # APNG: acTL's claim, unchecked by Pillow
+        frames = frames if frames <= MAX_FRAMES else None  # an impossible claim is unknown, not a crash
         known = dict(format=image_format, width=width, height=height, mode=mode, frames=frames)
         if image_format not in settings.formats:
             return DecodeResult(Reason.UNSUPPORTED_FORMAT, f"{image_format} not in {list(settings.formats)}", **known)

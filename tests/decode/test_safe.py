@@ -7,7 +7,14 @@ import pytest
 from curation.config import DecodeStage
 from curation.decode.safe import inspect_image
 from curation.types import Reason
-from tests.corpus import animated_gif, exif_rotated_jpeg, image_bytes, png_header_only, write_hostile_corpus
+from tests.corpus import (
+    animated_gif,
+    apng_claiming,
+    exif_rotated_jpeg,
+    image_bytes,
+    png_header_only,
+    write_hostile_corpus,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +57,12 @@ def test_exif_orientation_swaps_reported_size():
 def test_animated_gif_is_kept_with_its_frame_count():
     result = inspect_image(animated_gif(), DecodeStage())
     assert result.ok and result.frames == 3 and result.format == "GIF"
+
+
+def test_an_apng_claiming_more_frames_than_can_be_stored_is_kept_with_frames_unknown():
+    assert inspect_image(apng_claiming(1000), DecodeStage()).frames >= 1000  # a claim that fits is recorded
+    result = inspect_image(apng_claiming(2**31), DecodeStage())
+    assert result.ok and result.frames is None and result.format == "PNG"
 
 
 def test_sixteen_bit_png_is_kept():
