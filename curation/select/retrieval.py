@@ -16,6 +16,7 @@ from curation.select.kmeans import compute_device, fits
 
 STREAM_ROWS = 65_536  # pool rows read at a time by the streamed search
 SEED_BATCH = 512  # seeds scored against a chunk at once: 128 MiB of float32 scores
+TIE_MARGIN = 16  # FAISS fetches this many beyond k, to see where the ties at the k-th score end
 
 
 @dataclass(frozen=True)
@@ -60,20 +61,53 @@ def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = 
 
 
 def _faiss_top_k(seeds: np.ndarray, pool: np.ndarray, k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS keeps an arbitrary few of the pool images tied at the k-th score: each seed fetches TIE_MARGIN more
+    (doubling while its ties run to the end of what it fetched), so `best_of` can keep the first of them."""
     import faiss
 
     index = faiss.IndexFlatIP(pool.shape[1])
     index.add(np.ascontiguousarray(pool, np.float32))
-    found = [index.search(np.ascontiguousarray(seeds[start : start + batch], np.float32), k)
-             for start in range(0, len(seeds), batch)]  # fmt: skip
-    return np.concatenate([scores for scores, _ in found]), np.concatenate([ids for _, ids in found])
+    queries = np.ascontiguousarray(seeds, np.float32)
+    scores, ids = np.empty((len(seeds), k), np.float32), np.empty((len(seeds), k), np.int64)
+    for start in range(0, len(seeds), batch):
+        todo, fetch = np.arange(start, min(start + batch, len(seeds))), min(len(pool), k + TIE_MARGIN)
+        while len(todo):
+            found, found_ids = index.search(queries[todo], fetch)
+            scores[todo], ids[todo] = best_of(found, found_ids, k)
+            todo = todo[found[:, -1] == found[:, k - 1]] if fetch < len(pool) else todo[:0]
+            fetch = min(len(pool), 2 * fetch)
+    return scores, ids
+
+
+def best_of(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k best candidates in the canonical order, (-score, id), which every search path keeps: of
+    images tied at the k-th score, the lowest pool indices (-1, a missing one, scores -inf and comes last)."""
+    best = np.lexsort((ids, -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
+
+
+def _top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, columns) of each row's k best columns by (-score, column). torch's topk keeps an arbitrary few of
+    the columns tied at the k-th score; rows with more of them than fit keep the first."""
+    columns = scores.topk(k, dim=1).indices
+    kth = scores.gather(1, columns[:, -1:])
+    crowded = ((scores >= kth).sum(dim=1) > k).nonzero().flatten()
+    if len(crowded):
+        rows, kth = scores[crowded], kth[crowded]
+        above, tied = rows > kth, rows == kth
+        keep = above | (tied & (tied.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
+        columns[crowded] = keep.nonzero()[:, 1].view(len(crowded), k)
+    columns = columns.sort(dim=1).values
+    best, order = scores.gather(1, columns).sort(dim=1, descending=True, stable=True)
+    return best, columns.gather(1, order)
 
 
 def streamed_top_k(seeds: np.ndarray, pool: np.ndarray, rows: np.ndarray | None, k: int,
                    device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Exact top k per seed, best first, reading the pool once in chunks of STREAM_ROWS and scoring seed batches
     of SEED_BATCH against each (each chunk's own top k merged into the best so far), in float32 on `device`
-    (default the CPU): memory stays O(SEED_BATCH x STREAM_ROWS + seeds x k) whatever the pool's size."""
+    (default the CPU): memory stays O(SEED_BATCH x STREAM_ROWS + seeds x k) whatever the pool's size. Ties keep
+    the lowest pool indices, as `best_of` does."""
     device = device or torch.device("cpu")
     queries = torch.from_numpy(np.ascontiguousarray(seeds, np.float32)).to(device)
     best_scores = torch.full((len(seeds), k), -torch.inf, device=device)
@@ -84,10 +118,11 @@ def streamed_top_k(seeds: np.ndarray, pool: np.ndarray, rows: np.ndarray | None,
         chunk = torch.from_numpy(np.array(pool[positions], dtype=np.float32)).to(device)
         for first in range(0, len(seeds), SEED_BATCH):
             batch = slice(first, first + SEED_BATCH)
-            chunk_scores, chunk_ids = (queries[batch] @ chunk.T).topk(min(k, len(chunk)), dim=1)
-            scores = torch.cat([best_scores[batch], chunk_scores], dim=1)  # the best so far and this chunk's: 2k
+            chunk_scores, chunk_ids = _top_k(queries[batch] @ chunk.T, min(k, len(chunk)))
+            # the best so far and this chunk's, 2k, in id order where they tie (earlier chunks' ids are lower)
+            scores = torch.cat([best_scores[batch], chunk_scores], dim=1)
             candidates = torch.cat([best_ids[batch], chunk_ids + start], dim=1)
-            best_scores[batch], top = scores.topk(k, dim=1)
+            best_scores[batch], top = _top_k(scores, k)
             best_ids[batch] = candidates.gather(1, top)
     return best_scores.cpu().numpy(), best_ids.cpu().numpy()
 

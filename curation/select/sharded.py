@@ -29,7 +29,7 @@ import curation.select.kmeans as kmeans_module
 from curation.embed.vectors import matrix_path
 from curation.errors import RunError
 from curation.select.kmeans import Points, StreamedPoints, compute_device, fits, resident_budget
-from curation.select.retrieval import streamed_top_k
+from curation.select.retrieval import best_of, streamed_top_k
 
 _SET_KEYS = itertools.count(1)  # one id per point set, shared by the actors that hold its parts
 ACTOR_START_S = 120  # how long the shard actors may wait for room on the cluster
@@ -188,15 +188,13 @@ class ShardedPoints:
 
     def top_k(self, seeds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) of each seed's exact k nearest points, best first (-1 where fewer exist): every
-        actor's top k of its share, merged on the driver."""
+        actor's top k of its share, merged on the driver in `best_of`'s order (ties: the lowest positions)."""
         found = self._on_every_actor("top_k", np.ascontiguousarray(seeds, np.float32), k)
         scores = np.concatenate([share_scores for share_scores, _ in found], axis=1)
         placed = np.concatenate([np.where(ids >= 0, ids + offset, -1) for (_, ids), offset in zip(found, self.offsets)],
                                 axis=1)  # fmt: skip
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        placed = np.take_along_axis(placed, best, axis=1)
         logical = np.where(placed >= 0, self._logical_positions(np.maximum(placed, 0)), -1)
-        return np.take_along_axis(scores, best, axis=1), logical
+        return best_of(scores, logical, k)
 
     def _on_every_actor(self, method: str, *args) -> list:
         """`method(set key, its share's rows, *args)` on every actor at once; arrays go to the object store once."""

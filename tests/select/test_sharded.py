@@ -11,8 +11,9 @@ from curation.config import PipelineSpec
 from curation.executors.ray import RayExecutor
 from curation.select.compose import compose
 from curation.select.kmeans import Level, Points, assign, hierarchical_kmeans, kmeans
+from curation.select.retrieval import sample_based
 from curation.select.sharded import ShardedPoints, shard_pool
-from tests.select.conftest import same_selection
+from tests.select.conftest import same_selection, unit
 
 LEVELS = [Level(40, resampling_steps=2, sample_size=5, split=2), Level(8, resampling_steps=2, selection="random"),
           Level(3)]  # fmt: skip
@@ -76,6 +77,36 @@ def test_sharded_retrieval_scan_is_exact(executor, float16_pool):
     assert np.array_equal(positions, expected)
     assert np.allclose(scores, np.take_along_axis(seeds @ pool_rows.T, expected, axis=1), atol=1e-5)
     assert (few[:, :2] >= 0).all() and (few[:, 2:] == -1).all()
+
+
+def test_tied_scores_pull_the_same_images_on_every_search_path(executor, tmp_path, monkeypatch):
+    """Identical pool vectors tie. FAISS, the streamed scan (ties across its chunks) and two actors (ties across
+    their shares) all keep the lowest pool indices of a tie, best first: the same pulls with or without shards."""
+    import curation.select.retrieval as retrieval_module
+
+    rng = np.random.default_rng(0)
+    a = unit(rng.normal(size=(1, 16)))
+    b = unit(a + 0.5 * unit(rng.normal(size=(1, 16))))  # cosine ~0.9 to a
+    vectors = np.concatenate([np.repeat(a, 3, axis=0), np.repeat(b, 8, axis=0), unit(rng.normal(size=(40, 16)))])
+    matrix = np.lib.format.open_memmap(tmp_path / "ties.npy", mode="w+", dtype=np.float16, shape=vectors.shape)
+    matrix[:] = vectors
+    matrix.flush()
+    matrix = np.load(tmp_path / "ties.npy", mmap_mode="r")
+    rows = rng.permutation(len(vectors))  # the tied copies scattered over the pool, its chunks and shares
+    seeds = np.asarray(matrix[[0, 3]])  # a and b themselves
+    copies_of_a, copies_of_b = np.flatnonzero(rows < 3).tolist(), np.flatnonzero((rows >= 3) & (rows < 11)).tolist()
+    expected = {0: copies_of_a + copies_of_b[:3], 1: copies_of_b[:6]}  # by rank
+
+    def pulled(**how) -> dict[int, list[int]]:
+        pulls = sorted(sample_based(seeds, matrix, k=6, rows=rows, **how), key=lambda pull: pull.rank)
+        return {seed: [pull.pool_index for pull in pulls if pull.seed_index == seed] for seed in (0, 1)}
+
+    assert pulled() == expected  # FAISS on this CPU (the compute device's scan where torch sees a GPU)
+    with shard_pool(executor, matrix, 2) as pool:
+        assert pulled(sharded=pool.points(rows)) == expected
+    monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 0)
+    monkeypatch.setattr(retrieval_module, "STREAM_ROWS", 7)
+    assert pulled() == expected
 
 
 def test_compose_on_shards_selects_what_it_selects_in_process(executor, float16_pool, mixed_selection, ray_local):
