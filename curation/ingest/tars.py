@@ -77,10 +77,11 @@ def _read_stream(shard: str, stream, max_bytes: int) -> Iterator[RawInput]:
                 data = archive.extractfile(member).read() if wanted and member.size <= limit else None
                 if wanted:
                     group.append((member, extension, data))
-    except (tarfile.TarError, OSError, EOFError, *s3_errors()) as error:
+    except Exception as error:  # not only TarError: tarfile's header parsing raises ValueError and others too
         yield from _emit(shard, group, max_bytes)
         group = []
-        yield RawInput(shard, reason=Reason.CORRUPT_CONTAINER, detail=f"tar unreadable from here: {error}"[:300])
+        detail = f"tar unreadable from here: {type(error).__name__}: {error}"
+        yield RawInput(shard, reason=Reason.CORRUPT_CONTAINER, detail=detail[:300])
     yield from _emit(shard, group, max_bytes)
 
 

@@ -242,6 +242,27 @@ def test_a_truncated_gzipped_tar_keeps_what_came_before(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "sparse",
+    [
+        {"GNU.sparse.map": "x,y", "GNU.sparse.offset": "0"},
+        {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "zz", "GNU.sparse.name": "s.jpg"},
+    ],
+    ids=["map", "v1.0"],
+)
+def test_a_malformed_pax_sparse_header_is_one_corrupt_container_row(tmp_path, sparse):
+    """tarfile raises ValueError (not TarError) on these numbers while it parses the header."""
+    shard = tmp_path / "sparse.tar"
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data, headers in [("s0.jpg", image_bytes(1), {}), ("s1.jpg", image_bytes(2), sparse)]:
+            info = tarfile.TarInfo(name)
+            info.size, info.pax_headers = len(data), headers
+            archive.addfile(info, io.BytesIO(data))
+    results = read(shard)
+    assert fates(results, shard) == {"s0.jpg": "kept", str(shard): "corrupt_container"}
+    assert "ValueError" in results[-1].detail
+
+
+@pytest.mark.parametrize(
     "content", [b"this is not a tar file at all\n" * 40, b"", bytes(range(256)) * 20, gzip.compress(b"not a tar" * 100)]
 )
 def test_a_non_tar_file_is_one_corrupt_container_row(tmp_path, content):
