@@ -122,6 +122,9 @@ def _fetch_once(url: str, settings: FetchSettings, max_bytes: int, exclusions: E
                     continue
                 return _read_response(url, response, settings, max_bytes)
         return RawInput(url, reason=Reason.FETCH_FAILED, detail=f"more than {MAX_REDIRECTS} redirects"), False
+    except ValueError as error:  # requests' InvalidURL, urllib3's LocationParseError (a host label over 63
+        # characters), a Location urljoin cannot parse: no request can be made, so none is retried
+        return RawInput(url, reason=Reason.INVALID_URL, detail=f"{type(error).__name__}: {error}"[:300]), False
     except requests.RequestException as error:
         return RawInput(url, reason=Reason.FETCH_FAILED, detail=f"{type(error).__name__}: {error}"[:300]), True
 

@@ -120,9 +120,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "lots")
             self.end_headers()
             self.wfile.write(GOOD)
-        elif path == "/redirect.jpg":
+        elif path.startswith("/redirect"):  # ?to=<Location>
             self.send_response(302)
-            self.send_header("Location", "/good.jpg")
+            self.send_header("Location", query.get("to", ["/good.jpg"])[0])
             self.send_header("Content-Length", "0")
             self.end_headers()
         else:
@@ -218,6 +218,26 @@ def test_non_http_urls_are_invalid_and_not_fetched(url):
     assert result.reason == Reason.INVALID_URL
     assert result.data is None
     assert result.meta["license"] == "CC0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://" + "a" * 64 + ".example/x.jpg", "http:///x.jpg", "http://exa mple.com/x.jpg", "http://a:99999/x.jpg"],
+    ids=["label-over-63", "no-host", "space-in-host", "bad-port"],
+)
+def test_unrequestable_http_urls_are_invalid_and_not_retried(url):
+    started = time.perf_counter()
+    (result,) = fetch([(url, "CC0", None, None)], retries=2, backoff_s=1.0)
+    assert (result.reason, result.meta["license"]) == (Reason.INVALID_URL, "CC0"), result.detail
+    assert time.perf_counter() - started < 1.0, "retried"
+
+
+def test_a_redirect_to_an_unparseable_location_is_invalid_and_not_retried(server):
+    base, state = server
+    path = unique("redirect")
+    (result,) = fetch([f"{base}{path}?to=http://[oops/x.jpg"], retries=2)
+    assert result.reason == Reason.INVALID_URL and "IPv6" in result.detail
+    assert state.counts[path] == 1
 
 
 def test_redirect_to_the_image_is_followed(server):
