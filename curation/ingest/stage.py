@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -40,46 +41,72 @@ def ingest_block(block: Block, spec: PipelineSpec, blobs: BlobStore, work: Objec
                  exclusions: Exclusions = NO_EXCLUSIONS) -> BlockSummary:  # fmt: skip
     started = time.perf_counter()
     seen_at = datetime.now(UTC)
-    rows = []
-    for position, raw in enumerate(read_block(block, spec, exclusions)):
-        row = {
-            "block": block.index,
-            "position": position,
-            "source": block.source,
-            "uri": storable(raw.uri),  # what is recorded, and what opt-out requests name; raw.uri stays the path
-            "seen_at": seen_at,
-            "detail": raw.detail and storable(raw.detail),
-            **{key: raw.meta.get(key) and storable(raw.meta[key]) for key in ("license", "attribution", "caption")},
-        }
-        if raw.data is not None and exclusions:
-            image_id = image_id_of(raw.data)
-            request = exclusions.covering_uri(row["uri"]) or exclusions.covering_hash(image_id)
-            if request:  # opted out: the bytes are not stored; the row names the request and keeps the hash (audit)
-                row.update(image_id=image_id, bytes=len(raw.data), detail=request)
-                raw = RawInput(raw.uri, reason=Reason.OPTED_OUT, detail=request, meta=raw.meta)
-        if raw.data is not None:
-            image_id = image_id_of(raw.data)
-            decoded = inspect_image(raw.data, spec.stages.decode)
-            row.update(
-                image_id=image_id,
-                bytes=len(raw.data),
-                format=decoded.format,
-                width=decoded.width,
-                height=decoded.height,
-                mode=decoded.mode,
-                frames=decoded.frames,
-            )
-            if decoded.ok:
-                blobs.put(raw.data, image_id)
-                row.update(status=KEPT, reason=None)
-            else:
-                row.update(status=REJECTED, reason=str(decoded.reason), detail=decoded.detail)
-        else:
-            row.update(status=REJECTED, reason=str(raw.reason))
-        rows.append(row)
-    table = pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)
+    batches, kept = [], 0
+    for position, raw in enumerate(_read_guarded(block, spec, exclusions)):
+        common = {"block": block.index, "position": position, "source": block.source, "seen_at": seen_at}
+        try:  # the last resort: whatever one input makes go wrong, here or in Arrow, becomes that input's row
+            row = {**common, **_judge(raw, spec, exclusions)}
+            batch = pa.RecordBatch.from_pylist([row], schema=INPUT_SCHEMA)
+        except Exception as error:
+            reason = Reason.READ_FAILED if raw.data is None else Reason.CORRUPT
+            row = {**common, "uri": storable(raw.uri), "status": REJECTED, "reason": str(reason),
+                   "detail": _unexpected(error)}  # fmt: skip
+            batch = pa.RecordBatch.from_pylist([row], schema=INPUT_SCHEMA)
+        if row["status"] == KEPT:
+            blobs.put(raw.data, row["image_id"])
+            kept += 1
+        batches.append(batch)
+    table = pa.Table.from_batches(batches, schema=INPUT_SCHEMA).combine_chunks()
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     work.put(block_output_key(run_id, block.index), buffer.getvalue())
-    kept = sum(row["status"] == KEPT for row in rows)
-    return BlockSummary(block.index, len(rows), kept, time.perf_counter() - started)
+    return BlockSummary(block.index, len(batches), kept, time.perf_counter() - started)
+
+
+def _read_guarded(block: Block, spec: PipelineSpec, exclusions: Exclusions) -> Iterator[RawInput]:
+    """read_block's inputs, one per item even when a reader fails unexpectedly: that item gets a read_failed row
+    naming the error and reading resumes after it. A tar stream cannot resume: the samples before the failure
+    keep their rows and the shard gets one corrupt_container row, as for any break in a shard."""
+    done = 0
+    while done < len(block.items):
+        try:
+            for raw in read_block(replace(block, items=block.items[done:]), spec, exclusions):
+                yield raw
+                if block.kind != "webdataset":  # folder, s3 and urls readers give one input per item
+                    done += 1
+            return
+        except Exception as error:
+            if block.kind == "webdataset":
+                yield RawInput(block.items[0], reason=Reason.CORRUPT_CONTAINER, detail=_unexpected(error))
+                return
+            item = block.items[done]  # a path, or a tuple led by its URI (s3 objects, URL rows)
+            yield RawInput(str(item[0] if isinstance(item, tuple) else item), reason=Reason.READ_FAILED,
+                           detail=_unexpected(error))  # fmt: skip
+            done += 1
+
+
+def _judge(raw: RawInput, spec: PipelineSpec, exclusions: Exclusions) -> dict:
+    """The row's fields that depend on the input: opt-out, then safe decode."""
+    row = {
+        "uri": storable(raw.uri),  # what is recorded, and what opt-out requests name; raw.uri stays the path
+        "detail": raw.detail and storable(raw.detail),
+        **{key: raw.meta.get(key) and storable(raw.meta[key]) for key in ("license", "attribution", "caption")},
+    }
+    if raw.data is not None and exclusions:
+        image_id = image_id_of(raw.data)
+        request = exclusions.covering_uri(row["uri"]) or exclusions.covering_hash(image_id)
+        if request:  # opted out: the bytes are not stored; the row names the request and keeps the hash (audit)
+            row.update(image_id=image_id, bytes=len(raw.data), detail=request)
+            raw = RawInput(raw.uri, reason=Reason.OPTED_OUT, detail=request, meta=raw.meta)
+    if raw.data is None:
+        return {**row, "status": REJECTED, "reason": str(raw.reason)}
+    decoded = inspect_image(raw.data, spec.stages.decode)
+    row.update(image_id=image_id_of(raw.data), bytes=len(raw.data), format=decoded.format, width=decoded.width,
+               height=decoded.height, mode=decoded.mode, frames=decoded.frames)  # fmt: skip
+    if decoded.ok:
+        return {**row, "status": KEPT, "reason": None}
+    return {**row, "status": REJECTED, "reason": str(decoded.reason), "detail": decoded.detail}
+
+
+def _unexpected(error: Exception) -> str:
+    return storable(f"unexpected {type(error).__name__}: {error}")[:300]

@@ -27,6 +27,8 @@ def test_every_hostile_file_gets_its_fate(corpus):
     folder, expected = corpus
     settings = DecodeStage(min_side=16)
     for name, fate in expected.items():
+        if fate == "read_failed":  # decided while reading, before any decode
+            continue
         result = inspect_image((folder / name).read_bytes(), settings)
         if fate == "kept":
             assert result.ok, f"{name}: {result.reason} {result.detail}"

@@ -69,3 +69,20 @@ def test_tar_member_names_and_sidecar_text_that_arrow_cannot_store_are_escaped(t
     assert set(by_member) == {"go\\xffd.png", "a.png"}
     assert all(row["status"] == "kept" for row in rows), rows
     assert by_member["a.png"]["caption"] == "caf\ufffd" and by_member["a.png"]["license"] == "CC0"
+
+
+def test_a_reader_failing_on_one_input_gives_it_a_row_and_reads_the_rest(tmp_path):
+    """A 255-byte name is a valid file, but its sidecar's name (x.json) is too long for the OS: looking it up
+    raises ENAMETOOLONG in the folder reader, which no reader code expects."""
+    root = tmp_path / "images"
+    root.mkdir()
+    long_name = "a" * 251 + ".png"
+    for seed, name in enumerate(["0.png", long_name, "z.png"]):
+        (root / name).write_bytes(image_bytes(seed, fmt="PNG"))
+    rows = ingest(tmp_path, [{"kind": "folder", "name": "f", "path": str(root)}])
+    assert [(row["uri"], row["status"], row["reason"]) for row in rows] == [
+        (f"{root}/0.png", "kept", None),
+        (f"{root}/{long_name}", "rejected", "read_failed"),
+        (f"{root}/z.png", "kept", None),
+    ]
+    assert "OSError" in rows[1]["detail"] and "too long" in rows[1]["detail"]
