@@ -132,7 +132,8 @@ def _balance(part: BalancedPart, members: list[int], points_of, seed, workdir, a
     with progress.bar(f"k-means {part.name}", total=hierarchy_passes(levels, part.iterations), unit="pass") as bar:
         paths, centroids = hierarchical_kmeans(points, levels, seed=seed, iterations=part.iterations, workdir=folder,
                                                on_pass=bar.update)  # fmt: skip
-    distances = assign(points, centroids[0])[1] if part.rule == "closest" else None
+    # "closest" ranks a leaf's points by the distance to its own centroid (a split leaf's point may be nearer another's)
+    distances = points.distances_to(centroids[0], paths[:, -1]).cpu().numpy() if part.rule == "closest" else None
     chosen = hierarchical_sample(paths, part.target, seed=seed, rule=part.rule, distances=distances)
     for position in chosen:
         add(members[position], {"part": part.name, "rule": f"balanced-{part.rule}",

@@ -83,6 +83,18 @@ class _LocalPasses:
         labels, distances = _nearest(self, centroids, sums)
         return torch.bincount(labels, minlength=len(centroids)), lambda m: distances.topk(m).indices
 
+    def distances_to(self, centroids: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        """Squared distance of every point to its own centroid, centroids[labels[i]], chunk by chunk: a split
+        leaf's point may lie nearer another cluster's leaf, which `nearest` would measure instead."""
+        table = torch.as_tensor(centroids, dtype=torch.float32, device=self.device)
+        labels = torch.as_tensor(labels, device=self.device)
+        distances = torch.empty(len(self), dtype=torch.float32, device=self.device)
+        for start in range(0, len(self), CHUNK_ROWS):
+            own = table[labels[start : start + CHUNK_ROWS]]
+            chunk = self.chunk(start, start + CHUNK_ROWS).float()
+            distances[start : start + CHUNK_ROWS] = (chunk - own).square_().sum(dim=1)
+        return distances
+
 
 @dataclass(frozen=True)
 class Points(_LocalPasses):

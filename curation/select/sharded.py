@@ -86,6 +86,9 @@ class PointShard:
         counts = torch.bincount(labels, minlength=len(centroids))
         return sums.cpu().numpy(), counts.cpu().numpy(), far.cpu().numpy(), positions.cpu().numpy()
 
+    def distances_to(self, key: int, rows: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return self._points(key, rows).distances_to(np.array(centroids), np.array(labels)).cpu().numpy()
+
     def read(self, key: int, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         return self._points(key, rows).rows(np.array(positions))
 
@@ -185,6 +188,18 @@ class ShardedPoints:
             return torch.from_numpy(self._logical_positions(placed[np.argsort(-far, kind="stable")[:count]]))
 
         return counts, farthest
+
+    def distances_to(self, centroids: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        """Squared distance of every point to centroids[labels[i]] (as `Points.distances_to`): each actor is sent
+        the labels of its share only."""
+        import ray
+
+        placed = np.asarray(labels)[self._logical_positions(np.arange(len(self)))]
+        table = ray.put(_table(centroids))
+        found = ray.get([actor.distances_to.remote(self.key, share, table, part)
+                         for actor, share, part in zip(self.actors, self.share_refs,
+                                                       np.split(placed, self.offsets[1:-1]))])  # fmt: skip
+        return torch.from_numpy(self._logical(np.concatenate(found)))
 
     def top_k(self, seeds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) of each seed's exact k nearest points, best first (-1 where fewer exist): every

@@ -148,6 +148,27 @@ def test_compose_honours_the_specs_split(tmp_path):
     assert (tmp_path / "balanced" / "split-leaves.npy").exists() and len(details["balanced"]["before"]) <= 4
 
 
+def test_closest_rule_after_a_split_ranks_by_the_own_leaf_centroid(monkeypatch):
+    """With `split`, a point can lie nearer another cluster's leaf than its own: "closest" measures the distance
+    to its own leaf's centroid (resident and streamed alike), and compose picks by it."""
+    import curation.select.kmeans as kmeans_module
+
+    points = unit(np.random.default_rng(0).normal(size=(400, 8)))
+    part = BalancedPart(kind="balanced", name="balanced", target=80, rule="closest",
+                        levels=[LevelSpec(clusters=20, split=4), LevelSpec(clusters=4)])  # fmt: skip
+    ids = [f"{i:03d}" for i in range(len(points))]
+    reasons, _ = compose(SelectStage(mode="compose", parts=[part]), ids, [{"pool"}] * len(points), points)
+    levels = [Level(**level.model_dump()) for level in part.levels]
+    paths, centroids = hierarchical_kmeans(points, levels, seed=0, iterations=part.iterations)
+    assert (assign(points, centroids[0])[0] != paths[:, -1]).any()  # some points lie nearer another leaf
+    own = Points.of(points).distances_to(centroids[0], paths[:, -1]).numpy()
+    np.testing.assert_allclose(own, ((points - centroids[0][paths[:, -1]]) ** 2).sum(axis=1), atol=1e-6)
+    monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 0)
+    assert np.array_equal(Points.of(points).distances_to(centroids[0], paths[:, -1]).numpy(), own)
+    expected = hierarchical_sample(paths, 80, seed=0, rule="closest", distances=own)
+    assert sorted(reasons) == [ids[index] for index in expected]
+
+
 @pytest.mark.parametrize("search", ["faiss", "streamed"])
 def test_sample_based_retrieval_is_exact_and_capped(search, monkeypatch):
     """FAISS for a pool that fits memory, the chunked scan past it (here forced, with chunks and seed batches

@@ -49,6 +49,9 @@ def test_a_sharded_subset_keeps_the_order_it_was_given(executor, float16_pool, m
         subset = points.take(positions)
         assert isinstance(subset, ShardedPoints)
         assert np.array_equal(subset.rows(np.arange(5)), np.asarray(float16_pool[rows[positions]], np.float32))
+        centroids, labels = np.asarray(float16_pool[:3], np.float32), np.array([2, 0, 1, 1, 0])
+        own = ((np.asarray(float16_pool[rows[positions]], np.float32) - centroids[labels]) ** 2).sum(axis=1)
+        np.testing.assert_allclose(subset.distances_to(centroids, labels), own, atol=1e-6)
         first, second = kmeans(Points.of(float16_pool, rows=rows), 7, seed=3), kmeans(points, 7, seed=3)
     assert np.allclose(first[0], second[0], atol=1e-5) and np.array_equal(first[1], second[1])
 
