@@ -23,6 +23,9 @@ from curation.store.s3client import make_s3_client, s3_errors, split_s3_uri
 from curation.types import Reason
 
 _KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+MAX_EXTENDED_HEADER_BYTES = 1 << 20  # a real one holds a path and a few numbers
+_EXTENDED_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                          tarfile.GNUTYPE_LONGLINK)  # fmt: skip
 
 
 def expand_shards(source: WebDatasetSource) -> list[str]:
@@ -87,7 +90,8 @@ def _read_stream(shard: str, stream, max_bytes: int) -> Iterator[RawInput]:
 
 class _StrictTarInfo(tarfile.TarInfo):
     """tarfile ends an archive quietly at a missing, short or garbled header after the first member, so a shard cut
-    between members would look complete; only the zero-block end-of-archive marker may end it here."""
+    between members would look complete; only the zero-block end-of-archive marker may end it here. And it reads
+    a PAX or GNU long-name header whole, whatever size it claims: a few MB of gzipped zeros would cost GBs."""
 
     @classmethod
     def fromtarfile(cls, tarfile_):
@@ -95,6 +99,12 @@ class _StrictTarInfo(tarfile.TarInfo):
             return super().fromtarfile(tarfile_)
         except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as error:
             raise tarfile.ReadError(f"bad or missing header at offset {tarfile_.offset}: {error}") from None
+
+    def _proc_member(self, tarfile_):
+        if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise tarfile.ReadError(f"extended header (type {self.type!r}) at offset {self.offset} claims "
+                                    f"{self.size} bytes > {MAX_EXTENDED_HEADER_BYTES}")  # fmt: skip
+        return super()._proc_member(tarfile_)
 
 
 def _unsafe(member: tarfile.TarInfo) -> tuple[Reason, str] | None:

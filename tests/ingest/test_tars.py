@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,32 @@ def test_a_malformed_pax_sparse_header_is_one_corrupt_container_row(tmp_path, sp
     results = read(shard)
     assert fates(results, shard) == {"s0.jpg": "kept", str(shard): "corrupt_container"}
     assert "ValueError" in results[-1].detail
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME], ids=["pax", "gnu-longname"])
+def test_an_extended_header_bomb_is_corrupt_container_without_reading_it(tmp_path, kind):
+    """64 MiB of zeros claimed by one PAX (or GNU long-name) header gzip to 64 KB; tarfile would read it whole."""
+    claimed = 64 * 2**20
+    shard = tmp_path / "bomb.tar.gz"
+    with gzip.open(shard, "wb", compresslevel=1) as out:
+        first = tar_bytes([("s0.jpg", image_bytes(1))])
+        (s0,) = member_offsets(first)
+        out.write(first[: s0.offset_data + -(-s0.size // 512) * 512])  # a good sample, no end-of-archive marker
+        header = tarfile.TarInfo("././@LongHeader")
+        header.type, header.size = kind, claimed
+        out.write(header.tobuf(tarfile.USTAR_FORMAT))
+        for _ in range(claimed // 2**20):
+            out.write(bytes(2**20))
+        out.write(tar_bytes([("s1.jpg", image_bytes(2))]))
+    tracemalloc.start()
+    try:
+        results = read(shard)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fates(results, shard) == {"s0.jpg": "kept", str(shard): "corrupt_container"}
+    assert str(claimed) in results[-1].detail
+    assert peak < 8 * 2**20, f"{peak} bytes held while reading"
 
 
 @pytest.mark.parametrize(
