@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -73,10 +74,19 @@ def fetch_urls(
     exclusions: Exclusions = NO_EXCLUSIONS,
 ) -> Iterator[RawInput]:
     """Fetch every row concurrently; yields results in row order. A redirect to a URL that `exclusions` cover
-    is not followed: the row is opted out, so a redirect cannot smuggle in what a request forbids."""
-    with ThreadPoolExecutor(max_workers=min(settings.concurrency, max(len(rows), 1))) as pool:
-        results = pool.map(lambda row: _fetch_row(row, settings, max_bytes, exclusions), rows)
-        yield from results
+    is not followed: the row is opted out, so a redirect cannot smuggle in what a request forbids.
+
+    Only a window of 2 x concurrency rows is submitted ahead of the consumer (the decode loop, slower than the
+    fetches), so a block holds that many bodies at most, not block_size x max_bytes."""
+    workers = min(settings.concurrency, max(len(rows), 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window: deque[Future[RawInput]] = deque()
+        for row in rows:
+            window.append(pool.submit(_fetch_row, row, settings, max_bytes, exclusions))
+            if len(window) == 2 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 def _session(settings: FetchSettings) -> requests.Session:

@@ -408,6 +408,20 @@ def test_concurrency_is_bounded(server):
     assert state.max_in_flight == 2  # never more than 2 at once, and the 2 were really used
 
 
+def test_only_a_window_of_rows_is_fetched_ahead_of_the_consumer(server):
+    """Bodies fetched ahead wait in memory until the block's decode loop takes them: at most 2 x concurrency."""
+    base, state = server
+    paths = [unique("concurrent") for _ in range(40)]
+    results = fetch_urls(tuple((base + path, None, None, None) for path in paths), FetchSettings(**FAST, concurrency=2),
+                         MAX_BYTES)  # fmt: skip
+    first = next(results)
+    time.sleep(1.0)  # time for 10 more fetches of 0.2 s on 2 workers
+    with state.lock:
+        requested = sum(path in state.counts for path in paths)
+    assert requested <= 5, f"{requested} rows fetched while the consumer held one"
+    assert [first.uri, *(result.uri for result in results)] == [base + path for path in paths]
+
+
 # --- the URL table --------------------------------------------------------------------------------------------
 
 
