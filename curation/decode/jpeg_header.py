@@ -33,11 +33,12 @@ class JpegHeader:
 
 
 def read_jpeg_header(data: bytes) -> JpegHeader | None:
-    """Frame size from the first SOFn segment and orientation from an earlier APP1 Exif segment; None when the
-    bytes are not a JPEG or its segments are truncated or malformed before the frame header."""
+    """Frame size from the first SOFn segment and orientation from the first APP1 Exif segment before it (the one
+    Pillow reads); None when the bytes are not a JPEG or its segments are truncated or malformed before the frame
+    header."""
     if data[:2] != _SOI:
         return None
-    orientation, position, end = 1, 2, len(data)
+    orientation, position, end = None, 2, len(data)
     while position + 4 <= end:
         if data[position] != 0xFF:
             return None
@@ -56,8 +57,8 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
             if length < 7:
                 return None
             height, width = struct.unpack_from(">HH", data, segment + 1)  # after the sample precision byte
-            return JpegHeader(width, height, orientation) if width and height else None
-        if marker == _APP1 and data[segment : segment + 6] == _EXIF_PREFIX:
+            return JpegHeader(width, height, orientation or 1) if width and height else None
+        if orientation is None and marker == _APP1 and data[segment : segment + 6] == _EXIF_PREFIX:  # Pillow: first
             orientation = _exif_orientation(data[segment + 6 : position + 2 + length])
         position += 2 + length
     return None

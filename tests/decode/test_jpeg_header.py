@@ -74,3 +74,13 @@ def test_truncated_and_mutated_jpegs_never_raise():
         mutated[positions[1]] = int(rng.integers(0, 256))
         mutated[positions[2]] = int(rng.integers(0, 256))
         assert read_jpeg_header(bytes(mutated)) is None or isinstance(read_jpeg_header(bytes(mutated)), JpegHeader)
+
+
+def test_the_first_of_two_exif_segments_gives_the_orientation_as_in_pillow():
+    data = exif_rotated_jpeg(1)
+    second = big_endian_exif(6)
+    app1 = data.index(b"\xff\xe1")
+    (length,) = struct.unpack_from(">H", data, app1 + 2)
+    end = app1 + 2 + length
+    two = data[:end] + b"\xff\xe1" + struct.pack(">H", len(second) + 2) + second + data[end:]
+    assert read_jpeg_header(two) == pillow_header(two) == JpegHeader(64, 32, 1)
