@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from PIL import Image
 
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grey levels (0-65535) as Pillow opens them
+
 
 def flatten_to_rgb(image: Image.Image) -> Image.Image:
-    """RGB pixels, transparency composited onto white."""
+    """RGB pixels, transparency composited onto white; 16-bit grey levels scaled to 8 bits (Pillow's convert clips
+    them, so every level above 255, nearly all of a picture, would turn white)."""
+    if image.mode in WIDE_GREY_MODES:
+        image = image.convert("I").point(lambda level: level / 256).convert("L")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if not has_alpha:
         return image.convert("RGB")

@@ -59,6 +59,14 @@ def test_real_images_pass_every_check():
     assert inspect_image(encoded(photo(), "JPEG"), DecodeStage(quality=ALL_CHECKS)).ok
 
 
+def test_a_16_bit_grey_picture_is_measured_like_its_8_bit_version():
+    grey = np.asarray(photo().convert("L"))
+    sixteen = Image.fromarray(grey.astype(np.uint16) * 257)  # the same levels, 0-65535
+    assert sixteen.mode.startswith("I;16")
+    assert measure(sixteen) == measure(Image.fromarray(grey))
+    assert inspect_image(encoded(sixteen), DecodeStage(quality=ALL_CHECKS)).ok
+
+
 def test_the_default_checks_only_drop_blank_images():
     checks = QualityChecks()
     assert (checks.min_brightness, checks.max_brightness, checks.min_sharpness, checks.max_aspect_ratio) == (None,) * 4
