@@ -47,6 +47,10 @@ def inspect_image(data: bytes, settings: DecodeStage) -> DecodeResult:
         return DecodeResult(Reason.EMPTY, "zero bytes")
     if len(data) > settings.max_bytes:
         return DecodeResult(Reason.TOO_LARGE, f"{len(data)} bytes > max_bytes {settings.max_bytes}")
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < settings.max_pixels:
+        # Pillow refuses above twice its own limit before our check could allow a larger max_pixels; only ever
+        # raised, so threads with other settings still get at least theirs, and our check below still decides
+        Image.MAX_IMAGE_PIXELS = settings.max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:

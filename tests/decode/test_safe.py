@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from curation.config import DecodeStage
 from curation.decode.safe import inspect_image
@@ -49,6 +50,14 @@ def test_configured_pixel_limit_applies_below_pillows():
     data = image_bytes(1, size=(100, 100))
     assert inspect_image(data, DecodeStage(max_pixels=10_000)).ok
     assert inspect_image(data, DecodeStage(max_pixels=9_999)).reason == Reason.DECOMPRESSION_BOMB
+
+
+def test_configured_pixel_limit_applies_above_pillows(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2,000 pixels, as above 179M by default
+    data = image_bytes(1, size=(100, 100))
+    assert inspect_image(data, DecodeStage(max_pixels=10_000)).ok
+    result = inspect_image(data, DecodeStage(max_pixels=9_999))
+    assert result.reason == Reason.DECOMPRESSION_BOMB and "max_pixels 9999" in result.detail  # ours, not Pillow's
 
 
 def test_exif_orientation_swaps_reported_size():
