@@ -5,6 +5,10 @@ cluster path/rule), in part order, so an image in several parts is published onc
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from curation.select.retrieval import cluster_based, sample_based
 from curation.select.sharded import ShardedPoints, ShardPool
 
 Reasons = dict[str, list[dict[str, Any]]]
+CacheFolder = Callable[[str, list[int], dict[str, Any]], Path | None]  # (name, members, settings) -> folder
 POOL_ITERATIONS = 20  # Lloyd iterations of the pool k-means behind cluster-based retrieval
 
 
@@ -37,11 +42,16 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
     image i came from; `vectors[i]` its unit vector (needed by retrieval and balanced parts). With `shards`
     (actors over the same vectors), every k-means and every sample-based retrieval scan runs on them
     (curation/select/sharded.py). Every k-means reports its Lloyd passes to `progress` as a bar ("k-means PART"),
-    which is also where a cancelled run stops."""
+    which is also where a cancelled run stops. What a k-means saves under `workdir` is keyed by its points' image
+    ids and settings (`_cache_folder`), so a rerun reuses it only for the same points."""
     progress = progress or Progress()  # silent: no bar, never cancelled
 
     def points_of(rows: list[int]) -> Points | StreamedPoints | ShardedPoints:
         return shards.points(np.asarray(rows)) if shards is not None else Points.of(vectors, rows=rows)
+
+    def cache_folder(name: str, members: list[int], settings: dict[str, Any]) -> Path | None:
+        return None if workdir is None else _cache_folder(Path(workdir) / name, [image_ids[i] for i in members],
+                                                          settings)  # fmt: skip
 
     rng = np.random.default_rng(stage.seed)
     reserved = set()  # sources that are some part's seeds or curated set: not part of "the pool"
@@ -55,7 +65,7 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
     def add(index: int, reason: dict[str, Any]) -> None:
         reasons.setdefault(image_ids[index], []).append(reason)
 
-    pool_clusters = _PoolClusters(points_of, pool, stage.seed, workdir, progress)
+    pool_clusters = _PoolClusters(points_of, pool, stage.seed, cache_folder, progress)
 
     for number, part in enumerate(stage.parts):
         if isinstance(part, SourcePart):
@@ -69,8 +79,24 @@ def compose(stage: SelectStage, image_ids: list[str], sources: list[set[str]], v
                                            pool_clusters.of, shards)  # fmt: skip
         elif isinstance(part, BalancedPart):
             members = pool if not part.sources else [i for i, c in enumerate(sources) if c & set(part.sources)]
-            details[part.name] = _balance(part, members, points_of, stage.seed + number, workdir, add, progress)
+            details[part.name] = _balance(part, members, points_of, stage.seed + number, cache_folder, add,
+                                          progress)  # fmt: skip
     return reasons, details
+
+
+def _cache_folder(folder: Path, image_ids: list[str], settings: dict[str, Any]) -> Path:
+    """folder/KEY, KEY a hash of the points' image ids (in their order) and the settings that shape what is saved:
+    a resumed run whose pool changed (an opt-out filed before the resume removes images ahead of selection)
+    computes afresh instead of reusing another pool's centroids or per-point leaves. The other keys' folders,
+    stale now, are removed."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for start in range(0, len(image_ids), 65_536):
+        digest.update("".join(f"{image_id}\n" for image_id in image_ids[start : start + 65_536]).encode())
+    keyed = folder / digest.hexdigest()[:16]
+    for stale in folder.iterdir() if folder.is_dir() else ():
+        if stale != keyed:
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    return keyed
 
 
 class _PoolClusters:
@@ -78,15 +104,17 @@ class _PoolClusters:
     (DINOv2 clustered its pool once for all its small seed sets); the centroids are saved under the run's select
     folder, so a rerun does not cluster again."""
 
-    def __init__(self, points_of, pool: list[int], seed: int, workdir: Path | None, progress: Progress):
-        self.points_of, self.pool, self.seed, self.workdir, self.progress = points_of, pool, seed, workdir, progress
+    def __init__(self, points_of, pool: list[int], seed: int, cache_folder: CacheFolder, progress: Progress):
+        self.points_of, self.pool, self.seed, self.cache_folder = points_of, pool, seed, cache_folder
+        self.progress = progress
         self.fitted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def of(self, clusters: int) -> tuple[np.ndarray, np.ndarray]:
         """(centroids, pool labels) for `clusters` clusters."""
         if clusters not in self.fitted:
             name = f"_pool-kmeans-{clusters}"  # no part name starts with "_"
-            folder = None if self.workdir is None else Path(self.workdir) / name
+            settings = {"clusters": clusters, "iterations": POOL_ITERATIONS, "seed": self.seed}
+            folder = self.cache_folder(name, self.pool, settings)
             points = self.points_of(self.pool)
             if folder is not None and (folder / "centroids.npy").exists():
                 centroids = np.load(folder / "centroids.npy")
@@ -123,12 +151,14 @@ def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add,
     return {"kind": "retrieval", "similarities": [pull.similarity for pull in pulls if pull.seed_index >= 0]}
 
 
-def _balance(part: BalancedPart, members: list[int], points_of, seed, workdir, add, progress) -> dict[str, Any]:
+def _balance(part: BalancedPart, members: list[int], points_of, seed, cache_folder: CacheFolder, add,
+             progress) -> dict[str, Any]:  # fmt: skip
     if not members:
         return {"kind": "balanced", "before": [], "after": []}
     levels = [Level(**level.model_dump()) for level in part.levels]
     points = points_of(members)  # streamed from the memory-mapped vectors when it will not fit, or sharded
-    folder = None if workdir is None else Path(workdir) / part.name
+    settings = {"levels": [level.model_dump() for level in part.levels], "iterations": part.iterations, "seed": seed}
+    folder = cache_folder(part.name, members, settings)
     with progress.bar(f"k-means {part.name}", total=hierarchy_passes(levels, part.iterations), unit="pass") as bar:
         paths, centroids = hierarchical_kmeans(points, levels, seed=seed, iterations=part.iterations, workdir=folder,
                                                on_pass=bar.update)  # fmt: skip

@@ -145,7 +145,7 @@ def test_compose_honours_the_specs_split(tmp_path):
     paths = [reason[0]["cluster_path"] for reason in reasons.values()]
     assert len(reasons) == 200 and all(len(path) == 3 for path in paths)
     assert all(path[2] // 3 == path[1] for path in paths)  # each leaf inside its finest cluster
-    assert (tmp_path / "balanced" / "split-leaves.npy").exists() and len(details["balanced"]["before"]) <= 4
+    assert len(list(tmp_path.glob("balanced/*/split-leaves.npy"))) == 1 and len(details["balanced"]["before"]) <= 4
 
 
 def test_closest_rule_after_a_split_ranks_by_the_own_leaf_centroid(monkeypatch):
@@ -276,10 +276,35 @@ def test_cluster_retrieval_parts_share_one_pool_clustering(tmp_path, monkeypatch
     reasons, _ = compose(stage, ids, sources, vectors, workdir=tmp_path)
     pulled = {part.name: {int(i) for i, rs in reasons.items() if any(r["part"] == part.name for r in rs)}
               for part in parts}  # fmt: skip
-    assert fits == [6] and (tmp_path / "_pool-kmeans-6" / "centroids.npy").exists()
+    assert fits == [6] and len(list(tmp_path.glob("_pool-kmeans-6/*/centroids.npy"))) == 1
     assert pulled == {"ra": set(range(0, 40)), "rb": set(range(80, 120))}
     again, _ = compose(stage, ids, sources, vectors, workdir=tmp_path)
     assert fits == [6] and again == reasons  # the saved clustering is reused
+
+
+def test_a_rerun_reuses_the_cache_only_for_the_same_pool(tmp_path):
+    """The same pool: every saved k-means is reused. One image fewer (an opt-out filed before a resume): the pool
+    k-means, the levels, their resampling and the split are computed again, as a fresh run would, and the stale
+    ones are gone."""
+    points, _ = long_tailed_toy(4)
+    vectors = np.concatenate([points, np.ones((len(points), 1))], axis=1).astype(np.float32)
+    stage = SelectStage(mode="compose", parts=[
+        RetrievalPart(kind="retrieval", name="near", seeds=["seeds"], method="cluster", clusters=8, min_seeds=1),
+        BalancedPart(kind="balanced", name="balanced", target=200, rule="closest",
+                     levels=[LevelSpec(clusters=12, resampling_steps=1, split=3), LevelSpec(clusters=4)])])  # fmt: skip
+    ids = [f"{i:05d}" for i in range(len(points))]
+    sources = [{"seeds"} if i % 100 == 0 else {"pool"} for i in range(len(points))]
+    first = compose(stage, ids, sources, vectors, workdir=tmp_path)
+    saved = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.npy")}
+    assert len(saved) == 1 + 3 + 2  # pool centroids; level 1 (k-means, resampling), level 2; the split's two
+    assert compose(stage, ids, sources, vectors, workdir=tmp_path) == first
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.npy")} == saved  # reused
+
+    keep = [i for i in range(len(points)) if i != 1]  # a pool image opted out
+    fewer = [ids[i] for i in keep], [sources[i] for i in keep], vectors[keep]
+    assert compose(stage, *fewer, workdir=tmp_path) == compose(stage, *fewer)
+    now = list(tmp_path.rglob("*.npy"))
+    assert len(now) == len(saved) and not set(now) & set(saved)  # all recomputed, in new folders
 
 
 def test_points_past_the_budget_are_streamed_and_cluster_identically(float16_pool, monkeypatch):
@@ -357,7 +382,7 @@ def test_k_means_report_every_pass_and_a_cancelled_hierarchy_resumes(float16_poo
 
     with pytest.raises(RunCancelled):  # stops inside level 2's k-means: level 1 and its resampling are saved
         compose(stage, ids, sources, float16_pool, workdir=tmp_path, progress=CancelAfter(35))
-    saved = sorted(path.name for path in (tmp_path / "balanced").iterdir())
+    saved = sorted(path.name for path in tmp_path.glob("balanced/*/*"))
     assert saved == ["level-1-step-0.npy", "level-1-step-1.npy"]
     resumed = Progress()
     assert same_selection(compose(stage, ids, sources, float16_pool, workdir=tmp_path, progress=resumed), expected)
