@@ -77,6 +77,19 @@ def test_streams_split_the_version_disjointly(published_home):
     assert len(seen) == len(set(seen)) == 204
 
 
+def test_every_stream_gets_a_fair_share_of_images_in_every_pass(published_home):
+    """7 shards (six of 32 images, one of 12) over 4 streams: whole shards are packed by image count, so no
+    stream is ever left with only the small shard (fewer images than a batch, which stopped the run)."""
+    streams = [stream_for(published_home, rank=rank, world_size=2, workers=2, rotation=worker)
+               for rank in range(2) for worker in range(2)]  # fmt: skip
+    for pass_number in range(20):
+        shares = [[s.image_id for s in stream.samples(pass_number, stream.stream_id())] for stream in streams]
+        assert min(len(share) for share in shares) >= 32 and max(len(share) for share in shares) <= 64
+        assert sum(len(share) for share in shares) == len({i for share in shares for i in share}) == 204
+    large = stream_for(published_home, batch_size=40, rank=1, world_size=2, workers=2, rotation=1)
+    assert next(iter(large))["images"].shape[0] == 40  # some share of whole shards < 40: a per-sample split
+
+
 def test_a_position_resumes_the_exact_batch(published_home):
     fresh = take(iter(stream_for(published_home)), 14)
     stream, pass_number, index = fresh[9]["position"]

@@ -110,7 +110,7 @@ class SSLMetaArch(nn.Module):
         student_logits = torch.cat(student_logits).unflatten(0, (-1, batch))
         dino = dino_loss(student_logits, teacher_targets.unflatten(0, (2, batch)), cfg.student_temp)
         ibot = ibot_loss(student["ibot_logits"], teacher_patch_targets, masks, cfg.student_temp)
-        koleo = sum(koleo_loss(view) for view in student["cls"].unflatten(0, (2, batch))) / 2
+        koleo = sum(koleo_loss(view) for view in student["cls"].unflatten(0, (2, batch)))  # summed (DINOv2)
         total = cfg.dino_weight * dino + cfg.ibot_weight * ibot + cfg.koleo_weight * koleo
         parts = {"dino": dino.item(), "ibot": ibot.item(), "koleo": koleo.item()}
         if self.gram_teacher is not None and gram_weight > 0:

@@ -115,8 +115,9 @@ class BatchStream(IterableDataset):
     def samples(self, pass_number: int, stream: int) -> Iterator[Sample]:
         streams = self.world_size * self.workers
         order = np.random.default_rng([self.settings.seed, pass_number]).permutation(len(self.shards))
-        if len(self.shards) >= streams:
-            for index in order[stream::streams]:
+        shares = self._whole_shards(order, streams)
+        if shares is not None:
+            for index in shares[stream]:
                 yield from read_shard(self.root, self.shards[index])
             return
         counter = 0
@@ -125,6 +126,20 @@ class BatchStream(IterableDataset):
                 if counter % streams == stream:
                     yield sample
                 counter += 1
+
+    def _whole_shards(self, order: np.ndarray, streams: int) -> list[list[int]] | None:
+        """Each stream's whole shards for a pass: in the pass's shuffled order, each shard to the stream holding the
+        fewest images so far, so shares differ by at most one shard's images (counting shards instead left a
+        stream with only the small last shard). None when a share would hold less than a batch: then every stream
+        reads every shard and keeps every streams-th sample. The same on every rank and worker."""
+        if len(self.shards) < streams:
+            return None
+        loads, shares = [0] * streams, [[] for _ in range(streams)]
+        for index in order.tolist():
+            target = min(range(streams), key=lambda candidate: (loads[candidate], candidate))
+            shares[target].append(index)
+            loads[target] += self.shards[index].samples
+        return shares if min(loads) >= self.settings.batch_size else None
 
     def batches(self, pass_number: int, stream: int) -> Iterator[list[Sample]]:
         rng = np.random.default_rng([self.settings.seed, pass_number, stream, 1])

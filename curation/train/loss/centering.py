@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from curation.train.loss import in_float32
+
 
 def all_reduce_sum(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -19,6 +21,7 @@ def all_reduce_sum(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 
 @torch.no_grad()
+@in_float32
 def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
     """logits [B, K] (this rank's rows) -> [B, K] assignments; each row sums to 1 and, over all ranks' rows,
     each column sums to B_total / K (exactly so as iterations grow; 3 is DINOv2's choice)."""

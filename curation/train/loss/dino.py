@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from curation.train.loss import in_float32
 
+
+@in_float32
 def dino_loss(student_logits: torch.Tensor, teacher_targets: torch.Tensor, student_temp: float = 0.1) -> torch.Tensor:
     """student_logits [V_s, B, K] (global views first), teacher_targets [V_t, B, K]; same-view pairs skipped."""
     log_probs = torch.log_softmax(student_logits.float() / student_temp, dim=-1)

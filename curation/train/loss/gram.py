@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from curation.train.loss import in_float32
+
 
 def gram_matrix(patches: torch.Tensor) -> torch.Tensor:
     """patches [B, N, D] -> [B, N, N] cosine similarities."""
@@ -14,6 +16,7 @@ def gram_matrix(patches: torch.Tensor) -> torch.Tensor:
     return x @ x.transpose(1, 2)
 
 
+@in_float32
 def gram_loss(student_patches: torch.Tensor, teacher_patches: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of the per-image patch Gram matrices."""
     return F.mse_loss(gram_matrix(student_patches), gram_matrix(teacher_patches))

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from curation.train.loss import in_float32
 
+
+@in_float32
 def ibot_loss(student_logits: torch.Tensor, teacher_targets: torch.Tensor, masks: torch.Tensor,
               student_temp: float = 0.1) -> torch.Tensor:  # fmt: skip
     """student_logits, teacher_targets [M, K] for the M masked patches (in `masks[masks]` order);

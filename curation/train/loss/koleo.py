@@ -7,7 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from curation.train.loss import in_float32
 
+
+@in_float32
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """features [B, D] (B >= 2); normalised here."""
     x = F.normalize(features.float(), dim=-1, eps=eps)
