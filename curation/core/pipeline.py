@@ -171,7 +171,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             params = spec.stages.decontaminate.model_dump(mode="json")
             lineage.append({"stage": "decontaminate", "params": params, **_model(model_id)})
         progress.stage("optout")
-        kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, order=5)
+        kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, stage="optout", order=5)
         lineage.append(optout_step)
         progress.stage("select")
         selection, reports = None, {}
@@ -185,7 +185,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         params = spec.stages.select.model_dump(mode="json")
         lineage.append({"stage": "select", "params": params, **_model(model_id)})
         if _registry_moved(catalog, optout_step):  # a request filed while the run embedded or selected
-            kept, late_step = _optout_stage(spec, home, catalog, run_id, kept, order=11)
+            kept, late_step = _optout_stage(spec, home, catalog, run_id, kept, stage="optout_recheck", order=11)
             lineage.append(late_step)
         samples = _samples(kept, selection)
         if spec.publish.image is not None:
@@ -259,23 +259,24 @@ def _drop_images(catalog: Catalog, run_id: str, stage: str, order: int, kept: pa
     return kept.filter(pa.array([image_id not in verdicts for image_id in image_ids], pa.bool_()))
 
 
-def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, *, order: int):
+def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table, *, stage: str, order: int):
     """Every request in force, read afresh (one filed while the run ingested, or before it resumed, counts), matched
     against every kept image: URLs against all the places it was seen, hashes, uploads by pixels, images earlier
     applies removed, then the near-duplicates of everything matched. Returns the images still kept and the
-    lineage step (with the request ids it checked)."""
+    lineage step (with the request ids it checked). `stage` names its decisions: a stage's decisions replace
+    its earlier ones, so the recheck before publishing records under its own name."""
     registry = list_requests(catalog)
     requests = active_requests(registry)
     by_image: dict[str, list[str]] = {}
     for image_id, uri in zip(kept["image_id"].to_pylist(), kept["uri"].to_pylist()):
         by_image.setdefault(image_id, []).append(uri)
-    stage = spec.stages.embed or EmbedStage(model="builtin")
+    embed = spec.stages.embed or EmbedStage(model="builtin")
     settings = MatchSettings(spec.stages.optout.phash_max_distance, spec.stages.optout.embedding_threshold)
-    matches, model_id = covered_images(catalog, home, home.blobs(spec), stage.model_copy(update={"device": "cpu"}),
+    matches, model_id = covered_images(catalog, home, home.blobs(spec), embed.model_copy(update={"device": "cpu"}),
                                        list(by_image), list(by_image.values()), requests, settings)  # fmt: skip
     verdicts = {m.image_id: (Reason.OPTED_OUT, f"{m.request_id} ({m.method})") for m in matches}
     step = optout_step(registry, requests, matches, model_id, settings)
-    return _drop_images(catalog, run_id, "optout", order, kept, verdicts), step
+    return _drop_images(catalog, run_id, stage, order, kept, verdicts), step
 
 
 def _registry_moved(catalog: Catalog, step: dict[str, Any]) -> bool:

@@ -318,15 +318,19 @@ class FilesAnOptOutAtSelect(Progress):
 def test_a_request_filed_while_the_run_selects_is_checked_before_publishing(published, home):
     pool, spec = published["pool"], published["spec"]
     victim = sorted(pool.glob("*.png"))[3]
+    audit.add_optout(home, kind="image", image=published["target"])  # before the run: its copy goes at optout
     progress = FilesAnOptOutAtSelect(home, str(victim))
     result = run_pipeline(parse_spec(spec), home=Home(home), fresh=True, progress=progress)
 
     version = curation.open_version(result.version, home=home)
     assert sha(victim.read_bytes()) not in set(version.samples()["image_id"].to_pylist())
     row = outcome_of(home, result.run_id, str(victim))
-    assert (row["stage"], row["detail"]) == ("optout", f"{progress.request.request_id} (url)")
+    assert (row["stage"], row["detail"]) == ("optout_recheck", f"{progress.request.request_id} (url)")
+    earlier = outcome_of(home, result.run_id, str(pool / "planted-copy.jpg"))  # the first check's decisions stay
+    assert (earlier["stage"], earlier["reason"]) == ("optout", "opted_out")
     checks = [step for step in version.manifest["lineage"] if step["stage"] == "optout"]
-    assert [step["params"]["applied_requests"] for step in checks] == [[], [progress.request.request_id]]
+    assert [len(step["params"]["applied_requests"]) for step in checks] == [1, 1]
+    assert checks[1]["params"]["applied_requests"] == [progress.request.request_id]
 
 
 def test_exact_requests_match_images_that_cannot_be_embedded(published, home):
