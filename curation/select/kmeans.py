@@ -56,6 +56,16 @@ def fits(device: torch.device, count: int, dim: int) -> bool:
     return count * dim * 4 <= resident_budget(device)
 
 
+def _finite(norms: torch.Tensor) -> torch.Tensor:
+    """The squared norms, once all are finite. One NaN or infinite value makes its cluster's centroid NaN, which
+    then wins every argmin (torch.min propagates NaN): the k-means would collapse into one cluster, silently."""
+    bad = int((~torch.isfinite(norms)).sum())
+    if bad:
+        raise ValueError(f"{bad} of {len(norms)} vectors are not finite (a NaN or infinite value, or a norm past "
+                         f"float32's range): k-means cannot cluster them")  # fmt: skip
+    return norms
+
+
 def _half(half: bool | None, norms: torch.Tensor, device: torch.device) -> bool:
     """float16 storage: as asked, else on CUDA when every norm is at most HALF_PRECISION_MAX_NORM."""
     if half is not None:
@@ -109,7 +119,7 @@ class Points(_LocalPasses):
         """On CUDA when torch sees one. `half` (default: on CUDA, when every norm is at most
         HALF_PRECISION_MAX_NORM) stores float16 for tensor-core products; sums and norms stay float32. `rows`
         picks a subset of a matrix's rows, in the order given. A NumPy matrix whose float32 copy exceeds the
-        device's budget is not copied but streamed (StreamedPoints)."""
+        device's budget is not copied but streamed (StreamedPoints). Non-finite vectors are refused."""
         if not isinstance(points, np.ndarray | torch.Tensor):  # already points (resident, streamed or sharded)
             return points
         device = compute_device()
@@ -120,7 +130,7 @@ class Points(_LocalPasses):
             points = points if rows is None else points[np.asarray(rows, np.int64)]
         data = torch.as_tensor(np.asarray(points, np.float32) if isinstance(points, np.ndarray) else points)
         data = data.to(device=device, dtype=torch.float32)
-        norms = torch.linalg.vector_norm(data, dim=1).square_()  # no N x d temporary
+        norms = _finite(torch.linalg.vector_norm(data, dim=1).square_())  # no N x d temporary
         return cls(data.half() if _half(half, norms, device) else data, norms)
 
     def __len__(self) -> int:
@@ -172,7 +182,7 @@ class StreamedPoints(_LocalPasses):
         for start in range(0, count, CHUNK_ROWS):
             chunk = reader.chunk(start, start + CHUNK_ROWS)
             norms[start : start + CHUNK_ROWS] = torch.linalg.vector_norm(chunk, dim=1).square_()
-        return cls(matrix, rows, device, _half(half, norms, device), norms)
+        return cls(matrix, rows, device, _half(half, norms, device), _finite(norms))
 
     def __len__(self) -> int:
         return len(self.matrix) if self.index is None else len(self.index)

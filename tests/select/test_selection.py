@@ -217,6 +217,22 @@ def test_many_exact_duplicates_and_float32_centroids():
     assert kmeans(points, 5, seed=1)[0].dtype == np.float32
 
 
+def test_non_finite_vectors_are_refused_with_their_count(monkeypatch):
+    """One NaN vector used to make every k-means one cluster (its NaN centroid won every argmin); resident and
+    streamed points now refuse it, saying how many vectors are not finite."""
+    import curation.select.kmeans as kmeans_module
+
+    points = unit(np.random.default_rng(0).normal(size=(200, 8)))
+    points[7], points[9, 2] = np.nan, np.inf
+    with pytest.raises(ValueError, match="2 of 200 vectors are not finite"):
+        kmeans(points, 5, iterations=5, seed=1)
+    monkeypatch.setattr(kmeans_module, "RESIDENT_BUDGET_BYTES", 0)
+    with pytest.raises(ValueError, match="2 of 200 vectors are not finite"):
+        hierarchical_kmeans(points, [Level(5)], iterations=5)
+    points[7], points[9, 2] = 0.0, 1.0
+    assert len(np.unique(kmeans(points, 5, iterations=5, seed=1)[1])) == 5
+
+
 def test_seeding_in_batches_matches_one_centre_at_a_time():
     """k-means++ one centre per round puts one seed in every one of 40 far-apart modes; so do batched rounds (the
     candidates' own k-means++ keeps two centres of a batch out of one mode), the same for the same seed, and after
