@@ -360,7 +360,8 @@ def hierarchical_kmeans(points: np.ndarray | Points | StreamedPoints, levels: li
     """Cluster paths [n, len(levels)] (coarsest level first) and the centroids of each level (finest first).
 
     Level 1 clusters the points; level l+1 clusters the centroids of level l. With `workdir`, every level's and
-    resampling step's result is saved there and reused by a rerun. `on_pass` hears of every Lloyd pass, a reused
+    resampling step's result is saved there and reused by a rerun, whatever the points: a workdir belongs to one
+    set of points and settings (compose keys it by their image ids). `on_pass` hears of every Lloyd pass, a reused
     step's all at once: `hierarchy_passes(levels, iterations)` in all (the split's small k-means not counted).
     """
 
