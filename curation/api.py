@@ -78,14 +78,22 @@ def s3_settings_of(spec_json: dict[str, Any]) -> S3Settings:
     return S3Settings(endpoint_url=stored.get("endpoint_url"), region=stored.get("region"))
 
 
+def spec_of_version(catalog: Catalog, row: dict[str, Any]) -> dict[str, Any]:
+    """The spec of the run that made a version; for a version this home found in its store (made by another
+    home, or recovered), the newest run here of the same dataset, which published to that store and so knows
+    how to reach it (S3 endpoint, region); {} when there is none."""
+    runs = catalog.rows("SELECT spec_json FROM runs WHERE run_id = ?", [row["run_id"]]) or catalog.rows(
+        "SELECT spec_json FROM runs WHERE name = ? ORDER BY started_at DESC LIMIT 1", [row["name"]])  # fmt: skip
+    return json.loads(runs[0]["spec_json"]) if runs else {}
+
+
 def open_version(ref: str, *, home: str | Path = DEFAULT_HOME) -> Version:
     """Open NAME@vN (or NAME@latest) from the home's catalog."""
     from curation.publish.release import MANIFEST, resolve
 
     with Catalog.open(Home(home).catalog_path, read_only=True) as catalog:
         row = resolve(catalog, ref)
-        runs = catalog.rows("SELECT spec_json FROM runs WHERE run_id = ?", [row["run_id"]])
-        spec_json = json.loads(runs[0]["spec_json"]) if runs else {}  # a version recovered from its store
+        spec_json = spec_of_version(catalog, row)
     root = Home(home).version_root(row["uri"], s3_settings_of(spec_json))
     manifest = json.loads(root.get(MANIFEST))
     return Version(f"{row['name']}@v{row['version']}", manifest, root, row["manifest_sha256"])

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import curation
 from curation.store.catalog import Catalog
 from tests.conftest import write_spec
@@ -62,3 +64,27 @@ def test_killed_run_resumes_without_redoing_blocks(ray_local, tmp_path):
     clean_manifest = curation.open_version(clean.version, home=tmp_path / "clean").manifest
     assert resumed_manifest["content_sha256"] == clean_manifest["content_sha256"]
     assert resumed_manifest["counts"]["samples"] == BLOCKS * 2
+
+
+def test_an_unfinished_run_older_than_a_finished_one_is_not_resumed(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for index in range(4):
+        (pool / f"img-{index}.jpg").write_bytes(image_bytes(index, size=(96, 96)))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    spec = {"name": "stale", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+            "execution": {"executor": "local"}, "publish": {"uri": str(blocker / "datasets")}}  # fmt: skip
+    home = tmp_path / "home"
+    with pytest.raises(OSError):
+        curation.run(spec, home=home)  # planned and ingested 4 images, then failed to publish
+    with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
+        (stale,) = catalog.rows("SELECT run_id FROM runs")
+    blocker.unlink()
+    (pool / "img-9.jpg").write_bytes(image_bytes(9, size=(96, 96)))  # the pool grew
+    fresh = curation.run(spec, home=home, fresh=True)
+    assert fresh.run_id != stale["run_id"]
+
+    later = curation.run(spec, home=home)  # must not go back to the stale plan of 4 images
+    assert later.run_id not in (stale["run_id"], fresh.run_id) and later.unchanged
+    assert curation.open_version("stale@latest", home=home).samples().num_rows == 5

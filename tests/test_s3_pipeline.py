@@ -99,11 +99,18 @@ def test_s3_publish_is_invisible_until_the_manifest_lands(
     assert not any(item["Key"].endswith("manifest.json") for item in listing)  # ... but no version exists
     monkeypatch.undo()
 
-    result = curation.run(s3_run_spec(bucket, s3_spec), home=home)
+    # Another layout this time (one shard, not several): nothing the failed attempt left may stay beside it
+    result = curation.run(s3_run_spec(bucket, s3_spec, publish={"uri": f"s3://{bucket}/datasets",
+                                                                "shard_max_samples": 64}), home=home)  # fmt: skip
     assert result.version == "s3demo@v1"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-    assert curation.open_version("s3demo@v1", home=home).verify() == []
+    version = curation.open_version("s3demo@v1", home=home)
+    assert version.verify() == []
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix="datasets/s3demo/v1/")["Contents"]
+    stored = {item["Key"] for item in listing}
+    assert stored == {f"datasets/s3demo/v1/{item['path']}" for item in version.manifest["files"]} | {
+        "datasets/s3demo/v1/manifest.json"}  # fmt: skip
 
 
 def test_credentials_never_reach_logs_or_published_files(s3_pool, s3_endpoint, s3_client, bucket, tmp_path):
@@ -141,3 +148,19 @@ def test_spec_secrets_are_redacted_in_manifest(ray_local, s3_pool, s3_spec, buck
     raw = s3_client.get_object(Bucket=bucket, Key="datasets/s3demo/v1/manifest.json")["Body"].read().decode()
     assert S3_SECRET not in raw and S3_KEY_ID not in raw
     assert json.loads(raw)["spec"]["s3"]["secret_access_key"] == "**********"
+
+
+def test_a_second_home_reads_versions_it_found_on_a_shared_s3_store(
+    ray_local, s3_pool, s3_spec, bucket, tmp_path, monkeypatch
+):
+    spec = s3_run_spec(bucket, s3_spec, execution={"executor": "local"})
+    curation.run(spec, home=tmp_path / "first")
+    pool = tmp_path / "more"
+    pool.mkdir()
+    (pool / "new.jpg").write_bytes(image_bytes(77))
+    other = {**spec, "sources": [*spec["sources"], {"kind": "folder", "name": "more", "path": str(pool)}]}
+    assert curation.run(other, home=tmp_path / "second").version == "s3demo@v2"  # it learnt v1 from the store
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    found = curation.open_version("s3demo@v1", home=tmp_path / "second")  # no run of its own made it
+    assert found.verify() == [] and found.samples().num_rows == 4

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.api import s3_settings_of
+from curation.api import s3_settings_of, spec_of_version
 from curation.audit.matching import Match, MatchSettings, match_images
 from curation.audit.registry import OptOutRequest, active_requests, earlier_removals, list_requests
 from curation.config import EmbedStage
@@ -33,7 +33,16 @@ from curation.embed.stage import EmbedBlocks
 from curation.embed.vectors import load_matrix
 from curation.ingest.raw import Block
 from curation.publish.manifest import build_manifest, file_entry
-from curation.publish.release import MANIFEST, PROVENANCE, commit_version, published_numbers, register_version, resolve
+from curation.publish.release import (
+    MANIFEST,
+    PROVENANCE,
+    commit_version,
+    parse_ref,
+    published_numbers,
+    register_version,
+    resolve,
+    sync_catalog,
+)
 from curation.store.blobs import BlobStore
 from curation.store.catalog import Catalog
 from curation.store.home import Home
@@ -117,12 +126,13 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
     """Thresholds default to the version's own spec (`stages.optout`)."""
     with Catalog.open(home.catalog_path, wait_s=60) as catalog:
         requests = list_requests(catalog)
+        spec_json = spec_of_version(catalog, resolve(catalog, name))
+        s3 = s3_settings_of(spec_json)
+        target = open_store(spec_json.get("publish", {}).get("uri") or home.root / "datasets", s3)
+        sync_catalog(catalog, target, parse_ref(name)[0])  # a child this home (or another) committed is the parent
         parent = resolve(catalog, name)
         parent_ref = f"{parent['name']}@v{parent['version']}"
-        run = catalog.rows("SELECT spec_json FROM runs WHERE run_id = ?", [parent["run_id"]])
-        spec_json = json.loads(run[0]["spec_json"])
         settings = settings or MatchSettings(**spec_json.get("stages", {}).get("optout", {}))
-        s3 = s3_settings_of(spec_json)
         root = open_store(parent["uri"], s3)
         manifest = json.loads(root.get(MANIFEST))
         samples = pa.concat_tables([read_parquet(root, shard["index"]) for shard in manifest["shards"]])
@@ -134,8 +144,6 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
         matches, model_id = covered_images(catalog, home, blobs, stage, image_ids, uris, active, settings)
         if not matches:
             return ApplyResult(parent_ref, parent_ref, [])
-        target_uri = spec_json.get("publish", {}).get("uri") or home.root / "datasets"
-        target = open_store(target_uri, s3)
         number = max([parent["version"], *published_numbers(target, parent["name"])]) + 1
         staging = _staging(home, target, parent["name"], number)
         child = _write_child(root, staging, manifest, samples, matches)

@@ -96,7 +96,7 @@ def publish(
     reports: dict[str, bytes] | None = None,
     progress: Progress | None = None,
 ) -> Release:
-    _sync_catalog(catalog, target, name)
+    sync_catalog(catalog, target, name)
     versions = catalog.versions(name)
     mine = [row for row in versions if row["run_id"] == run_id]
     if mine:  # a resumed run whose release committed before the crash: do not publish twice
@@ -156,6 +156,7 @@ def commit_version(target: ObjectStore, staging: Path, name: str, number: int, m
         stage_key = staging.relative_to(target.root).as_posix()
         target.rename_prefix(stage_key, f"{name}/v{number}")
         return
+    target.delete_prefix(f"{name}/v{number}")  # what a failed earlier attempt left: no manifest, so no version
     for item in manifest["files"]:
         target.put_file(version_key(name, number, item["path"]), staging / item["path"])
     target.put_file(version_key(name, number, MANIFEST), staging / MANIFEST)  # last: the commit point
@@ -168,20 +169,22 @@ def write_manifest(staging: Path, manifest: dict[str, Any]) -> None:
 
 
 def register_version(catalog: Catalog, target: ObjectStore, manifest: dict[str, Any]) -> None:
+    """Record a committed version, its shards and which image sits where, in one catalog transaction: a crash
+    half way must not leave a version the catalog knows without its samples (gc would take their bytes)."""
     name, number = manifest["name"], manifest["version"]
     raw = target.get(version_key(name, number, MANIFEST))
-    catalog.register_version(manifest, target.url(f"{name}/v{number}"), hashlib.sha256(raw).hexdigest())
     rows = [
         read_parquet(target, version_key(name, number, shard["index"]), ["image_id", "shard", "part"])
         for shard in manifest["shards"]
     ]
-    if rows:
-        catalog.record_version_samples(name, number, pa.concat_tables(rows))
+    samples = pa.concat_tables(rows) if rows else None
+    catalog.register_version(manifest, target.url(f"{name}/v{number}"), hashlib.sha256(raw).hexdigest(), samples)
 
 
-def _sync_catalog(catalog: Catalog, target: ObjectStore, name: str) -> None:
+def sync_catalog(catalog: Catalog, target: ObjectStore, name: str) -> None:
     """The store is the truth: register versions whose manifest exists but the catalog lacks (a crash between
-    the commit and its registration, or a lost catalog), so numbering and parents follow what is published."""
+    the commit and its registration, a lost catalog, another home publishing to the same store), so numbering
+    and parents follow what is published."""
     known = {row["version"] for row in catalog.versions(name)}
     for number in published_numbers(target, name):
         if number not in known:

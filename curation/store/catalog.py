@@ -188,9 +188,12 @@ class Catalog:
 
     # --- runs -------------------------------------------------------------------------------------------
     def unfinished_run(self, spec_sha256: str) -> str | None:
-        """The latest run of this exact spec that did not finish: the one a new `curate run` resumes."""
+        """The latest run of this exact spec that did not finish, unless a run of it finished since: the one a
+        new `curate run` resumes. (An older unfinished run holds an older plan of the pool.)"""
         found = self.db.execute(
-            "SELECT run_id FROM runs WHERE spec_sha256 = ? AND status <> 'finished' ORDER BY started_at DESC LIMIT 1",
+            "SELECT run_id FROM runs r WHERE spec_sha256 = ? AND status <> 'finished' AND started_at > coalesce("
+            "(SELECT max(started_at) FROM runs f WHERE f.spec_sha256 = r.spec_sha256 AND f.status = 'finished'), "
+            "'-infinity'::TIMESTAMPTZ) ORDER BY started_at DESC LIMIT 1",
             [spec_sha256],
         ).fetchone()
         return found[0] if found else None
@@ -332,7 +335,8 @@ class Catalog:
 
     # --- opt-outs -----------------------------------------------------------------------------------------
     # --- versions ---------------------------------------------------------------------------------------
-    def register_version(self, manifest: dict, uri: str, manifest_sha256: str) -> None:
+    def register_version(self, manifest: dict, uri: str, manifest_sha256: str, samples: pa.Table | None) -> None:
+        """The version, its shards, its samples (columns image_id, shard, part) and its removals, all or none."""
         name, number = manifest["name"], manifest["version"]
         with self.transaction() as db:
             db.execute("DELETE FROM versions WHERE name = ? AND version = ?", [name, number])
@@ -359,6 +363,11 @@ class Catalog:
                     "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)",
                     [name, number, shard["tar"], tar["sha256"], tar["bytes"], shard["samples"]],
                 )
+            if samples is not None:
+                db.register("staged_samples", samples)
+                db.execute("INSERT INTO version_samples SELECT ?, ?, image_id, shard, part FROM staged_samples",
+                           [name, number])  # fmt: skip
+                db.unregister("staged_samples")
             self._register_removals(db, manifest)
 
     @staticmethod
@@ -376,12 +385,6 @@ class Catalog:
             "UPDATE versions SET status = 'superseded_by_optout' WHERE name = ? AND version < "
             "(SELECT max(version) FROM optout_removals WHERE name = ?)",
             [name, name],
-        )
-
-    def record_version_samples(self, name: str, number: int, samples: pa.Table) -> None:
-        """Columns image_id, shard, part: which image sits in which shard of the version."""
-        self._insert_staged(
-            samples, None, "INSERT INTO version_samples SELECT ?, ?, image_id, shard, part FROM staged", [name, number]
         )
 
     def record_checkpoint(self, path: str, name: str, number: int, manifest_sha256: str, step: int) -> None:

@@ -97,7 +97,9 @@ def _held_by_unfinished_runs(root: Path, catalog: Catalog) -> set[str]:
         rows = catalog.rows("SELECT DISTINCT image_id FROM provenance WHERE run_id = ? AND image_id IS NOT NULL",
                             [run_id])  # fmt: skip
         held |= {row["image_id"] for row in rows}
-        outputs = [(block, "image_id") for block in (root / "runs" / run_id / "ingest").glob("block-*.parquet")]
+        ingested = [*(root / "runs").glob(f"{run_id}/ingest/block-*.parquet"),  # and its evaluation sets':
+                    *(root / "runs").glob(f"{run_id}-*/ingest/block-*.parquet")]  # fmt: skip
+        outputs = [(block, "image_id") for block in ingested]
         outputs += [(block, "sha256") for block in (root / "runs" / run_id / "publish").glob("derive-*.parquet")]
         for block, column in outputs:  # done, not yet committed
             held |= {key for key in pq.read_table(block, columns=[column])[column].to_pylist() if key}

@@ -394,3 +394,19 @@ def test_a_second_home_on_the_same_store_sees_the_superseded_parent(published, t
     assert later.version == "demo@v3"  # its own registry is empty: it keeps the image, as that home asked
     with pytest.raises(TrainError, match="superseded by an opt-out"):
         open_training_set(other, "demo@v1")
+
+
+def test_an_apply_whose_registration_was_lost_is_not_published_twice(published, home):
+    audit.add_optout(home, kind="sha256", value=sha(published["target"]))
+    first = audit.apply_optouts(home, "demo")
+    assert first.ref == "demo@v2"
+    with Catalog.open(home / "catalog.duckdb") as catalog:  # the state a crash after the commit leaves
+        for table in ("versions", "shards", "version_samples", "optout_removals"):
+            catalog.db.execute(f"DELETE FROM {table} WHERE name = 'demo' AND version = 2")
+        catalog.db.execute("UPDATE versions SET status = 'current' WHERE name = 'demo'")
+    again = audit.apply_optouts(home, "demo")  # finds demo@v2 in the store: nothing left to remove
+    assert (again.parent, again.ref, again.removed) == ("demo@v2", "demo@v2", [])
+    assert not (home / "datasets" / "demo" / "v3").exists()
+    with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
+        assert {row["version"]: row["status"] for row in catalog.versions("demo")} == {
+            1: "superseded_by_optout", 2: "current"}  # fmt: skip

@@ -68,3 +68,22 @@ def test_a_catalog_file_still_being_created_is_waited_for(tmp_path):
     os.utime(corrupt, (time.time() - 3600, time.time() - 3600))
     with pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"):
         Catalog.open(corrupt, wait_s=10)  # not retried until the deadline: that would be a CatalogBusyError
+
+
+def test_a_version_is_registered_with_its_samples_or_not_at_all(tmp_path):
+    import pyarrow as pa
+
+    manifest = {"name": "demo", "version": 1, "parent": None, "content_sha256": "c" * 64, "run_id": "r",
+                "created_at": "2026-01-01T00:00:00Z", "counts": {"samples": 1},
+                "files": [{"path": "shards/a.tar", "sha256": "a" * 64, "bytes": 10}],
+                "shards": [{"tar": "shards/a.tar", "index": "shards/a.parquet", "samples": 1}]}  # fmt: skip
+    unreadable = pa.table({"image_id": ["x" * 64], "shard": ["shards/a.tar"]})  # no `part` column: the insert fails
+    with Catalog.open(tmp_path / "catalog.duckdb") as catalog:
+        with pytest.raises(Exception, match="part"):
+            catalog.register_version(manifest, "/d/demo/v1", "m" * 64, unreadable)
+        assert catalog.versions("demo") == []  # not a version without its samples (gc would take their bytes)
+        samples = unreadable.append_column("part", pa.array(["pool"]))
+        catalog.register_version(manifest, "/d/demo/v1", "m" * 64, samples)
+        rows = catalog.rows("SELECT image_id, part FROM version_samples WHERE name = 'demo' AND version = 1")
+        assert [row["version"] for row in catalog.versions("demo")] == [1] and rows == [{"image_id": "x" * 64,
+                                                                                         "part": "pool"}]  # fmt: skip

@@ -3,6 +3,7 @@ after it; blobs go only with --blobs and never those a version or an unfinished 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -141,3 +142,23 @@ def test_an_unfinished_runs_published_forms_stay(used_home, tmp_path):
 
     collect_garbage(home, blobs=True, delete=True)
     assert derived <= {path.name for path in (home / "blobs").glob("*/*")}
+
+
+def test_an_unfinished_runs_evaluation_images_stay(used_home, tmp_path):
+    home, *_ = used_home
+    pool, evaluation = tmp_path / "pool-2", tmp_path / "eval"
+    for folder, seed in ((pool, 300), (evaluation, 400)):
+        folder.mkdir()
+        for index in range(2):
+            (folder / f"{index}.jpg").write_bytes(image_bytes(seed + index, (80, 60)))
+    (tmp_path / "a-file").write_bytes(b"")
+    failing = {"name": "decon", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+               "stages": {"embed": {"model": "builtin"},
+                          "decontaminate": {"sets": [{"kind": "folder", "name": "eval", "path": str(evaluation)}]}},
+               "execution": {"executor": "local"},
+               "publish": {"uri": str(tmp_path / "a-file" / "datasets")}}  # fmt: skip
+    with pytest.raises(OSError):
+        curation.run(failing, home=home)  # evaluation set ingested, then failed at publish: unfinished
+    evaluation_ids = {hashlib.sha256(path.read_bytes()).hexdigest() for path in evaluation.iterdir()}
+    collect_garbage(home, blobs=True, delete=True)
+    assert evaluation_ids <= {path.name for path in (home / "blobs").glob("*/*")}
