@@ -12,6 +12,7 @@ import pytest
 import webdataset as wds
 
 import curation
+from curation.store.catalog import Catalog
 from curation.store.objects import S3Store
 from tests.conftest import S3_KEY_ID, S3_SECRET, write_spec
 from tests.corpus import image_bytes, tar_bytes
@@ -164,3 +165,19 @@ def test_a_second_home_reads_versions_it_found_on_a_shared_s3_store(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
     found = curation.open_version("s3demo@v1", home=tmp_path / "second")  # no run of its own made it
     assert found.verify() == [] and found.samples().num_rows == 4
+
+
+def test_an_object_over_max_bytes_is_too_large_and_the_limit_is_inclusive(s3_spec, bucket, s3_client, tmp_path):
+    small, large = image_bytes(1), image_bytes(2, size=(200, 150))
+    for key, data in (("sized/small.jpg", small), ("sized/large.jpg", large)):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+    spec = {"name": "sized", "sources": [{"kind": "s3", "name": "pool", "uri": f"s3://{bucket}/sized/"}],
+            "stages": {"decode": {"min_side": 16, "max_bytes": len(small)}}, "execution": {"executor": "local"},
+            "s3": s3_spec}  # fmt: skip
+    result = curation.run(spec, home=tmp_path / "home")
+    with Catalog.open(tmp_path / "home" / "catalog.duckdb", read_only=True) as catalog:
+        fates = {row["uri"].rsplit("/", 1)[1]: (row["reason"] or row["status"], row["detail"])
+                 for row in catalog.rows("SELECT uri, status, reason, detail FROM outcomes WHERE run_id = ?",
+                                         [result.run_id])}  # fmt: skip
+    assert fates["small.jpg"][0] == "kept"
+    assert fates["large.jpg"] == ("too_large", f"{len(large)} bytes > max_bytes {len(small)}")

@@ -36,13 +36,15 @@ def read_objects(items: tuple[tuple[str, str | None], ...], settings: S3Settings
     client = make_s3_client(settings)
     for uri, sidecar in items:
         bucket, key = split_s3_uri(uri)
-        try:
-            head = client.head_object(Bucket=bucket, Key=key)
-            if head["ContentLength"] > max_bytes:
-                detail = f"{head['ContentLength']} bytes > max_bytes {max_bytes}"
+        try:  # one GET: its declared length decides before any byte is read, and the read stops past the limit
+            response = client.get_object(Bucket=bucket, Key=key)  # (an object replaced meanwhile cannot slip by)
+            with response["Body"] as body:
+                declared = response["ContentLength"]
+                data = body.read(max_bytes + 1) if declared <= max_bytes else b""
+            if declared > max_bytes or len(data) > max_bytes:
+                detail = f"{declared} bytes > max_bytes {max_bytes}" if declared > max_bytes else "more than max_bytes"
                 yield RawInput(uri, reason=Reason.TOO_LARGE, detail=detail)
                 continue
-            data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except s3_errors() as error:
             yield RawInput(uri, reason=Reason.READ_FAILED, detail=str(error)[:300])
             continue
