@@ -52,9 +52,7 @@ SAVE_OPTIONS = {  # fixed encoder settings: the same pixels give the same bytes
     "PNG": lambda quality: {"optimize": False, "compress_level": 6},
 }
 FORMAT_OF_ORIGINAL = {"MPO": "JPEG"}  # an MPO's first frame is a JPEG
-ORIENTATION = 0x0112  # the EXIF tag
 DRAFT_MARGIN = 1.0  # a draft keeps at least this multiple of the target size
-QUARTER_TURNS = (5, 6, 7, 8)  # orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -89,15 +87,17 @@ def transform_image(data: bytes, original_format: str, settings: ImageTransform)
             return None
         if size != (width, height):  # JPEG decodes at 1/2, 1/4 or 1/8 scale; Lanczos does the rest
             image.draft(image.mode, (round(DRAFT_MARGIN * size[0]), round(DRAFT_MARGIN * size[1])))
-        if image.getexif().get(ORIENTATION) in QUARTER_TURNS:
-            size = (size[1], size[0])
+        decoded = image.size
         image = _encodable(ImageOps.exif_transpose(image), image_format)  # orientation goes into the pixels
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    if crop:
-        side = min(image.size)
+    if image.size == decoded[::-1] != decoded:  # the orientation turned it a quarter (Pillow turns TIFFs itself)
+        size = size[::-1]
+    if crop:  # the centred square is cut from the source and only it resized: no wide intermediate
+        side, edge = min(image.size), min(size)
         left, top = (image.size[0] - side) // 2, (image.size[1] - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+        box = (left, top, left + side, top + side)
+        image = image.crop(box) if edge == side else image.resize((edge, edge), Image.Resampling.LANCZOS, box=box)
+    elif image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, image_format, **SAVE_OPTIONS.get(image_format, lambda quality: {})(settings.quality))
     with Image.open(out) as written:  # the file's own mode (a GIF is saved as a palette)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import curation
 from curation.audit.statement import build_statement, render_markdown
@@ -66,6 +68,40 @@ def test_exif_orientation_goes_into_the_pixels_and_metadata_is_dropped():
     assert Image.open(io.BytesIO(buffer.getvalue())).getexif().get(GPS) is not None
     derived = transform_image(buffer.getvalue(), "JPEG", ImageTransform(size=40))
     assert GPS not in opened(derived.data).getexif()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+@pytest.mark.parametrize("orientation", [3, 5, 6, 7, 8])
+def test_every_orientation_keeps_the_shown_aspect(fmt, orientation):
+    """Pillow turns TIFFs itself and JPEGs only through exif_transpose: either way the shown shape is kept."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 400, 3), np.uint8)).save(
+        buffer, fmt, exif=exif.tobytes())  # fmt: skip
+    shown = ImageOps.exif_transpose(opened(buffer.getvalue())).size  # what a viewer shows
+    for resize, expected in (("shorter_side", (shown[0] * 100 // min(shown), shown[1] * 100 // min(shown))),
+                             ("center_crop", (100, 100))):  # fmt: skip
+        derived = transform_image(buffer.getvalue(), fmt, ImageTransform(resize=resize, size=100, format="PNG"))
+        assert (derived.width, derived.height) == expected, (resize, shown)
+
+
+def test_a_very_wide_image_is_centre_cropped_without_a_wide_intermediate():
+    """16000 x 40 to a 1024 square, upscaled: resizing first would build a 409,600 x 1,024 image (1.8 GB)."""
+    script = (
+        "import io, resource\n"
+        "from PIL import Image\n"
+        "from curation.config import ImageTransform\n"
+        "from curation.publish.transform import transform_image\n"
+        "buffer = io.BytesIO()\n"
+        "Image.new('RGB', (16000, 40), (200, 10, 10)).save(buffer, 'PNG')\n"
+        "settings = ImageTransform(resize='center_crop', size=1024, upscale=True)\n"
+        "derived = transform_image(buffer.getvalue(), 'PNG', settings)\n"
+        "print(derived.width, derived.height, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    width, height, peak_mb = map(int, output.split())
+    assert (width, height) == (1024, 1024) and peak_mb < 700, peak_mb
 
 
 def test_transparency_lands_on_white_in_jpeg_and_stays_in_png():
