@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.api import s3_settings_of, spec_of_version
-from curation.audit.matching import Match, MatchSettings, match_images
-from curation.audit.registry import OptOutRequest, active_requests, earlier_removals, list_requests
+from curation.audit.matching import HASH_KINDS, Match, MatchSettings, derived_requests, match_images
+from curation.audit.registry import OptOutRequest, active_requests, list_requests
 from curation.config import EmbedStage
 from curation.dedup.perceptual import phash
 from curation.embed.driver import commit_blocks
@@ -77,12 +77,12 @@ def covered_images(catalog: Catalog, home: Home, blobs: BlobStore, stage: EmbedS
     whose vectors were used (None when none were needed)."""
     if not requests or not image_ids:
         return [], None
-    requests = [*requests, *earlier_removals(catalog, requests)]
+    requests = derived_requests(catalog, requests)
     uploads = [request for request in requests if request.kind == "image"]
     exact = match_images(requests, image_ids, uris)
     embedder = create_embedder(stage)
     embedded = catalog.embedded_ids(embedder.model_id)
-    named = {request.value for request in requests if request.kind in ("sha256", "removed_before")}
+    named = {request.value for request in requests if request.kind in HASH_KINDS}
     seeds = sorted((named - set(image_ids)) & embedded)
     if not (uploads or exact or seeds):
         return [], None

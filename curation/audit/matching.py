@@ -1,4 +1,5 @@
-"""Which images do opt-out requests cover? Pure matching over (image id, provenance URIs) plus vectors/hashes.
+"""Which images do opt-out requests cover? Matching over (image id, provenance URIs) plus vectors/hashes, and the
+requests derived from the catalog (`derived_requests`).
 
 URL kinds match provenance URIs (exact, prefix, host or subdomain, in canonical spelling); `sha256` matches the
 content address, and so does `removed_before`, a request derived from the registry rather than filed (an image
@@ -11,19 +12,25 @@ opt-out covers the picture, not one file of it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from curation.audit.registry import OptOutRequest
+from curation.audit.registry import OptOutRequest, earlier_removals
 from curation.ingest.exclusions import Exclusions
+from curation.store.catalog import Catalog
+
+# Kinds whose value is an image id: `sha256` is filed; `removed_before` (an image an earlier apply removed for a
+# request in force) and `seen_at_url` (an image the catalog saw at a URL a request covers, wherever it is now)
+# are derived from the registry and the catalog, so a copy elsewhere of an opted-out picture cannot come back.
+HASH_KINDS = ("sha256", "removed_before", "seen_at_url")
 
 
 def exclusions_of(requests: Iterable[OptOutRequest]) -> Exclusions:
     """The URL, prefix, domain and hash requests (and uploads' exact hashes) as ingest-time exclusions."""
     by_kind: dict[str, list[tuple[str, str]]] = {"url": [], "url_prefix": [], "domain": [], "sha256": []}
     for request in requests:  # an upload's value is its SHA-256: an exact copy is not even stored
-        kind = "sha256" if request.kind in ("removed_before", "image") else request.kind
+        kind = "sha256" if request.kind in (*HASH_KINDS, "image") else request.kind
         if kind in by_kind:
             by_kind[kind].append((request.request_id, request.value))
     return Exclusions(tuple(by_kind["url"]), tuple(by_kind["url_prefix"]), tuple(by_kind["domain"]),
@@ -40,7 +47,7 @@ class MatchSettings:
 class Match:
     image_id: str
     request_id: str
-    method: str  # url | url_prefix | domain | sha256 | removed_before | exact | phash | embedding | near_duplicate
+    method: str  # url | url_prefix | domain | one of HASH_KINDS | exact | phash | embedding | near_duplicate
     similarity: float | None = None  # cosine, or 64 - Hamming distance for phash
     via_image_id: str | None = None  # for near_duplicate: the matched image it is a copy of
 
@@ -65,15 +72,16 @@ def match_images(
     settings = settings or MatchSettings()
     found: dict[str, Match] = {}
     index_of = {image_id: i for i, image_id in enumerate(image_ids)}
-    by_url = exclusions_of([request for request in requests if request.kind in ("url", "url_prefix", "domain")])
-    kind_of = {request.request_id: request.kind for request in requests}
+    url_requests = [request for request in requests if request.kind in ("url", "url_prefix", "domain")]
+    by_url = exclusions_of(url_requests)
+    kind_of = {request.request_id: request.kind for request in url_requests}  # derived requests share their ids
     if by_url:  # one indexed lookup per URI, whatever the registry's size
         for image_id, image_uris in zip(image_ids, uris):
             request_id = next((hit for uri in image_uris if (hit := by_url.covering_uri(uri))), None)
             if request_id:
                 found[image_id] = Match(image_id, request_id, kind_of[request_id])
     for request in requests:
-        if request.kind in ("sha256", "removed_before") and request.value in index_of:
+        if request.kind in HASH_KINDS and request.value in index_of:
             found.setdefault(request.value, Match(request.value, request.request_id, request.kind))
         elif request.kind == "image":
             if request.value in index_of:
@@ -110,3 +118,22 @@ def _add_near_duplicates(found: dict[str, Match], image_ids: list[str], index_of
                 if image_id not in found:
                     found[image_id] = Match(image_id, match.request_id, "near_duplicate", float(scores[row, position]),
                                             match.image_id)  # fmt: skip
+
+
+def derived_requests(catalog: Catalog, requests: list[OptOutRequest]) -> list[OptOutRequest]:
+    """`requests` plus the image ids they stand for in this catalog: what earlier applies removed for them
+    (`removed_before`), and every image seen, in any run, at a URL they cover (`seen_at_url`), e.g. an input
+    opted out at ingest whose identical copy sits at another path, or a copy dropped as a duplicate whose kept
+    original is elsewhere."""
+    by_url = exclusions_of([request for request in requests if request.kind in ("url", "url_prefix", "domain")])
+    seen: dict[str, str] = {}
+    if by_url:
+        for image_id, uri in catalog.db.execute(
+            "SELECT DISTINCT image_id, uri FROM provenance WHERE image_id IS NOT NULL ORDER BY image_id, uri"
+        ).fetchall():
+            request_id = image_id not in seen and by_url.covering_uri(uri)
+            if request_id:
+                seen[image_id] = request_id
+    by_id = {request.request_id: request for request in requests}
+    found = [replace(by_id[request_id], kind="seen_at_url", value=image_id) for image_id, request_id in seen.items()]
+    return [*requests, *earlier_removals(catalog, requests), *found]

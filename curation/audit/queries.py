@@ -10,8 +10,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from curation.api import open_version
-from curation.audit.matching import exclusions_of
-from curation.audit.registry import active_requests, earlier_removals, list_requests
+from curation.audit.matching import derived_requests, exclusions_of
+from curation.audit.registry import active_requests, list_requests
 from curation.errors import CurationError
 from curation.store.catalog import Catalog
 from curation.store.home import Home
@@ -101,7 +101,7 @@ def _covering_requests(catalog: Catalog, uris: list[str], image_ids: list[str]) 
     """Requests in force now that cover one of these URIs or hashes (and so would keep it out of the next run),
     whether or not a run or an apply has acted on them yet. Uploaded images match by pixels: see `requests`."""
     active = active_requests(list_requests(catalog))
-    exclusions = exclusions_of([*active, *earlier_removals(catalog, active)])
+    exclusions = exclusions_of(derived_requests(catalog, active))
     found = {exclusions.covering_uri(uri) for uri in uris} | {exclusions.covering_hash(i) for i in image_ids}
     return sorted(request_id for request_id in found if request_id)
 

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.audit.apply import covered_images, optout_step
-from curation.audit.matching import MatchSettings, exclusions_of
+from curation.audit.matching import MatchSettings, derived_requests, exclusions_of
 from curation.audit.policy import license_verdict
-from curation.audit.registry import active_requests, earlier_removals, list_requests
+from curation.audit.registry import active_requests, list_requests
 from curation.config import EmbedStage, PipelineSpec
 from curation.core.progress import Progress
 from curation.dedup.driver import run_decontaminate, run_dedup
@@ -132,7 +132,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
     done = {block.index for block in blocks if home.runs.exists(block_output_key(run_id, block.index))}
     pending = [block for block in blocks if block.index not in done]
     requests = active_requests(list_requests(catalog))  # every run checks the opt-out registry
-    exclusions = exclusions_of([*requests, *earlier_removals(catalog, requests)])
+    exclusions = exclusions_of(derived_requests(catalog, requests))
     model_id = None
     executor = _Executor(spec, ray_address)
     try:

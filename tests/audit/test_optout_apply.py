@@ -410,3 +410,34 @@ def test_an_apply_whose_registration_was_lost_is_not_published_twice(published, 
     with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
         assert {row["version"]: row["status"] for row in catalog.versions("demo")} == {
             1: "superseded_by_optout", 2: "current"}  # fmt: skip
+
+
+def test_an_identical_copy_of_an_input_opted_out_at_ingest_goes_too(ray_local, tmp_path, home):
+    pool = tmp_path / "pool"
+    files = small_pool(pool, 4)
+    copy = pool / "elsewhere-copy.png"
+    copy.write_bytes(files[0].read_bytes())
+    request = audit.add_optout(home, kind="url", value=str(files[0]))
+    spec = {"name": "twin", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+            "stages": {"decode": {"min_side": 16}}, "execution": {"executor": "local"}}  # fmt: skip
+    result = curation.run(spec, home=home)
+    published = curation.open_version(result.version, home=home).samples()["image_id"].to_pylist()
+    assert sha(files[0].read_bytes()) not in published
+    row = outcome_of(home, result.run_id, str(copy))
+    assert (row["stage"], row["detail"]) == ("optout", f"{request.request_id} (seen_at_url)")
+
+
+def test_apply_follows_a_requested_url_to_the_kept_original_of_its_duplicate(ray_local, tmp_path, home):
+    pool = tmp_path / "pool"
+    original = small_pool(pool, 6)[2]
+    duplicate = pool / "smaller-copy.jpg"
+    duplicate.write_bytes(transformed(original.read_bytes(), 0.9, 90))
+    spec = {"name": "dups", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+            "stages": {"decode": {"min_side": 16}, "embed": {"model": "builtin"}, "dedup": {"threshold": 0.9}},
+            "execution": {"executor": "local"}}  # fmt: skip
+    result = curation.run(spec, home=home)
+    assert outcome_of(home, result.run_id, str(duplicate))["stage"] == "dedup"  # the original was kept
+    request = audit.add_optout(home, kind="url", value=str(duplicate))  # names the copy that was not published
+    applied = audit.apply_optouts(home, "dups")
+    assert [(m.image_id, m.request_id, m.method) for m in applied.removed] == [
+        (sha(original.read_bytes()), request.request_id, "near_duplicate")]  # fmt: skip
