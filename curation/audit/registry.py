@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import tldextract
 
@@ -65,7 +65,9 @@ def _normalise(kind: str, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme.lower() not in ("http", "https", "s3", "file") or not (parts.netloc or parts.scheme == "file"):
             raise RequestError(f"{kind}: not a URL or an absolute path: {value!r}")
-        return canonical_uri(value)
+        if kind == "url_prefix" and any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
+            raise RequestError(f"url_prefix: {value!r} has '.' or '..' segments; write the prefix it means")
+        return canonical_uri(value, prefix=kind == "url_prefix")
     if kind == "domain":
         domain = value.lower().removeprefix("www.").strip(".")
         if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import idna
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -22,18 +24,26 @@ UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 
 def _host(hostname: str) -> str:
     host = hostname.lower().rstrip(".")
-    try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:  # not a valid IDN: compare it as written
+    if host.isascii():
+        return host
+    try:  # UTS 46, as browsers and requests do (Python's "idna" codec is IDNA 2003: straße -> strasse)
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError:  # not a valid IDN: compare it as written
         return host
 
 
 def _escapes(text: str) -> str:
+    """Non-ASCII, spaces and controls as UTF-8 percent-escapes; then escapes of unreserved characters decoded and
+    the others in upper case: café, caf%C3%A9 and caf%c3%a9 are one path."""
+    encoded = "".join(character if 0x20 < ord(character) < 0x7F else
+                      "".join(f"%{byte:02X}" for byte in character.encode("utf-8", "surrogatepass"))
+                      for character in text)  # fmt: skip
+
     def one(match: re.Match) -> str:
         character = chr(int(match.group(1), 16))
         return character if character in UNRESERVED else "%" + match.group(1).upper()
 
-    return PERCENT_ESCAPE.sub(one, text)
+    return PERCENT_ESCAPE.sub(one, encoded)
 
 
 def _without_dot_segments(path: str) -> str:
@@ -51,8 +61,9 @@ def _without_dot_segments(path: str) -> str:
     return "/".join(output)
 
 
-def canonical_uri(uri: str) -> str:
-    """One spelling per http(s) URL; `file://` URLs become the local path; anything else is returned as is."""
+def canonical_uri(uri: str, *, prefix: bool = False) -> str:
+    """One spelling per http(s) URL; `file://` URLs become the local path; anything else is returned as is. A
+    `prefix` keeps a trailing `?` (`/img?` must not become `/img`, which would also cover `/img2.jpg`)."""
     try:
         parts = urlsplit(uri.strip())
         port = parts.port
@@ -68,7 +79,8 @@ def canonical_uri(uri: str) -> str:
         host = f"[{host}]"
     netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"
     path = _without_dot_segments(_escapes(parts.path)) or "/"
-    return urlunsplit((scheme, netloc, path, _escapes(parts.query), ""))
+    canonical = urlunsplit((scheme, netloc, path, _escapes(parts.query), ""))
+    return canonical + "?" if prefix and not parts.query and uri.split("#", 1)[0].rstrip().endswith("?") else canonical
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,8 @@ class Exclusions:
     _index: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        spell = {"urls": canonical_uri, "prefixes": canonical_uri, "domains": _host, "hashes": str}
+        spell = {"urls": canonical_uri, "prefixes": lambda value: canonical_uri(value, prefix=True), "domains": _host,
+                 "hashes": str}  # fmt: skip
         for kind, canonical in spell.items():
             index = self._index.setdefault(kind, {})
             for request_id, value in getattr(self, kind):

@@ -68,6 +68,9 @@ def test_urls_are_stored_canonical_and_local_paths_are_accepted(catalog):
     assert add_request(catalog, kind="url", value="file:///data/pool/a%20b.png").value == "/data/pool/a b.png"
     with pytest.raises(RequestError, match="absolute path"):
         add_request(catalog, kind="url", value="pool/relative.png")
+    with pytest.raises(RequestError, match="segments"):  # /dir/.. would widen to the whole site
+        add_request(catalog, kind="url_prefix", value="http://a.example/dir/..")
+    assert add_request(catalog, kind="url_prefix", value="http://A.example/img?").value == "http://a.example/img?"
 
 
 @pytest.mark.parametrize(

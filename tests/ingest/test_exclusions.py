@@ -67,3 +67,21 @@ def test_a_large_registry_is_looked_up_not_scanned():
     assert exclusions.covering_uri("HTTPS://cdn.example.org/u/199999.jpg") == "opt-199999"
     assert exclusions.covering_uri("https://img.site49999.example.net/a.png") == "d-49999"
     assert exclusions.covering_uri("https://cdn.example.org/u/200000.jpg") is None
+
+
+@pytest.mark.parametrize(
+    ("requested", "spelling"),
+    [("http://a.example/caf\u00e9.jpg", "http://a.example/caf%C3%A9.jpg"), ("http://a.example/caf%c3%a9.jpg",
+     "http://a.example/caf\u00e9.jpg"), ("http://a.example/a b.jpg", "http://a.example/a%20b.jpg"),
+     ("http://stra\u00dfe.de/x.jpg", "http://xn--strae-oqa.de/x.jpg")],
+)  # fmt: skip
+def test_non_ascii_urls_and_hosts_compare_as_clients_send_them(requested, spelling):
+    assert Exclusions(urls=(("opt-1", requested),)).covering_uri(spelling) == "opt-1"
+    assert canonical_uri("http://stra\u00dfe.de/") != canonical_uri("http://strasse.de/")  # two hosts (UTS 46)
+
+
+def test_a_prefix_keeps_its_trailing_question_mark():
+    exclusions = Exclusions(prefixes=(("opt-1", "http://a.example/img?"),))
+    assert exclusions.covering_uri("http://a.example/img?size=2") == "opt-1"
+    assert exclusions.covering_uri("http://a.example/img2.jpg") is None
+    assert exclusions.covering_uri("http://a.example/img/a.jpg") is None
