@@ -150,6 +150,10 @@ def test_requests_filed_after_a_version_was_checked_are_named(tmp_path, caplog):
     assert "curate optout apply fixture" in caplog.text
     audit.apply_optouts(home, "fixture")
     assert "unapplied_optout_requests" not in open_training_set(home, "fixture@v2").lineage
+    audit.add_optout(home, kind="sha256", value="0" * 64)  # covers nothing in the version
+    assert "unapplied_optout_requests" in open_training_set(home, "fixture@v2").lineage
+    assert audit.apply_optouts(home, "fixture").ref == "fixture@v2"  # nothing to remove: no child ...
+    assert "unapplied_optout_requests" not in open_training_set(home, "fixture@v2").lineage  # ... but checked
 
 
 def test_stream_reads_a_version_published_to_s3(s3_spec, bucket, tmp_path, monkeypatch):

@@ -142,7 +142,8 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
         stage = embed_stage_of(manifest["lineage"])
         active = active_requests(requests)
         matches, model_id = covered_images(catalog, home, blobs, stage, image_ids, uris, active, settings)
-        if not matches:
+        if not matches:  # nothing to publish; the check itself is recorded (the trainer stops warning)
+            catalog.record_optout_check(parent["name"], parent["version"], requests[-1].seq if requests else 0)
             return ApplyResult(parent_ref, parent_ref, [])
         number = max([parent["version"], *published_numbers(target, parent["name"])]) + 1
         staging = _staging(home, target, parent["name"], number)

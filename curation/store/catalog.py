@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS optout_removals (
     name VARCHAR NOT NULL, version INTEGER NOT NULL, image_id VARCHAR NOT NULL, request_id VARCHAR NOT NULL,
     method VARCHAR NOT NULL, similarity DOUBLE, via_image_id VARCHAR, PRIMARY KEY (name, version, image_id)
 );
+-- Opt-out applies that found nothing to remove: the version was checked against the registry up to seq.
+CREATE TABLE IF NOT EXISTS optout_checks (
+    name VARCHAR NOT NULL, version INTEGER NOT NULL, registry_seq BIGINT NOT NULL, checked_at TIMESTAMPTZ NOT NULL
+);
 -- Trainer checkpoints and the version each read (lineage: checkpoint -> NAME@vN -> images).
 CREATE TABLE IF NOT EXISTS checkpoints (
     path VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, version INTEGER NOT NULL, manifest_sha256 VARCHAR NOT NULL,
@@ -386,6 +390,16 @@ class Catalog:
             "(SELECT max(version) FROM optout_removals WHERE name = ?)",
             [name, name],
         )
+
+    def record_optout_check(self, name: str, number: int, registry_seq: int) -> None:
+        """An apply matched nothing in NAME@vN against the registry up to `registry_seq` (it publishes no child)."""
+        self.db.execute("INSERT INTO optout_checks VALUES (?, ?, ?, ?)",
+                        [name, number, registry_seq, datetime.now(UTC)])  # fmt: skip
+
+    def optout_checked_seq(self, name: str, number: int) -> int:
+        found = self.db.execute("SELECT max(registry_seq) FROM optout_checks WHERE name = ? AND version = ?",
+                                [name, number]).fetchone()  # fmt: skip
+        return int(found[0] or 0)
 
     def record_checkpoint(self, path: str, name: str, number: int, manifest_sha256: str, step: int) -> None:
         with self.transaction() as db:

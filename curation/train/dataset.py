@@ -36,6 +36,7 @@ def open_training_set(home: str | Path, ref: str, *, allow_superseded: bool = Fa
         row = resolve(catalog, ref)
         newer = [r for r in catalog.versions(row["name"]) if r["version"] > row["version"]]
         requests = active_requests(list_requests(catalog))
+        applied_seq = catalog.optout_checked_seq(row["name"], row["version"])
     exact = f"{row['name']}@v{row['version']}"
     if row["status"] == "superseded_by_optout" and not allow_superseded:
         latest = f"{row['name']}@v{newer[-1]['version']}" if newer else "a newer version"
@@ -50,7 +51,7 @@ def open_training_set(home: str | Path, ref: str, *, allow_superseded: bool = Fa
                "manifest_sha256": version.manifest_sha256, "content_sha256": version.manifest["content_sha256"],
                "samples": version.manifest["counts"]["samples"], "status": row["status"]}  # fmt: skip
     checks = [step for step in version.manifest["lineage"] if step["stage"] == "optout"]
-    checked_seq = checks[-1]["params"].get("registry_seq", 0) if checks else 0
+    checked_seq = max(checks[-1]["params"].get("registry_seq", 0) if checks else 0, applied_seq)
     unapplied = [request.request_id for request in requests if request.seq > checked_seq]
     if unapplied:
         lineage["unapplied_optout_requests"] = unapplied
