@@ -122,9 +122,9 @@ def _add_near_duplicates(found: dict[str, Match], image_ids: list[str], index_of
 
 def derived_requests(catalog: Catalog, requests: list[OptOutRequest]) -> list[OptOutRequest]:
     """`requests` plus the image ids they stand for in this catalog: what earlier applies removed for them
-    (`removed_before`), and every image seen, in any run, at a URL they cover (`seen_at_url`), e.g. an input
-    opted out at ingest whose identical copy sits at another path, or a copy dropped as a duplicate whose kept
-    original is elsewhere."""
+    (`removed_before`), every image seen, in any run, at a URL they cover (`seen_at_url`: e.g. an input opted out
+    at ingest whose identical copy sits at another path, or a copy dropped as a duplicate whose kept original is
+    elsewhere), and the original of a hash that is a re-encoded published file (`sha256`)."""
     by_url = exclusions_of([request for request in requests if request.kind in ("url", "url_prefix", "domain")])
     seen: dict[str, str] = {}
     if by_url:
@@ -136,4 +136,9 @@ def derived_requests(catalog: Catalog, requests: list[OptOutRequest]) -> list[Op
                 seen[image_id] = request_id
     by_id = {request.request_id: request for request in requests}
     found = [replace(by_id[request_id], kind="seen_at_url", value=image_id) for image_id, request_id in seen.items()]
+    # a hash of a re-encoded published file (someone found their picture in a release) names its original
+    hashed = [request for request in requests if request.kind in ("sha256", "image")]
+    originals = catalog.originals_of(sorted({request.value for request in hashed}))
+    found += [replace(request, kind="sha256", value=originals[request.value]) for request in hashed
+              if request.value in originals]  # fmt: skip
     return [*requests, *earlier_removals(catalog, requests), *found]

@@ -32,11 +32,15 @@ def domain_of(uri: str, source: str) -> str:
 
 
 def _image_ids_for(catalog: Catalog, query: str, local_files: bool) -> list[str]:
-    if re.fullmatch(r"[0-9a-fA-F]{64}", query):
-        return [query.lower()]
+    """The image ids a query names; a hash (or file) that is a re-encoded published file names its original."""
     path = Path(query).expanduser()
-    if local_files and path.is_file():  # an image file someone holds: its content address
-        return [hashlib.sha256(path.read_bytes()).hexdigest()]
+    digest = None
+    if re.fullmatch(r"[0-9a-fA-F]{64}", query):
+        digest = query.lower()
+    elif local_files and path.is_file():  # an image file someone holds: its content address
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest:
+        return [catalog.originals_of([digest]).get(digest, digest)]
     rows = catalog.rows("SELECT DISTINCT image_id FROM provenance WHERE uri = ? AND image_id IS NOT NULL", [query])
     return [row["image_id"] for row in rows]
 

@@ -173,10 +173,9 @@ def register_version(catalog: Catalog, target: ObjectStore, manifest: dict[str, 
     half way must not leave a version the catalog knows without its samples (gc would take their bytes)."""
     name, number = manifest["name"], manifest["version"]
     raw = target.get(version_key(name, number, MANIFEST))
-    rows = [
-        read_parquet(target, version_key(name, number, shard["index"]), ["image_id", "shard", "part"])
-        for shard in manifest["shards"]
-    ]
+    rows = [read_parquet(target, version_key(name, number, shard["index"])) for shard in manifest["shards"]]
+    wanted = ["image_id", "shard", "part", "sha256"]
+    rows = [table.select([column for column in wanted if column in table.column_names]) for table in rows]
     samples = pa.concat_tables(rows) if rows else None
     catalog.register_version(manifest, target.url(f"{name}/v{number}"), hashlib.sha256(raw).hexdigest(), samples)
 

@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS version_samples (
     name VARCHAR NOT NULL, version INTEGER NOT NULL, image_id VARCHAR NOT NULL, shard VARCHAR NOT NULL,
     part VARCHAR NOT NULL, PRIMARY KEY (name, version, image_id)
 );
+-- The published file's SHA-256 where publish.image re-encoded it (else the image id): added in place.
+ALTER TABLE version_samples ADD COLUMN IF NOT EXISTS sha256 VARCHAR;
 -- Which images have a vector for which model, and where it is (HOME/vectors/FILE, row).
 CREATE TABLE IF NOT EXISTS embeddings (
     image_id VARCHAR NOT NULL, model_id VARCHAR NOT NULL, file VARCHAR NOT NULL, row INTEGER NOT NULL,
@@ -369,8 +371,9 @@ class Catalog:
                 )
             if samples is not None:
                 db.register("staged_samples", samples)
-                db.execute("INSERT INTO version_samples SELECT ?, ?, image_id, shard, part FROM staged_samples",
-                           [name, number])  # fmt: skip
+                published = "sha256" if "sha256" in samples.column_names else "image_id"  # older shard indexes
+                db.execute("INSERT INTO version_samples (name, version, image_id, shard, part, sha256) SELECT ?, ?, "
+                           f"image_id, shard, part, {published} FROM staged_samples", [name, number])  # fmt: skip
                 db.unregister("staged_samples")
             self._register_removals(db, manifest)
 
@@ -395,6 +398,17 @@ class Catalog:
         """An apply matched nothing in NAME@vN against the registry up to `registry_seq` (it publishes no child)."""
         self.db.execute("INSERT INTO optout_checks VALUES (?, ?, ?, ?)",
                         [name, number, registry_seq, datetime.now(UTC)])  # fmt: skip
+
+    def originals_of(self, published: list[str]) -> dict[str, str]:
+        """{published file SHA-256: its image id} for the hashes that are re-encoded published files (a reader of
+        a catalog written before publish.image existed finds none)."""
+        column = self.rows("SELECT 1 FROM information_schema.columns WHERE table_name = 'version_samples' AND "
+                           "column_name = 'sha256'")  # fmt: skip
+        if not column or not published:
+            return {}
+        rows = self.db.execute("SELECT DISTINCT sha256, image_id FROM version_samples WHERE sha256 <> image_id AND "
+                               "list_contains(?, sha256)", [published]).fetchall()  # fmt: skip
+        return dict(rows)
 
     def optout_checked_seq(self, name: str, number: int) -> int:
         found = self.db.execute("SELECT max(registry_seq) FROM optout_checks WHERE name = ? AND version = ?",

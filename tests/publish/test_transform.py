@@ -15,6 +15,8 @@ import pytest
 from PIL import Image, ImageOps
 
 import curation
+from curation import audit
+from curation.audit.queries import audit_image
 from curation.audit.statement import build_statement, render_markdown
 from curation.config import ImageTransform
 from curation.core.progress import Progress
@@ -228,3 +230,10 @@ def test_a_run_publishes_the_transformed_images_with_their_provenance(ray_local,
 
     rerun = curation.run(spec, home=home, progress=False, fresh=True)
     assert rerun.unchanged and rerun.version == result.version  # the same bytes out: nothing new to publish
+
+    # Someone finds their picture in the release: the published file's hash names the original
+    photo = rows[ids["photo.jpg"]]
+    assert audit_image(home, photo["sha256"])["image_ids"] == [photo["image_id"]]
+    request = audit.add_optout(home, kind="sha256", value=photo["sha256"])
+    removed = audit.apply_optouts(home, "small").removed
+    assert [(m.image_id, m.request_id) for m in removed] == [(photo["image_id"], request.request_id)]
