@@ -36,15 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import (  # noqa: E402
-    command_line,
-    cores,
-    cpu_model,
-    print_figures,
-    print_header,
-    utc_now,
-    write_result,
-)
+from benchmarks.common import command_line, cores, cpu_model, print_figures, print_header, utc_now, write_result  # noqa: E402, I001
 from curation.config import ImageTransform  # noqa: E402
 from curation.core.progress import Progress  # noqa: E402
 from curation.decode.pixels import flatten_to_rgb  # noqa: E402
