@@ -64,6 +64,11 @@ class CpuMeter:
         return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(1e-9, (wall1 - wall0) * cores())
 
 
+def cpu_device() -> str:
+    """The result files' `device` for a CPU run."""
+    return f"cpu: {cpu_model()}, {cores()} cores"
+
+
 def fashion_mnist_installed() -> bool:
     return any((FASHION_MNIST_DIR / f"train-images-idx3-ubyte{suffix}").is_file() for suffix in (".gz", ".xz"))
 

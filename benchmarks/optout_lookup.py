@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import command_line, cores, cpu_model, print_figures, print_header, utc_now, write_result  # noqa: E402, I001
+from benchmarks.common import command_line, cpu_device, print_figures, print_header, utc_now, write_result  # noqa: E402, I001
 from curation.ingest.exclusions import Exclusions, canonical_uri  # noqa: E402
 
 INPUTS = 50_000
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     now, command = utc_now(), command_line(argv, "benchmarks/optout_lookup.py")
-    device = f"cpu: {cpu_model()}, {cores()} cores"
+    device = cpu_device()
     print_header(now, command, device)
     figures: dict[str, float] = {"inputs": INPUTS}
     for size in args.sizes:

@@ -36,11 +36,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import command_line, cores, cpu_model, print_figures, print_header, utc_now, write_result  # noqa: E402, I001
+from benchmarks.common import command_line, cpu_device, print_figures, print_header, utc_now, write_result  # noqa: E402, I001
 from curation.config import ImageTransform  # noqa: E402
 from curation.core.progress import Progress  # noqa: E402
 from curation.decode.pixels import flatten_to_rgb  # noqa: E402
-from curation.publish.transform import DRAFT_MARGIN, derive_images, target_size, transform_image  # noqa: E402
+from curation.publish.transform import derive_images, target_size, transform_image  # noqa: E402
 from curation.store.blobs import BlobStore  # noqa: E402
 from curation.store.objects import LocalStore  # noqa: E402
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     now, command = utc_now(), command_line(argv, "benchmarks/publish_images.py")
-    device = f"cpu: {cpu_model()}, {cores()} cores"
+    device = cpu_device()
     print_header(now, command, device)
 
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["ours_jpeg_img_s"] = round(len(jpeg) / sum(ours_s[i] for i in jpeg), 1)
     figures["pil_full_decode_jpeg_img_s"] = round(len(jpeg) / sum(plain_s[i] for i in jpeg), 1)
     # Where the draft applied (a JPEG at least twice the target), how far its output is from the full decode's
-    least = 2 * DRAFT_MARGIN * args.size  # the smallest shorter side that decodes at half scale or less
+    least = 2 * args.size  # the smallest shorter side that decodes at half scale or less
     drafted = [i for i in jpeg if min(Image.open(io.BytesIO(originals[i])).size) >= least]
     figures["drafted_images"] = len(drafted)
     if drafted:
