@@ -35,6 +35,7 @@ class Reason(StrEnum):
     HTTP_ERROR = "http_error"  # non-2xx status after retries
     ROBOTS_OPT_OUT = "robots_opt_out"  # X-Robots-Tag (noai, noimageai, ...) forbids taking it
     INVALID_URL = "invalid_url"  # not an http(s) URL
+    MALFORMED_ROW = "malformed_row"  # a URL-list CSV row with the wrong number of fields; not fetched
     EMBED_FAILED = "embed_failed"  # the embedder could not decode or process an image that ingest accepted
     PROMPT_MATCH = "prompt_match"  # filter: its cosine to an unwanted text prompt reached the rule's limit
     CAPTION_MISMATCH = "caption_mismatch"  # filter: its caption's cosine to it is below min_caption_similarity

@@ -60,11 +60,14 @@ def read_block(block: Block, spec: PipelineSpec, exclusions: Exclusions = NO_EXC
 
 
 def _fetch_unless_excluded(rows, spec: PipelineSpec, exclusions: Exclusions) -> Iterator[RawInput]:
-    covered = [exclusions.covering_uri(str(row[0])) if exclusions else None for row in rows]
-    fetched = fetch_urls(tuple(row for row, request in zip(rows, covered) if not request), spec.fetch,
-                         spec.stages.decode.max_bytes, exclusions)  # fmt: skip
+    """Malformed table rows (read_url_table's 5-field rows) and excluded URLs are answered without a request."""
+    covered = [exclusions.covering_uri(str(row[0])) if exclusions and len(row) == 4 else None for row in rows]
+    wanted = tuple(row for row, request in zip(rows, covered) if not request and len(row) == 4)
+    fetched = fetch_urls(wanted, spec.fetch, spec.stages.decode.max_bytes, exclusions)
     for row, request in zip(rows, covered):
-        if request:
+        if len(row) == 5:
+            yield RawInput(row[0], reason=Reason.MALFORMED_ROW, detail=row[4])
+        elif request:
             meta = {"license": row[1], "caption": row[2], "attribution": row[3]}
             yield RawInput(str(row[0]), reason=Reason.OPTED_OUT, detail=f"{request} (url, not fetched)", meta=meta)
         else:

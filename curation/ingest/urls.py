@@ -32,20 +32,32 @@ MAX_REDIRECTS = 10
 _local = threading.local()
 
 
-def read_url_table(source: UrlListSource) -> list[tuple[str, str | None, str | None, str | None]]:
-    """(url, license, caption, attribution) rows in file order."""
+def read_url_table(source: UrlListSource) -> list[tuple[str | None, ...]]:
+    """(url, license, caption, attribution) rows in file order, then one (location, None, None, None, problem) row
+    per CSV row that cannot be parsed (a wrong number of fields): it becomes a `malformed_row` input, never
+    fetched, so one bad line neither refuses the whole list nor vanishes."""
     path: Path = source.path
+    malformed: list[tuple[str | None, ...]] = []
+
+    def keep_malformed(row: pacsv.InvalidRow) -> str:
+        problem = f"{row.actual_columns} fields where the header has {row.expected_columns}: {row.text[:200]}"
+        malformed.append((f"{path}#row={row.number}", None, None, None, problem))
+        return "skip"
+
     try:
         if path.suffix.lower() == ".parquet":
             table = pq.read_table(path)
         else:
             # Every column we use is text: no type inference ('007' -> 7, 'true' -> True) and only an empty cell is
-            # null (not 'NA', 'null', 'nan', ...).
+            # null (not 'NA', 'null', 'nan', ...). A quoted caption may span lines. One reading thread, so that
+            # the reader knows each bad row's number (the header is row 1).
             text_columns = (source.url_column, source.license_column, source.caption_column, source.attribution_column)
             options = pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in text_columns}, strings_can_be_null=True, null_values=[""]
             )
-            table = pacsv.read_csv(path, convert_options=options)
+            parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep_malformed)
+            table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(use_threads=False), parse_options=parse,
+                                   convert_options=options)  # fmt: skip
     except (OSError, pa.ArrowInvalid) as error:
         raise SpecError(f"source {source.name!r}: cannot read URL list {path}: {error}") from None
     if source.url_column not in table.column_names:
@@ -57,14 +69,8 @@ def read_url_table(source: UrlListSource) -> list[tuple[str, str | None, str | N
         return [None if value is None else str(value) for value in table.column(name).to_pylist()]
 
     urls = column(source.url_column)
-    return list(
-        zip(
-            urls,
-            column(source.license_column),
-            column(source.caption_column),
-            column(source.attribution_column),
-        )
-    )
+    rows = zip(urls, column(source.license_column), column(source.caption_column), column(source.attribution_column))
+    return [*rows, *malformed]
 
 
 def fetch_urls(

@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.config import FetchSettings, UrlListSource
+from curation.config import FetchSettings, PipelineSpec, UrlListSource
 from curation.errors import SpecError
+from curation.ingest import Block, read_block
 from curation.ingest.exclusions import Exclusions
 from curation.ingest.urls import fetch_urls, read_url_table
 from curation.types import Reason
@@ -496,6 +497,44 @@ def test_a_missing_url_column_is_a_spec_error_naming_it(tmp_path, suffix):
     with pytest.raises(SpecError, match="no column 'url'") as error:
         read_url_table(source(path))
     assert "'web'" in str(error.value) and str(path) in str(error.value)
+
+
+def test_a_malformed_csv_row_becomes_its_own_row_and_the_rest_is_read(tmp_path):
+    """A row with too many or too few fields is kept, last, as a location plus the problem; a quoted caption may
+    span lines and is one value."""
+    path = tmp_path / "urls.csv"
+    path.write_text(
+        "url,license,caption\n"
+        "http://a.example/1.jpg,CC0,one\n"
+        "http://a.example/2.jpg,CC0,a caption, with an unquoted comma\n"
+        'http://a.example/3.jpg,CC0,"two\nlines"\n'
+        "http://a.example/4.jpg\n"
+        "http://a.example/5.jpg,MIT,five\n"
+    )
+    assert read_url_table(source(path)) == [
+        ("http://a.example/1.jpg", "CC0", "one", None),
+        ("http://a.example/3.jpg", "CC0", "two\nlines", None),
+        ("http://a.example/5.jpg", "MIT", "five", None),
+        (f"{path}#row=3", None, None, None,
+         "4 fields where the header has 3: http://a.example/2.jpg,CC0,a caption, with an unquoted comma"),
+        (f"{path}#row=5", None, None, None, "1 fields where the header has 3: http://a.example/4.jpg"),
+    ]  # fmt: skip
+
+
+def test_a_malformed_row_is_a_malformed_row_input_and_is_not_fetched(server, tmp_path):
+    base, state = server
+    path = tmp_path / "urls.csv"
+    bad = unique("malformed")
+    path.write_text(f"url,license\n{base}/good.jpg,CC0\n{base}{bad},CC0,extra\n")
+    spec = PipelineSpec.model_validate(
+        {"name": "web", "sources": [{"kind": "urls", "name": "web", "path": str(path)}], "fetch": FAST}
+    )
+    rows = tuple(read_url_table(spec.sources[0]))
+    good, malformed = read_block(Block(0, "web", "urls", rows), spec)
+    assert good.data == GOOD and good.meta["license"] == "CC0"
+    assert malformed.uri == f"{path}#row=3" and malformed.data is None
+    assert malformed.reason == Reason.MALFORMED_ROW and malformed.detail.endswith(f"{base}{bad},CC0,extra")
+    assert bad not in state.counts  # never requested
 
 
 def test_an_unreadable_table_is_a_spec_error(tmp_path):
