@@ -398,7 +398,7 @@ def audit_image_command(obj: Context, query: str, as_json: bool) -> None:
             return
         click.echo(f"image {', '.join(report['image_ids'])}")
         click.echo("seen at:")
-        _table(report["provenance"], ["source", "uri", "license", "seen_at"])
+        _table(report["provenance"], ["source", "uri", "redirected_to", "license", "seen_at"])
         click.echo("decisions:")
         _table(report["decisions"], ["run_id", "stage", "status", "reason", "detail"])
         click.echo("in versions:")

@@ -59,6 +59,7 @@ INPUT_SCHEMA = pa.schema(
         pa.field("position", pa.int32(), nullable=False),  # order within the block; (block, position) is stable
         pa.field("source", pa.string(), nullable=False),
         pa.field("uri", pa.string(), nullable=False),  # path, s3://bucket/key, tar-uri#member, or URL
+        pa.field("redirected_to", pa.string()),  # a URL's final URL when it redirected (where the bytes came from)
         pa.field("status", pa.string(), nullable=False),  # "kept" or "rejected"
         pa.field("reason", pa.string()),  # a Reason when rejected
         pa.field("detail", pa.string()),  # human-readable context for the reason

@@ -54,15 +54,22 @@ def test_url_list_to_version(ray_local, web, tmp_path, home):
         }
     )
     pq.write_table(table, tmp_path / "urls.parquet")
+    listed = tmp_path / "listed.csv"  # a hand-made list with one broken line: the line is a row, the rest is read
+    listed.write_text(f"url,license\n{web}/img/5.jpg,CC-BY-4.0\n{web}/img/4.jpg,CC-BY-4.0,stray field\n")
     spec = {
         "name": "web",
-        "sources": [{"kind": "urls", "name": "web", "path": str(tmp_path / "urls.parquet")}],
+        "sources": [
+            {"kind": "urls", "name": "web", "path": str(tmp_path / "urls.parquet")},
+            {"kind": "urls", "name": "listed", "path": str(listed)},
+        ],
         "fetch": {"retries": 0, "timeout_s": 5},
         "execution": {"executor": "ray", "block_size": 3},
     }
     version = curation.open_version(curation.run(spec, home=home).version, home=home)
-    fates = {row["uri"]: row["reason"] or row["status"] for row in version.provenance().to_pylist()}
-    assert fates == {
+    fates = {(row["source"], row["uri"]): row["reason"] or row["status"] for row in version.provenance().to_pylist()}
+    assert fates.pop(("listed", f"{web}/img/5.jpg")) == "kept"
+    assert fates.pop(("listed", f"{listed}#row=3")) == "malformed_row"
+    assert {uri: fate for (_, uri), fate in fates.items()} == {
         **{f"{web}{path}": "kept" for path in IMAGES if path != NOAI},
         f"{web}{NOAI}": "robots_opt_out",
         f"{web}/missing.jpg": "http_error",
@@ -72,4 +79,6 @@ def test_url_list_to_version(ray_local, web, tmp_path, home):
     assert len(samples) == 5 and all(sample["license"] == "CC-BY-4.0" for sample in samples)
     by_url = {sample["provenance"][0]["uri"]: sample for sample in samples}
     assert by_url[f"{web}/img/3.jpg"]["caption"] == "caption 3"
-    assert version.manifest["dropped"]["ingest"] == {"http_error": 1, "invalid_url": 1, "robots_opt_out": 1}
+    assert version.manifest["dropped"]["ingest"] == {
+        "http_error": 1, "invalid_url": 1, "malformed_row": 1, "robots_opt_out": 1
+    }  # fmt: skip

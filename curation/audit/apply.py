@@ -138,7 +138,8 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
         samples = pa.concat_tables([read_parquet(root, shard["index"]) for shard in manifest["shards"]])
         blobs = home.blobs_for(spec_json)
         image_ids = samples["image_id"].to_pylist()
-        uris = [[entry["uri"] for entry in provenance] for provenance in samples["provenance"].to_pylist()]
+        uris = [[where for entry in provenance for where in (entry["uri"], entry.get("redirected_to")) if where]
+                for provenance in samples["provenance"].to_pylist()]  # fmt: skip
         stage = embed_stage_of(manifest["lineage"])
         active = active_requests(requests)
         matches, model_id = covered_images(catalog, home, blobs, stage, image_ids, uris, active, settings)

@@ -1,12 +1,12 @@
 """Which images do opt-out requests cover? Matching over (image id, provenance URIs) plus vectors/hashes, and the
 requests derived from the catalog (`derived_requests`).
 
-URL kinds match provenance URIs (exact, prefix, host or subdomain, in canonical spelling); `sha256` matches the
-content address, and so does `removed_before`, a request derived from the registry rather than filed (an image
-that an earlier `optout apply` removed for a request still in force, so that a later run cannot bring it back
-through another URL); `image` matches the uploaded image by exact hash, perceptual hash (Hamming distance) and
-embedding cosine. Then every near-duplicate of a matched image (embedding cosine over the threshold) goes too: an
-opt-out covers the picture, not one file of it.
+URL kinds match provenance URIs and where a URL's redirects led (exact, prefix, host or subdomain, in canonical
+spelling); `sha256` matches the content address, and so does `removed_before`, a request derived from the registry
+rather than filed (an image that an earlier `optout apply` removed for a request still in force, so that a later run
+cannot bring it back through another URL); `image` matches the uploaded image by exact hash, perceptual hash
+(Hamming distance) and embedding cosine. Then every near-duplicate of a matched image (embedding cosine over the
+threshold) goes too: an opt-out covers the picture, not one file of it.
 """
 
 from __future__ import annotations
@@ -128,9 +128,7 @@ def derived_requests(catalog: Catalog, requests: list[OptOutRequest]) -> list[Op
     by_url = exclusions_of([request for request in requests if request.kind in ("url", "url_prefix", "domain")])
     seen: dict[str, str] = {}
     if by_url:
-        for image_id, uri in catalog.db.execute(
-            "SELECT DISTINCT image_id, uri FROM provenance WHERE image_id IS NOT NULL ORDER BY image_id, uri"
-        ).fetchall():
+        for image_id, uri in catalog.seen_uris():
             request_id = image_id not in seen and by_url.covering_uri(uri)
             if request_id:
                 seen[image_id] = request_id

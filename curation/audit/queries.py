@@ -41,7 +41,9 @@ def _image_ids_for(catalog: Catalog, query: str, local_files: bool) -> list[str]
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest:
         return [catalog.originals_of([digest]).get(digest, digest)]
-    rows = catalog.rows("SELECT DISTINCT image_id FROM provenance WHERE uri = ? AND image_id IS NOT NULL", [query])
+    redirected = " OR redirected_to = ?" if catalog.has_column("provenance", "redirected_to") else ""
+    rows = catalog.rows(f"SELECT DISTINCT image_id FROM provenance WHERE (uri = ?{redirected}) AND image_id IS NOT "
+                        "NULL", [query] * (2 if redirected else 1))  # fmt: skip
     return [row["image_id"] for row in rows]
 
 
@@ -68,8 +70,9 @@ def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> di
             return report
         marks = ", ".join("?" * len(image_ids))
         report["images"] = catalog.rows(f"SELECT * FROM images WHERE image_id IN ({marks})", image_ids)
+        redirected = ", redirected_to" if catalog.has_column("provenance", "redirected_to") else ""
         report["provenance"] = catalog.rows(
-            f"SELECT run_id, source, uri, license, attribution, caption, seen_at FROM provenance "
+            f"SELECT run_id, source, uri{redirected}, license, attribution, caption, seen_at FROM provenance "
             f"WHERE image_id IN ({marks}) ORDER BY seen_at, source, uri",
             image_ids,
         )

@@ -49,8 +49,8 @@ log = logging.getLogger("curation")
 # Columns of the version's provenance.parquet: every input of the run and its fate. `seen_at` stays in the
 # catalog only, so that the same inputs give a byte-identical version.
 VERSION_PROVENANCE_COLUMNS = [
-    "source", "uri", "image_id", "status", "stage", "reason", "detail", "license", "attribution", "caption",
-    "bytes", "format", "width", "height",
+    "source", "uri", "redirected_to", "image_id", "status", "stage", "reason", "detail", "license", "attribution",
+    "caption", "bytes", "format", "width", "height",
 ]  # fmt: skip
 
 
@@ -268,8 +268,8 @@ def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Tabl
     registry = list_requests(catalog)
     requests = active_requests(registry)
     by_image: dict[str, list[str]] = {}
-    for image_id, uri in zip(kept["image_id"].to_pylist(), kept["uri"].to_pylist()):
-        by_image.setdefault(image_id, []).append(uri)
+    for image_id, uri, redirected_to in zip(*(kept[name].to_pylist() for name in ("image_id", "uri", "redirected_to"))):
+        by_image.setdefault(image_id, []).extend(where for where in (uri, redirected_to) if where)
     embed = spec.stages.embed or EmbedStage(model="builtin")
     settings = MatchSettings(spec.stages.optout.phash_max_distance, spec.stages.optout.embedding_threshold)
     matches, model_id = covered_images(catalog, home, home.blobs(spec), embed.model_copy(update={"device": "cpu"}),
@@ -393,7 +393,7 @@ def _samples(kept: pa.Table, selection: dict[str, list[dict[str, Any]]] | None =
             },
         )
         sample["provenance"].append(
-            {name: row[name] for name in ("source", "uri", "license", "attribution", "caption")}
+            {name: row[name] for name in ("source", "uri", "redirected_to", "license", "attribution", "caption")}
         )
     samples = []
     for image_id in sorted(by_image):

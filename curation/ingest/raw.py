@@ -39,6 +39,7 @@ class RawInput:
 
     uri: str
     data: bytes | None = None
+    redirected_to: str | None = None  # a URL row's final URL, where redirects led (the bytes came from there)
     reason: Reason | None = None
     detail: str | None = None
     meta: dict[str, str | None] = field(default_factory=dict)

@@ -89,6 +89,7 @@ def _judge(raw: RawInput, spec: PipelineSpec, exclusions: Exclusions) -> dict:
     """The row's fields that depend on the input: opt-out, then safe decode."""
     row = {
         "uri": storable(raw.uri),  # what is recorded, and what opt-out requests name; raw.uri stays the path
+        "redirected_to": raw.redirected_to and storable(raw.redirected_to),
         "detail": raw.detail and storable(raw.detail),
         **{key: raw.meta.get(key) and storable(raw.meta[key]) for key in ("license", "attribution", "caption")},
     }

@@ -3,7 +3,8 @@
 Fetch-time opt-out: a response whose X-Robots-Tag carries one of `fetch.robots_opt_out` (noai, noimageai,
 noindex, noimageindex by default) is not taken; its row says so. Bodies are streamed and cut at
 `decode.max_bytes`, so a hostile server cannot make a worker hold an unbounded body. Redirects are followed
-hop by hop, each target checked against the opt-out exclusions before it is requested.
+hop by hop, each target checked against the opt-out exclusions before it is requested; where they led is
+recorded (`redirected_to`), so an opt-out filed later for the final URL or its host finds the image too.
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ def _fetch_once(url: str, settings: FetchSettings, max_bytes: int, exclusions: E
                         detail = f"{request} (redirected to {target[:200]}, not fetched)"
                         return RawInput(url, reason=Reason.OPTED_OUT, detail=detail), False
                     continue
-                return _read_response(url, response, settings, max_bytes)
+                result, retry = _read_response(url, response, settings, max_bytes)
+                result.redirected_to = target if target != url else None
+                return result, retry
         return RawInput(url, reason=Reason.FETCH_FAILED, detail=f"more than {MAX_REDIRECTS} redirects"), False
     except ValueError as error:  # requests' InvalidURL, urllib3's LocationParseError (a host label over 63
         # characters), a Location urljoin cannot parse: no request can be made, so none is retried

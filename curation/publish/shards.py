@@ -34,6 +34,7 @@ PROVENANCE_TYPE = pa.struct(
     [
         ("source", pa.string()),
         ("uri", pa.string()),
+        ("redirected_to", pa.string()),  # a URL's final URL when it redirected
         ("license", pa.string()),
         ("attribution", pa.string()),
         ("caption", pa.string()),

@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS provenance (
     license VARCHAR, attribution VARCHAR, caption VARCHAR, seen_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (run_id, block, position)
 );
+-- Where a URL's redirects led (null: it did not redirect): added in place.
+ALTER TABLE provenance ADD COLUMN IF NOT EXISTS redirected_to VARCHAR;
 -- What each stage decided about each input. The final fate of an input is its last stage's row.
 CREATE TABLE IF NOT EXISTS decisions (
     run_id VARCHAR NOT NULL, block INTEGER NOT NULL, position INTEGER NOT NULL, stage VARCHAR NOT NULL,
@@ -236,7 +238,7 @@ class Catalog:
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
             db.execute(
                 "INSERT INTO provenance SELECT ?, block, position, source, uri, image_id, bytes, format, width, "
-                "height, license, attribution, caption, seen_at FROM staged_inputs",
+                "height, license, attribution, caption, seen_at, redirected_to FROM staged_inputs",
                 [run_id],
             )
             db.execute(
@@ -402,13 +404,25 @@ class Catalog:
     def originals_of(self, published: list[str]) -> dict[str, str]:
         """{published file SHA-256: its image id} for the hashes that are re-encoded published files (a reader of
         a catalog written before publish.image existed finds none)."""
-        column = self.rows("SELECT 1 FROM information_schema.columns WHERE table_name = 'version_samples' AND "
-                           "column_name = 'sha256'")  # fmt: skip
-        if not column or not published:
+        if not published or not self.has_column("version_samples", "sha256"):
             return {}
         rows = self.db.execute("SELECT DISTINCT sha256, image_id FROM version_samples WHERE sha256 <> image_id AND "
                                "list_contains(?, sha256)", [published]).fetchall()  # fmt: skip
         return dict(rows)
+
+    def seen_uris(self) -> list[tuple[str, str]]:
+        """(image id, URI) for every place an image was seen, in order: each input's URI and, for a URL that
+        redirected, the URL the bytes came from."""
+        redirects = ("UNION SELECT image_id, redirected_to FROM provenance WHERE redirected_to IS NOT NULL"
+                     if self.has_column("provenance", "redirected_to") else "")  # fmt: skip
+        sql = (f"SELECT DISTINCT image_id, uri FROM (SELECT image_id, uri FROM provenance {redirects}) "
+               "WHERE image_id IS NOT NULL ORDER BY image_id, uri")  # fmt: skip
+        return self.db.execute(sql).fetchall()
+
+    def has_column(self, table: str, column: str) -> bool:
+        """Whether this catalog has a column added in place since it was made (a reader does not add it)."""
+        return bool(self.rows("SELECT 1 FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+                              [table, column]))  # fmt: skip
 
     def optout_checked_seq(self, name: str, number: int) -> int:
         found = self.db.execute("SELECT max(registry_seq) FROM optout_checks WHERE name = ? AND version = ?",

@@ -132,14 +132,22 @@ def test_cli_add_apply_audit_and_statement(published, home, tmp_path):
 
 
 class Sites(BaseHTTPRequestHandler):
-    """Serves the same images on 127.0.0.1 and 127.0.0.2 (two 'domains'), counting requests per host."""
+    """Serves images on 127.0.0.1 and 127.0.0.2 (two 'domains'), counting requests per host; a path in
+    `redirects` answers 302 to its target instead."""
 
     images: dict[str, bytes] = {}
+    redirects: dict[str, str] = {}
     hits: dict[str, int] = {}
 
     def do_GET(self):  # noqa: N802
         host = self.server.server_address[0]
         Sites.hits[host] = Sites.hits.get(host, 0) + 1
+        if f"{host}{self.path}" in Sites.redirects:
+            self.send_response(302)
+            self.send_header("Location", Sites.redirects[f"{host}{self.path}"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = Sites.images.get(f"{host}{self.path}")
         if body is None:
             self.send_error(404)
@@ -153,46 +161,90 @@ class Sites(BaseHTTPRequestHandler):
         pass
 
 
-def test_domain_optout_sticks_across_runs(ray_local, tmp_path, home):
+@pytest.fixture
+def sites():
+    """Two HTTP servers, on 127.0.0.1 and 127.0.0.2."""
     servers = [ThreadingHTTPServer((host, 0), Sites) for host in ("127.0.0.1", "127.0.0.2")]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield servers
+    for server in servers:
+        server.shutdown()
+    for table in (Sites.images, Sites.redirects, Sites.hits):
+        table.clear()
+
+
+def url_list_spec(tmp_path: Path, urls: list[str]) -> dict:
+    pq.write_table(pa.table({"url": urls}), tmp_path / "urls.parquet")
+    return {"name": "web", "sources": [{"kind": "urls", "name": "web", "path": str(tmp_path / "urls.parquet")}],
+            "stages": {"decode": {"min_side": 16}}, "execution": {"executor": "ray", "block_size": 4}}  # fmt: skip
+
+
+def test_domain_optout_sticks_across_runs(ray_local, tmp_path, home, sites):
     urls = []
     files = sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:12]
     for index, path in enumerate(files):
-        server = servers[index % 2]
+        server = sites[index % 2]
         host, port = server.server_address
         Sites.images[f"{host}/img/{index}.png"] = path.read_bytes()
         urls.append(f"http://{host}:{port}/img/{index}.png")
-    pq.write_table(pa.table({"url": urls}), tmp_path / "urls.parquet")
-    spec = {"name": "web", "sources": [{"kind": "urls", "name": "web", "path": str(tmp_path / "urls.parquet")}],
-            "stages": {"decode": {"min_side": 16}}, "execution": {"executor": "ray", "block_size": 4}}  # fmt: skip
-    try:
-        curation.run(spec, home=home)
-        domain = audit.add_optout(home, kind="domain", value="127.0.0.2", reason="site owner")
-        result = audit.apply_optouts(home, "web")
-        assert result.ref == "web@v2" and len(result.removed) == 6
-        assert {match.method for match in result.removed} == {"domain"}
-        child = curation.open_version("web@v2", home=home)
-        hosts = {
-            entry["uri"].split("/")[2].split(":")[0] for s in child.samples().to_pylist() for entry in s["provenance"]
-        }
-        assert hosts == {"127.0.0.1"}
+    spec = url_list_spec(tmp_path, urls)
+    curation.run(spec, home=home)
+    domain = audit.add_optout(home, kind="domain", value="127.0.0.2", reason="site owner")
+    result = audit.apply_optouts(home, "web")
+    assert result.ref == "web@v2" and len(result.removed) == 6
+    assert {match.method for match in result.removed} == {"domain"}
+    child = curation.open_version("web@v2", home=home)
+    hosts = {entry["uri"].split("/")[2].split(":")[0] for s in child.samples().to_pylist() for entry in s["provenance"]}
+    assert hosts == {"127.0.0.1"}
 
-        Sites.hits.clear()
-        later = curation.run(spec, home=home)  # the same pool again: the opted-out domain is not even fetched
-        assert Sites.hits.get("127.0.0.2", 0) == 0 and Sites.hits["127.0.0.1"] == 6
-        later_version = curation.open_version(later.version, home=home)
-        fates = {row["uri"]: (row["reason"], row["detail"]) for row in later_version.provenance().to_pylist()}
-        assert sum(reason == "opted_out" for reason, _ in fates.values()) == 6
-        assert later_version.samples().num_rows == 6
-        never_fetched = next(url for url in urls if "127.0.0.2" in url)
-        report = audit_image(home, never_fetched)  # no bytes, no image id: the audit still names the request
-        assert report["found"] and report["covered_by"] == [domain.request_id]
-        assert [row["request_id"] for row in report["requests"]] == [domain.request_id]
-    finally:
-        for server in servers:
-            server.shutdown()
+    Sites.hits.clear()
+    later = curation.run(spec, home=home)  # the same pool again: the opted-out domain is not even fetched
+    assert Sites.hits.get("127.0.0.2", 0) == 0 and Sites.hits["127.0.0.1"] == 6
+    later_version = curation.open_version(later.version, home=home)
+    fates = {row["uri"]: (row["reason"], row["detail"]) for row in later_version.provenance().to_pylist()}
+    assert sum(reason == "opted_out" for reason, _ in fates.values()) == 6
+    assert later_version.samples().num_rows == 6
+    never_fetched = next(url for url in urls if "127.0.0.2" in url)
+    report = audit_image(home, never_fetched)  # no bytes, no image id: the audit still names the request
+    assert report["found"] and report["covered_by"] == [domain.request_id]
+    assert [row["request_id"] for row in report["requests"]] == [domain.request_id]
+
+
+def test_a_domain_optout_covers_what_redirects_fetched_from_it(ray_local, tmp_path, home, sites):
+    """A URL that redirected keeps where its bytes came from: a later opt-out of that host removes the image at
+    apply, the audit finds it by that URL, and the next run does not follow the redirect."""
+    (first, first_port), (second, second_port) = (server.server_address for server in sites)
+    files = sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:6]
+    urls = []
+    for index, path in enumerate(files):
+        Sites.images[f"{second}/cdn/{index}.png"] = path.read_bytes()
+        if index % 2:  # half are links on the first site to the second site's files
+            Sites.redirects[f"{first}/go/{index}"] = f"http://{second}:{second_port}/cdn/{index}.png"
+            urls.append(f"http://{first}:{first_port}/go/{index}")
+        else:
+            Sites.images[f"{first}/img/{index}.png"] = path.read_bytes()
+            urls.append(f"http://{first}:{first_port}/img/{index}.png")
+    spec = url_list_spec(tmp_path, urls)
+    curation.run(spec, home=home)
+    samples = curation.open_version("web@v1", home=home).samples().to_pylist()
+    landed = {entry["uri"]: entry["redirected_to"] for sample in samples for entry in sample["provenance"]}
+    assert landed == {url: (f"http://{second}:{second_port}/cdn/{url.rsplit('/', 1)[1]}.png" if "/go/" in url
+                            else None) for url in urls}  # fmt: skip
+    final_url = landed[urls[1]]
+    assert audit_image(home, final_url)["image_ids"] == [sha(files[1].read_bytes())]
+
+    domain = audit.add_optout(home, kind="domain", value=second, reason="the file host")
+    result = audit.apply_optouts(home, "web")
+    assert result.ref == "web@v2"
+    assert sorted(match.image_id for match in result.removed) == sorted(sha(files[i].read_bytes()) for i in (1, 3, 5))
+    assert {match.method for match in result.removed} == {"domain"}
+
+    Sites.hits.clear()
+    later = curation.open_version(curation.run(spec, home=home).version, home=home)
+    assert Sites.hits.get(second, 0) == 0  # the redirects' target host is not even asked
+    fates = {row["uri"]: row["detail"] for row in later.provenance().to_pylist() if row["reason"] == "opted_out"}
+    assert fates == {url: f"{domain.request_id} (redirected to {landed[url]}, not fetched)" for url in urls[1::2]}
 
 
 def test_statement_figures_agree_with_the_catalog(published, home, tmp_path):

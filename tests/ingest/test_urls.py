@@ -246,7 +246,10 @@ def test_redirect_to_the_image_is_followed(server):
     (result,) = fetch([f"{base}/redirect.jpg"])
     assert result.reason is None
     assert result.data == GOOD
-    assert result.uri == f"{base}/redirect.jpg"  # the row's URL, not where it led
+    assert result.uri == f"{base}/redirect.jpg"  # the row's URL; where it led is recorded beside it
+    assert result.redirected_to == f"{base}/good.jpg"
+    (direct,) = fetch([f"{base}/good.jpg"])
+    assert direct.data == GOOD and direct.redirected_to is None
 
 
 # --- retries and failures -------------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ async function auditView(query) {
   if (!report.found) { result.replaceChildren(el("section", {}, "not found")); return; }
   result.replaceChildren(
     el("section", { id: "provenance" }, el("h2", {}, "Provenance"), table(report.provenance, [
-      ["source", "source"], ["uri", "uri"], ["license", "licence"], ["attribution", "attribution"],
+      ["source", "source"], ["uri", "uri"], ["redirected_to", "redirected to"], ["license", "licence"], ["attribution", "attribution"],
       ["run_id", "run"], ["seen_at", "seen"]])),
     el("section", {}, el("h2", {}, "Decisions"), table(report.decisions, [["run_id", "run"], ["stage", "stage"],
       ["status", "status"], ["reason", "reason"], ["detail", "detail"]])),
