@@ -88,12 +88,12 @@ def spec_of_version(catalog: Catalog, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_version(ref: str, *, home: str | Path = DEFAULT_HOME) -> Version:
-    """Open NAME@vN (or NAME@latest) from the home's catalog."""
-    from curation.publish.release import MANIFEST, resolve
+    """Open NAME@vN (or NAME@latest) from the home's catalog; a manifest that is not one is a VerifyError."""
+    from curation.publish.release import MANIFEST, parse_manifest, resolve
 
     with Catalog.open(Home(home).catalog_path, read_only=True) as catalog:
         row = resolve(catalog, ref)
         spec_json = spec_of_version(catalog, row)
     root = Home(home).version_root(row["uri"], s3_settings_of(spec_json))
-    manifest = json.loads(root.get(MANIFEST))
+    manifest = parse_manifest(root.get(MANIFEST), root.url(MANIFEST))
     return Version(f"{row['name']}@v{row['version']}", manifest, root, row["manifest_sha256"])

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from curation.errors import CurationError
+from curation.errors import CurationError, VerifyError
 from curation.store.catalog import Catalog
 from curation.store.home import DEFAULT_HOME, Home
 
@@ -205,14 +205,13 @@ def verify_command(obj: Context, ref: str, as_json: bool) -> None:
     """Re-hash every file of a version against its manifest; exits 1 on any mismatch."""
     from curation.api import open_version
 
-    version = open_version(ref, home=obj.home.root)
-    problems = version.verify()
-    data = {
-        "ref": version.ref,
-        "ok": not problems,
-        "files": len(version.manifest["files"]),
-        "problems": problems,
-    }
+    try:
+        version = open_version(ref, home=obj.home.root)
+        data = {"ref": version.ref, "files": len(version.manifest["files"]), "problems": version.verify()}
+    except VerifyError as error:  # the manifest itself is damaged: a mismatch like any other, not a crash
+        data = {"ref": ref, "files": 0, "problems": [str(error)]}
+    problems = data["problems"]
+    data["ok"] = not problems
 
     def render(data: dict) -> None:
         for problem in data["problems"]:

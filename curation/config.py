@@ -93,13 +93,17 @@ class QualityChecks(Strict):
     max_aspect_ratio: float | None = Field(default=None, ge=1)  # longer / shorter side above -> extreme_aspect
 
 
+# Pillow format names a published shard can carry (a member extension each: curation/publish/shards.py).
+ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"]
+
+
 class DecodeStage(Strict):
     """Safe decode: what an acceptable image is. Rejects get a reason code (docs/reasons.md)."""
 
     max_bytes: int = Field(default=64 * 2**20, gt=0)  # larger inputs are rejected unread (too_large)
     max_pixels: int = Field(default=89_478_485, gt=0)  # Pillow's own bomb limit; above -> decompression_bomb
     min_side: int = Field(default=32, ge=1)  # shorter side below this -> too_small
-    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+    formats: tuple[ImageFormat, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
     quality: QualityChecks | None = None  # pixel-level junk filters; off unless configured
 
 

@@ -66,6 +66,7 @@ def balanced(levels: list[dict]) -> dict:
         (lambda s: s.update(sources=[]), "sources"),
         (lambda s: s["sources"].append(dict(s["sources"][0])), "repeated: pool"),
         (lambda s: s.update(execution={"executor": "spark"}), "execution.executor"),
+        (lambda s: s.update(stages={"decode": {"formats": ["JPEG", "ICO"]}}), "stages.decode.formats.1"),
         (lambda s: s.update(stages=balanced([{"clusters": 10}, {"clusters": 100}])), "finest first"),
         (lambda s: s.update(stages=balanced([{"clusters": 10}, {"clusters": 10}])), "got [10, 10]"),
         (lambda s: s.update(stages=balanced([{"clusters": 10}, {"clusters": 2, "split": 4}])), "levels[0]"),

@@ -12,10 +12,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from click.testing import CliRunner
 from PIL import Image
 
 import curation
-from curation.errors import VersionError, VersionExistsError
+from curation.cli import cli
+from curation.errors import StoreError, VerifyError, VersionError, VersionExistsError
 from curation.publish import release
 from curation.store.catalog import Catalog
 from curation.store.objects import LocalStore
@@ -176,6 +178,65 @@ def test_verify_catches_an_edited_manifest(ray_local, fixture_pool, home):
     manifest["counts"]["samples"] += 1
     manifest_path.write_text(json.dumps(manifest))
     assert any("catalog" in problem for problem in curation.open_version("demo@v1", home=home).verify())
+
+
+def test_verify_reports_a_file_the_manifest_does_not_list(ray_local, fixture_pool, home):
+    version = curation.open_version(
+        curation.run(spec_for([folder("clipart", fixture_pool)]), home=home).version, home=home
+    )
+    shard = Path(version.shard_urls()[0])
+    shutil.copyfile(shard, shard.with_name("shard-000009.tar"))  # a reader globbing shards/*.tar would take it
+    assert version.verify() == ["shards/shard-000009.tar: not in the manifest"]
+
+
+@pytest.mark.parametrize("damage", [b"{", b"[]", b'{"name": "demo"}'])
+def test_a_damaged_manifest_is_a_verify_failure_and_a_clear_error(ray_local, fixture_pool, home, damage):
+    curation.run(spec_for([folder("clipart", fixture_pool)]), home=home)
+    (home / "datasets" / "demo" / "v1" / "manifest.json").write_bytes(damage)
+    result = CliRunner().invoke(cli, ["--home", str(home), "verify", "demo@v1"])
+    assert result.exit_code == 1 and "manifest.json" in result.output and "FAILED" in result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(VerifyError, match="manifest.json"):
+        curation.open_version("demo@v1", home=home)
+
+
+@pytest.mark.parametrize("damage", ["unreadable", "copied"])
+def test_a_stray_manifest_in_the_store_does_not_stop_publishing(ray_local, fixture_pool, home, damage, caplog):
+    """A damaged manifest, or a version folder copied to another number, is no version: it is not registered,
+    and the next version is numbered past it."""
+    spec = spec_for([folder("clipart", fixture_pool)])
+    curation.run(spec, home=home)
+    datasets = home / "datasets" / "demo"
+    if damage == "copied":
+        shutil.copytree(datasets / "v1", datasets / "v2")
+    else:
+        (datasets / "v2").mkdir()
+        (datasets / "v2" / "manifest.json").write_text("{")
+    (fixture_pool / "new.jpg").write_bytes(image_bytes(5))
+    result = curation.run(spec, home=home)
+    assert result.version == "demo@v3"
+    assert curation.open_version("demo@v3", home=home).manifest["parent"]["ref"] == "demo@v1"
+    with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
+        assert [row["version"] for row in catalog.versions("demo")] == [1, 3]
+    assert "not registering demo@v2" in caplog.text
+
+
+def test_a_corrupt_stored_image_is_never_published(ray_local, fixture_pool, home):
+    """Bytes whose hash no longer matches their address are refused at publish and removed, so that reading the
+    source again stores them afresh."""
+    spec = spec_for([folder("clipart", fixture_pool)])
+    version = curation.open_version(curation.run(spec, home=home).version, home=home)
+    victim = version.samples()["image_id"][3].as_py()
+    blob = next((home / "blobs").rglob(victim))
+    data = bytearray(blob.read_bytes())
+    data[100:108] = bytes(8)
+    blob.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"image {victim} are corrupt.*--fresh"):
+        curation.run(spec, home=home, fresh=True)
+    assert not blob.exists()
+    result = curation.run(spec, home=home, fresh=True)
+    assert result.unchanged and result.version == "demo@v1"
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == victim
 
 
 def test_shards_read_back_with_webdataset(ray_local, fixture_pool, home):

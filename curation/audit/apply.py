@@ -8,8 +8,8 @@ request that removed it; the parent stays readable and verifiable and is marked 
 
 from __future__ import annotations
 
+import hashlib
 import io
-import json
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -31,12 +31,14 @@ from curation.embed.driver import commit_blocks
 from curation.embed.registry import create_embedder
 from curation.embed.stage import EmbedBlocks
 from curation.embed.vectors import load_matrix
+from curation.errors import VerifyError
 from curation.ingest.raw import Block
 from curation.publish.manifest import build_manifest, file_entry
 from curation.publish.release import (
     MANIFEST,
     PROVENANCE,
     commit_version,
+    parse_manifest,
     parse_ref,
     published_numbers,
     register_version,
@@ -46,7 +48,7 @@ from curation.publish.release import (
 from curation.store.blobs import BlobStore
 from curation.store.catalog import Catalog
 from curation.store.home import Home
-from curation.store.objects import LocalStore, ObjectStore, open_store, read_parquet
+from curation.store.objects import LocalStore, ObjectStore, open_store
 from curation.types import REJECTED, Reason
 
 
@@ -134,8 +136,9 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
         parent_ref = f"{parent['name']}@v{parent['version']}"
         settings = settings or MatchSettings(**spec_json.get("stages", {}).get("optout", {}))
         root = open_store(parent["uri"], s3)
-        manifest = json.loads(root.get(MANIFEST))
-        samples = pa.concat_tables([read_parquet(root, shard["index"]) for shard in manifest["shards"]])
+        parent_files = ParentFiles(root, parent_ref, parent["manifest_sha256"])
+        manifest = parent_files.manifest
+        samples = pa.concat_tables([parent_files.table(shard["index"]) for shard in manifest["shards"]])
         blobs = home.blobs_for(spec_json)
         image_ids = samples["image_id"].to_pylist()
         uris = [[where for entry in provenance for where in (entry["uri"], entry.get("redirected_to")) if where]
@@ -148,7 +151,7 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
             return ApplyResult(parent_ref, parent_ref, [])
         number = max([parent["version"], *published_numbers(target, parent["name"])]) + 1
         staging = _staging(home, target, parent["name"], number)
-        child = _write_child(root, staging, manifest, samples, matches)
+        child = _write_child(parent_files, staging, samples, matches)
         child_manifest = build_manifest(
             name=parent["name"], version=number,
             parent={"ref": parent_ref, "version": parent["version"], "manifest_sha256": parent["manifest_sha256"]},
@@ -174,26 +177,53 @@ def _staging(home: Home, target: ObjectStore, name: str, number: int) -> Path:
     return staging
 
 
-def _write_child(root: ObjectStore, staging: Path, manifest: dict, samples: pa.Table, matches: list[Match]) -> dict:
+class ParentFiles:
+    """The parent version's files, each checked against its manifest as it is read: a child must not carry a
+    damaged or altered parent file on under a fresh hash (its own verify would then pass)."""
+
+    def __init__(self, root: ObjectStore, ref: str, manifest_sha256: str):
+        self.root, self.ref = root, ref
+        raw = root.get(MANIFEST)
+        if hashlib.sha256(raw).hexdigest() != manifest_sha256:
+            self._refuse(f"{MANIFEST} differs from the one recorded at publish time")
+        self.manifest = parse_manifest(raw, root.url(MANIFEST))
+        self.entries = {item["path"]: item for item in self.manifest["files"]}
+
+    def get(self, relative: str) -> bytes:
+        data = self.root.get(relative)
+        if hashlib.sha256(data).hexdigest() != self.entries[relative]["sha256"]:
+            self._refuse(f"{relative} differs from its manifest")
+        return data
+
+    def table(self, relative: str) -> pa.Table:
+        return pq.read_table(pa.BufferReader(self.get(relative)))
+
+    def _refuse(self, problem: str) -> None:
+        raise VerifyError(f"{self.ref}: {problem}; no opt-out child is built from a damaged version: see "
+                          f"`curate verify {self.ref}` and restore its files first")  # fmt: skip
+
+
+def _write_child(parent: ParentFiles, staging: Path, samples: pa.Table, matches: list[Match]) -> dict:
     removed = {match.image_id: match for match in matches}
+    manifest = parent.manifest
     files, shards = [], []
     for shard in manifest["shards"]:
-        index = read_parquet(root, shard["index"])
+        index = parent.table(shard["index"])
         gone = set(index["image_id"].to_pylist()) & set(removed)
         if not gone:  # carried over unchanged: same bytes, same SHA-256 as in the parent
             for relative, kind in ((shard["tar"], "shard"), (shard["index"], "shard_index")):
-                (staging / relative).write_bytes(root.get(relative))
+                (staging / relative).write_bytes(parent.get(relative))
                 files.append(file_entry(staging, relative, kind))
             shards.append(shard)
             continue
         survivors = index.filter(pc.invert(pc.is_in(index["image_id"], pa.array(sorted(gone)))))
         if survivors.num_rows == 0:
             continue
-        _rewrite_tar(root.get(shard["tar"]), staging / shard["tar"], gone)
+        _rewrite_tar(parent.get(shard["tar"]), staging / shard["tar"], gone)
         pq.write_table(survivors, staging / shard["index"])
         files += [file_entry(staging, shard["tar"], "shard"), file_entry(staging, shard["index"], "shard_index")]
         shards.append({**shard, "samples": survivors.num_rows})
-    provenance = read_parquet(root, PROVENANCE)
+    provenance = parent.table(PROVENANCE)
     provenance, opted_out_inputs = _mark_removed(provenance, removed)
     pq.write_table(provenance, staging / PROVENANCE)
     files.append(file_entry(staging, PROVENANCE, "provenance"))

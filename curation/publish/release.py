@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from curation.publish.shards import write_shards
 from curation.store.blobs import BlobStore
 from curation.store.catalog import Catalog
 from curation.store.objects import LocalStore, ObjectStore, read_parquet
+
+log = logging.getLogger("curation")
 
 REF_PATTERN = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]{0,63})(?:@(?:v(?P<number>[1-9][0-9]*)|(?P<latest>latest)))?$")
 MANIFEST = "manifest.json"
@@ -116,7 +119,8 @@ def publish(
         files += [file_entry(staging, shard.tar, "shard"), file_entry(staging, shard.index, "shard_index")]
 
     parent_row = versions[-1] if versions else None
-    number = parent_row["version"] + 1 if parent_row else 1
+    # past every number the store holds, even one sync_catalog would not register (an unreadable manifest)
+    number = max([parent_row["version"] if parent_row else 0, *published_numbers(target, name)]) + 1
     parent = None
     if parent_row:
         parent = {
@@ -186,12 +190,33 @@ def sync_catalog(catalog: Catalog, target: ObjectStore, name: str) -> None:
     and parents follow what is published."""
     known = {row["version"] for row in catalog.versions(name)}
     for number in published_numbers(target, name):
-        if number not in known:
-            register_version(catalog, target, _read_manifest(target, name, number))
+        if number in known:
+            continue
+        try:
+            manifest = _read_manifest(target, name, number)
+        except VerifyError as error:  # a damaged or stray file is no version: it must not stop publishing
+            log.warning("not registering %s@v%d: %s", name, number, error)
+            continue
+        register_version(catalog, target, manifest)
+
+
+def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+    """A manifest read back, checked against its schema: a corrupt one is a VerifyError naming it."""
+    try:
+        manifest = json.loads(raw)
+        validate_manifest(manifest)
+    except (ValueError, VerifyError) as error:
+        raise VerifyError(f"{where}: {error}") from None
+    return manifest
 
 
 def _read_manifest(target: ObjectStore, name: str, number: int) -> dict[str, Any]:
-    return json.loads(target.get(version_key(name, number, MANIFEST)))
+    """NAME@vN's manifest, which must say it is NAME@vN (a version folder copied to another number is not)."""
+    key = version_key(name, number, MANIFEST)
+    manifest = parse_manifest(target.get(key), target.url(key))
+    if (manifest["name"], manifest["version"]) != (name, number):
+        raise VerifyError(f"{target.url(key)}: says it is {manifest['ref']}, not {name}@v{number}")
+    return manifest
 
 
 def _image_ids(catalog: Catalog, name: str, number: int) -> list[str]:
@@ -202,16 +227,18 @@ def _image_ids(catalog: Catalog, name: str, number: int) -> list[str]:
 
 
 def verify(version_root: ObjectStore, expected_manifest_sha256: str | None) -> list[str]:
-    """Re-hash every file of a version (its root folder) against its manifest; returns the problems found."""
+    """Re-hash every file of a version (its root folder) against its manifest; returns the problems found, which
+    include files the manifest does not list (a reader that globs `shards/*.tar` would take them)."""
     problems = []
     raw = version_root.get(MANIFEST)
     if expected_manifest_sha256 and hashlib.sha256(raw).hexdigest() != expected_manifest_sha256:
         problems.append(f"{MANIFEST}: SHA-256 differs from the one recorded in the catalog at publish time")
     try:
-        manifest = json.loads(raw)
-        validate_manifest(manifest)
-    except (ValueError, VerifyError) as error:
-        return [*problems, f"{MANIFEST}: {error}"]
+        manifest = parse_manifest(raw, MANIFEST)
+    except VerifyError as error:
+        return [*problems, str(error)]
+    listed = {item["path"] for item in manifest["files"]}
+    problems += [f"{key}: not in the manifest" for key in version_root.list() if key not in listed | {MANIFEST}]
     for item in manifest["files"]:
         if not version_root.exists(item["path"]):
             problems.append(f"{item['path']}: missing")

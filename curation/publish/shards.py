@@ -122,7 +122,7 @@ def _write_one(batch: list[dict[str, Any]], blobs: BlobStore, root: Path, number
         for sample in batch:
             member = f"{sample['key']}.{EXTENSION_BY_FORMAT[sample['format']]}"
             row = {**sample, "shard": tar_name, "member": member}
-            archive.addfile(*_member(member, blobs.get(sample["sha256"])))
+            archive.addfile(*_member(member, blobs.get_verified(sample["sha256"])))
             archive.addfile(*_member(f"{sample['key']}.json", sample_json(row)))
             rows.append(row)
     pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), root / index_name)

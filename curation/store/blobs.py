@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from curation.errors import StoreError
 from curation.store.objects import ObjectStore
 
 
@@ -31,3 +32,14 @@ class BlobStore:
 
     def get(self, image_id: str) -> bytes:
         return self.objects.get(blob_key(image_id))
+
+    def get_verified(self, image_id: str) -> bytes:
+        """The bytes, checked against their address (what is published must be what was read). A blob that
+        does not match (disk rot, a hand edit) is removed, since `put` never overwrites a key it finds."""
+        data = self.get(image_id)
+        found = image_id_of(data)
+        if found != image_id:
+            self.objects.delete(blob_key(image_id))
+            raise StoreError(f"stored bytes of image {image_id} are corrupt (they hash to {found}); the blob was "
+                             "removed: run again with --fresh to read the image from its source")  # fmt: skip
+        return data

@@ -43,6 +43,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def list(self, prefix: str = "") -> list[str]: ...
+    def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def url(self, key: str) -> str: ...
 
@@ -105,6 +106,9 @@ class LocalStore:
             return []
         found = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
         return sorted(key for key in found if not Path(key).name.startswith(".tmp-"))
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
@@ -180,9 +184,12 @@ class S3Store:
             keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
         return sorted(keys)
 
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
     def delete_prefix(self, prefix: str) -> None:
         for key in self.list(prefix):
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            self.delete(key)
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"

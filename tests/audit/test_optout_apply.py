@@ -27,7 +27,7 @@ from curation.cli import cli
 from curation.config import EmbedStage, parse_spec
 from curation.core.pipeline import run_pipeline
 from curation.core.progress import Progress
-from curation.errors import SpecError, TrainError
+from curation.errors import SpecError, TrainError, VerifyError
 from curation.store.catalog import Catalog
 from curation.store.home import Home
 from curation.train.dataset import open_training_set
@@ -129,6 +129,23 @@ def test_cli_add_apply_audit_and_statement(published, home, tmp_path):
     version_report = json.loads(runner.invoke(cli, ["--home", str(home), "audit", "version", "demo@v2",
                                                     "--json"]).output)  # fmt: skip
     assert version_report["optouts_applied"] == {request_id: 2}
+
+
+def test_apply_refuses_a_parent_whose_files_were_altered(published, home):
+    """A child carries unchanged parent shards over as they are: a damaged one must stop the apply, not be
+    re-hashed into a child that verifies clean."""
+    version = curation.open_version("demo@v1", home=home)
+    target_id = hashlib.sha256(published["target"]).hexdigest()
+    shard_of = {row["image_id"]: row["shard"] for row in version.samples().to_pylist()}
+    shard = next(shard for shard in sorted(set(shard_of.values())) if shard != shard_of[target_id])
+    untouched = Path(version.root.url(shard))  # a shard the child would carry over as it is
+    data = bytearray(untouched.read_bytes())
+    data[600] ^= 0xFF
+    untouched.write_bytes(bytes(data))
+    audit.add_optout(home, kind="sha256", value=target_id)
+    with pytest.raises(VerifyError, match=f"demo@v1: {shard} differs from its manifest"):
+        audit.apply_optouts(home, "demo")
+    assert not (home / "datasets" / "demo" / "v2").exists()
 
 
 class Sites(BaseHTTPRequestHandler):
