@@ -239,6 +239,23 @@ def test_a_corrupt_stored_image_is_never_published(ray_local, fixture_pool, home
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == victim
 
 
+def test_a_copied_or_moved_home_reads_its_own_versions(ray_local, fixture_pool, home, tmp_path):
+    spec = spec_for([folder("clipart", fixture_pool)])
+    curation.run(spec, home=home)
+    copy = tmp_path / "copy"
+    shutil.copytree(home, copy)
+    copied_shard = Path(curation.open_version("demo@v1", home=copy).shard_urls()[0])
+    assert copied_shard.is_relative_to(copy)
+    copied_shard.write_bytes(copied_shard.read_bytes()[:100])  # damage the copy only
+    assert curation.open_version("demo@v1", home=copy).verify()
+    assert curation.open_version("demo@v1", home=home).verify() == []
+
+    moved = tmp_path / "moved"
+    home.rename(moved)
+    assert curation.open_version("demo@v1", home=moved).verify() == []
+    assert curation.run(spec, home=moved).unchanged
+
+
 def test_shards_read_back_with_webdataset(ray_local, fixture_pool, home):
     version = curation.open_version(
         curation.run(spec_for([folder("clipart", fixture_pool)]), home=home).version, home=home

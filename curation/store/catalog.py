@@ -356,7 +356,7 @@ class Catalog:
                 [
                     name,
                     number,
-                    uri,
+                    self._stored_uri(uri),
                     manifest_sha256,
                     manifest["content_sha256"],
                     parent,
@@ -436,8 +436,24 @@ class Catalog:
 
     def versions(self, name: str | None = None) -> list[dict[str, Any]]:
         where, parameters = ("WHERE name = ?", [name]) if name else ("", [])
-        return self.rows(f"SELECT * FROM versions {where} ORDER BY name, version", parameters)
+        rows = self.rows(f"SELECT * FROM versions {where} ORDER BY name, version", parameters)
+        return [{**row, "uri": self._located_uri(row["uri"])} for row in rows]
 
     def version(self, name: str, number: int) -> dict[str, Any] | None:
-        found = self.rows("SELECT * FROM versions WHERE name = ? AND version = ?", [name, number])
+        found = [row for row in self.versions(name) if row["version"] == number]
         return found[0] if found else None
+
+    def _stored_uri(self, uri: str) -> str:
+        """A version inside this home is recorded relative to it, so a moved or copied home reads its own files
+        (not the original's); S3 and other local places stay as they are."""
+        if uri.startswith("s3://"):
+            return uri
+        try:
+            return Path(uri).resolve().relative_to(self.path.resolve().parent).as_posix()
+        except ValueError:
+            return uri
+
+    def _located_uri(self, stored: str) -> str:
+        if stored.startswith("s3://") or Path(stored).is_absolute():
+            return stored
+        return str(self.path.resolve().parent / stored)
