@@ -31,13 +31,19 @@ def run(
     ray_address: str | None = None,
     progress: bool = False,
 ):
-    """Run a pipeline (a YAML path, a mapping or a PipelineSpec) and publish its version. Returns a RunResult."""
+    """Run a pipeline (a YAML path, a mapping or a PipelineSpec) and publish its version. Returns a RunResult.
+    A mapping's relative paths are relative to the working directory, resolved now, so that the spec's hash (the
+    run's identity for resume) names the folders this run reads."""
     from curation.core.pipeline import run_pipeline
+    from curation.embed.torch_models import require_device
 
     if isinstance(spec, str | Path):
         spec = load_spec(spec)
     elif isinstance(spec, Mapping):
-        spec = parse_spec(dict(spec))
+        spec = parse_spec(dict(spec), base_dir=Path.cwd())
+    on_this_machine = spec.execution.executor == "local" or not (ray_address or spec.execution.ray_address)
+    if spec.stages.embed and on_this_machine:  # the embed actors use this machine's GPUs: check before any work
+        require_device(spec.stages.embed)
     return run_pipeline(spec, home=Home(home), fresh=fresh, ray_address=ray_address, progress=progress)
 
 

@@ -72,11 +72,9 @@ def cli(ctx: click.Context, home: str, verbose: int) -> None:
 @click.pass_obj
 def run_command(obj: Context, spec_path: str, fresh: bool, ray_address: str | None, as_json: bool) -> None:
     """Run the pipeline in SPEC and publish NAME@vN. An unfinished run of the same spec is resumed."""
-    from curation.config import load_spec
-    from curation.core.pipeline import run_pipeline
+    from curation.api import run
 
-    spec = load_spec(spec_path)
-    result = run_pipeline(spec, home=obj.home, fresh=fresh, ray_address=ray_address, progress=not as_json)
+    result = run(spec_path, home=obj.home.root, fresh=fresh, ray_address=ray_address, progress=not as_json)
     data = {"run_id": result.run_id, "version": result.version, "unchanged": result.unchanged,
             "resumed_blocks": result.resumed_blocks, "stats": result.stats}  # fmt: skip
 
@@ -685,6 +683,11 @@ def main() -> None:
         sys.exit(error.exit_code)
     except CurationError as error:
         click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except OSError as error:
+        if error.filename is None:
+            raise
+        click.echo(f"error: {error.filename}: {error.strerror}", err=True)  # a path given that cannot be used
         sys.exit(2)
 
 

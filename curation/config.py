@@ -10,17 +10,40 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from curation.errors import SpecError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 DEFAULT_ROBOTS_OPT_OUT = ("noai", "noimageai", "noindex", "noimageindex")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
+def _local_or_s3(location: str) -> str:
+    """A location is a local path or exactly `s3://...`: a mistyped scheme (`s3:/b`, `S3://b`, `gs://b`) would
+    otherwise be taken for a local folder and quietly filled."""
+    if URL_SCHEME.match(location) and not location.startswith("s3://"):
+        raise ValueError(f"{location!r} looks like a URL, but only s3:// URIs are supported (anything else is a "
+                         "local path)")  # fmt: skip
+    return location
+
+
+Location = Annotated[str, AfterValidator(_local_or_s3)]
 
 
 class Strict(BaseModel):
@@ -52,7 +75,7 @@ class WebDatasetSource(Strict):
 
     kind: Literal["webdataset"]
     name: str = Field(pattern=NAME_PATTERN)
-    urls: tuple[str, ...] = Field(min_length=1)
+    urls: tuple[Location, ...] = Field(min_length=1)
     license: str | None = None
 
 
@@ -92,6 +115,13 @@ class QualityChecks(Strict):
     min_sharpness: float | None = Field(default=None, ge=0)  # Laplacian variance below -> blurry
     max_aspect_ratio: float | None = Field(default=None, ge=1)  # longer / shorter side above -> extreme_aspect
 
+    @model_validator(mode="after")
+    def _brightness_range(self) -> QualityChecks:
+        low, high = self.min_brightness, self.max_brightness
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_brightness {low} is above max_brightness {high}: every image would be rejected")
+        return self
+
 
 # Pillow format names a published shard can carry (a member extension each: curation/publish/shards.py).
 ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"]
@@ -105,6 +135,14 @@ class DecodeStage(Strict):
     min_side: int = Field(default=32, ge=1)  # shorter side below this -> too_small
     formats: tuple[ImageFormat, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
     quality: QualityChecks | None = None  # pixel-level junk filters; off unless configured
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _upper_case_formats(cls, formats: Any) -> Any:
+        """Pillow's names are upper case; `[png, jpeg]` means the same formats."""
+        if isinstance(formats, list | tuple):
+            return [name.upper() if isinstance(name, str) else name for name in formats]
+        return formats
 
 
 class LevelSpec(Strict):
@@ -177,6 +215,8 @@ class SelectStage(Strict):
     def _parts_for_compose(self) -> SelectStage:
         if self.mode == "compose" and not self.parts:
             raise ValueError("mode compose needs at least one part")
+        if self.mode != "compose" and (self.parts or self.shards > 1):
+            raise ValueError("parts and shards > 1 need mode compose: set mode: compose, or remove them")
         names = [part.name for part in self.parts]
         if len(set(names)) != len(names):
             raise ValueError("part names must be unique")
@@ -299,7 +339,7 @@ class ExecutionSettings(Strict):
 
 
 class StorageSettings(Strict):
-    blobs: str | None = None  # content-addressed image bytes; default HOME/blobs; may be s3://bucket/prefix
+    blobs: Location | None = None  # content-addressed image bytes; default HOME/blobs; may be s3://bucket/prefix
 
 
 class ImageTransform(Strict):
@@ -314,7 +354,7 @@ class ImageTransform(Strict):
 
 
 class PublishSettings(Strict):
-    uri: str | None = None  # where versions go; default HOME/datasets; may be s3://bucket/prefix
+    uri: Location | None = None  # where versions go; default HOME/datasets; may be s3://bucket/prefix
     image: ImageTransform | None = None  # null: publish the original bytes
     shard_max_samples: int = Field(default=1000, ge=1)
     shard_max_bytes: int = Field(default=512 * 2**20, ge=1)
@@ -383,7 +423,8 @@ def _format_errors(error: ValidationError, origin: str) -> str:
         if item["type"] == "too_short" and nested:
             continue  # pydantic's echo of a failed item ("0 items after validation") adds nothing
         location = ".".join(str(part) for part in item["loc"] if not re.fullmatch(r"[a-z]+-source", str(part)))
-        location = re.sub(r"\.(folder|webdataset|s3|urls)(?=\.|$)", "", location)
+        # drop the source kind pydantic puts after an index (`sources.0.folder.path`), not a field named `urls`
+        location = re.sub(r"(\.\d+)\.(folder|webdataset|s3|urls)(?=\.|$)", r"\1", location)
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         else:
@@ -422,13 +463,10 @@ def _resolve_paths(spec: PipelineSpec, base_dir: Path) -> PipelineSpec:
 
 
 def _resolve_source(source: Any, base_dir: Path) -> Any:
-    if isinstance(source, FolderSource | UrlListSource) and not source.path.is_absolute():
-        return source.model_copy(update={"path": (base_dir / source.path).resolve()})
+    if isinstance(source, FolderSource | UrlListSource):
+        return source.model_copy(update={"path": _absolute(source.path, base_dir)})
     if isinstance(source, WebDatasetSource):
-        urls = tuple(
-            url if url.startswith("s3://") or Path(url).is_absolute() else str((base_dir / url).resolve())
-            for url in source.urls
-        )
+        urls = tuple(url if url.startswith("s3://") else str(_absolute(url, base_dir)) for url in source.urls)
         return source.model_copy(update={"urls": urls})
     return source
 
@@ -438,34 +476,59 @@ def _resolve_model_files(stage: EmbedStage, base_dir: Path) -> EmbedStage:
     family, _, argument = stage.model.partition(":")
     update = {}
     if family == "bundled" and argument != "default":
-        update["model"] = f"bundled:{_resolve_file(argument, base_dir)}"
+        update["model"] = f"bundled:{_absolute(argument, base_dir)}"
     if stage.weights_file():
-        update["pretrained"] = _resolve_file(stage.weights_file(), base_dir)
+        update["pretrained"] = str(_absolute(stage.weights_file(), base_dir))
     return stage.model_copy(update=update)
 
 
-def _resolve_file(path: str, base_dir: Path) -> str:
-    """`~` expands here, as the model readers expand it: a check of the resolved path sees the file they open."""
+def _absolute(path: str | Path, base_dir: Path) -> Path:
+    """`~` expands (as a shell and the model readers expand it), then a relative path joins `base_dir`; `..` and
+    links are resolved only in the relative case, so an absolute path stays as written."""
     expanded = Path(path).expanduser()
-    return str(expanded if expanded.is_absolute() else base_dir / expanded)
+    return expanded if expanded.is_absolute() else (base_dir / expanded).resolve()
 
 
 def _resolve_location(location: str | None, base_dir: Path) -> str | None:
     """A local folder for blobs or versions; s3:// URIs stay as they are."""
     if location is None or location.startswith("s3://"):
         return location
-    return _resolve_file(location, base_dir)
+    return str(_absolute(location, base_dir))
+
+
+class _RepeatedKey(Exception):
+    """A mapping key given twice: YAML itself keeps the last value and drops the first without a word."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a repeated key is an error; keys merged in with `<<: *anchor` may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise _RepeatedKey(f"line {key_node.start_mark.line + 1}: key {key!r} is repeated")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_spec(path: str | Path) -> PipelineSpec:
     """Read and validate a YAML spec file. Relative paths inside it are relative to the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SpecError(f"{path}: cannot read pipeline spec ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{path}: not UTF-8 text (invalid byte at offset {error.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid YAML: {error}") from None
+    except _RepeatedKey as error:
+        raise SpecError(f"{path}: {error}") from None
     return parse_spec(data, origin=str(path), base_dir=path.resolve().parent)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from curation.cli import cli
@@ -109,6 +110,23 @@ def test_embedder_problems(tmp_path):
     )
     code, report = check(tag)
     assert code == 0 and any("downloads its weights on first use" in w for w in report["warnings"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")
+def test_a_missing_gpu_or_embedder_file_is_an_error_with_executor_local(tmp_path):
+    """With executor local the embedder runs on this machine, which must have its GPU and files; on Ray they are
+    warnings, since the actors' nodes may have them."""
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "a.jpg").write_bytes(image_bytes(0))
+    base = {"name": "m", "sources": [{"kind": "folder", "name": "pool", "path": "pool"}]}
+    embed = {"model": "bundled:missing.json", "device": "cuda"}
+    for executor in ("local", "ray"):
+        spec = {**base, "stages": {"embed": embed}, "execution": {"executor": executor}}
+        code, report = check(write_spec(tmp_path / f"{executor}.yaml", spec))
+        problems = report["errors"] if executor == "local" else report["warnings"]
+        assert code == (1 if executor == "local" else 0) and len(problems) == 2, report
+        assert problems[0].startswith("stages.embed.device: device cuda requested but torch sees no CUDA GPU")
+        assert f"{tmp_path / 'missing.json'} is not on this machine" in problems[1]
 
 
 def test_an_invalid_spec_exits_2_naming_the_key(tmp_path):

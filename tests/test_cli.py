@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from curation.cli import cli
@@ -108,3 +109,27 @@ def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path):
     assert result.returncode == 2 and "bogus: unknown key" in result.stderr and str(bad_spec) in result.stderr
     unknown_run = curate(home, "rejects", "no-such-run")
     assert unknown_run.returncode == 2 and "no run 'no-such-run'" in unknown_run.stderr
+
+
+def test_unusable_paths_are_one_line_errors(tmp_path):
+    """An export into a missing folder and a home that is a file: `error: ...` and exit 2, not a traceback."""
+    home = tmp_path / "home"
+    export = curate(home, "optout", "export", str(tmp_path / "no-dir" / "x.jsonl"))
+    assert export.returncode == 2
+    assert export.stderr == f"error: {tmp_path / 'no-dir' / 'x.jsonl'}: No such file or directory\n"
+    (tmp_path / "a-file").write_text("")
+    listing = curate(tmp_path / "a-file", "runs")
+    assert listing.returncode == 2 and listing.stderr == f"error: home {tmp_path / 'a-file'} is not a folder\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")
+def test_device_cuda_without_a_gpu_is_refused_before_the_run_starts(tmp_path):
+    (tmp_path / "pool").mkdir()
+    spec = write_spec(tmp_path / "cuda.yaml", {
+        "name": "c", "sources": [{"kind": "folder", "name": "p", "path": "pool"}], "execution": {"executor": "local"},
+        "stages": {"embed": {"model": "timm:vit_tiny_patch16_224", "device": "cuda"}},
+    })  # fmt: skip
+    run = curate(tmp_path / "home", "run", str(spec))
+    assert run.returncode == 2
+    assert run.stderr == "error: stages.embed.device: device cuda requested but torch sees no CUDA GPU\n"
+    assert not (tmp_path / "home").exists()  # no catalog, no run record: nothing was started

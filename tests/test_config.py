@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from curation.config import load_spec, parse_spec
 from curation.errors import SpecError
 from tests.conftest import REPO, write_spec
+from tests.corpus import image_bytes
 
 MINIMAL = {"name": "demo", "sources": [{"kind": "folder", "name": "pool", "path": "images"}]}
 
@@ -70,8 +73,17 @@ def balanced(levels: list[dict]) -> dict:
         (lambda s: s.update(stages=balanced([{"clusters": 10}, {"clusters": 100}])), "finest first"),
         (lambda s: s.update(stages=balanced([{"clusters": 10}, {"clusters": 10}])), "got [10, 10]"),
         (lambda s: s.update(stages=balanced([{"clusters": 10}, {"clusters": 2, "split": 4}])), "levels[0]"),
+        (lambda s: s.update(stages={"select": {"parts": balanced([{"clusters": 2}])["select"]["parts"]}}),
+         "stages.select: Value error, parts and shards > 1 need mode compose"),
+        (lambda s: s.update(stages={"select": {"shards": 4}}), "parts and shards > 1 need mode compose"),
+        (lambda s: s.update(stages={"decode": {"quality": {"min_brightness": 200, "max_brightness": 50}}}),
+         "stages.decode.quality: Value error, min_brightness 200.0 is above max_brightness 50.0"),
+        (lambda s: s.update(publish={"uri": "s3:/bucket/x"}), "publish.uri: Value error, 's3:/bucket/x' looks like"),
+        (lambda s: s.update(storage={"blobs": "S3://bucket/x"}), "storage.blobs: Value error, 'S3://bucket/x' looks"),
+        (lambda s: s.update(sources=[{"kind": "webdataset", "name": "pool", "urls": ["a.tar", "gs://b/c.tar"]}]),
+         "sources.0.urls.1: Value error, 'gs://b/c.tar' looks like a URL, but only s3:// URIs are supported"),
     ],
-)
+)  # fmt: skip
 def test_bad_specs_name_the_file_and_key(tmp_path, mutation, expected):
     data = {"name": "demo", "sources": [{"kind": "folder", "name": "pool", "path": "images"}]}
     mutation(data)
@@ -80,6 +92,65 @@ def test_bad_specs_name_the_file_and_key(tmp_path, mutation, expected):
         load_spec(path)
     assert str(path) in str(error.value)
     assert expected in str(error.value)
+
+
+def test_a_repeated_key_names_the_file_line_and_key(tmp_path):
+    """YAML keeps the last of two `decode:` blocks without a word; a spec must not lose settings that way. Keys
+    merged from an anchor may still be overridden."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: demo\nsources:\n  - {kind: folder, name: pool, path: images}\nstages:\n"
+                    "  decode:\n    min_side: 16\n  decode:\n    max_bytes: 100\n")  # fmt: skip
+    with pytest.raises(SpecError, match=rf"^{re.escape(str(path))}: line 7: key 'decode' is repeated$"):
+        load_spec(path)
+    path.write_text("name: demo\nsources:\n  - &pool {kind: folder, name: pool, path: images}\n"
+                    "  - <<: *pool\n    name: other\n")  # fmt: skip
+    assert [source.name for source in load_spec(path).sources] == ["pool", "other"]
+
+
+def test_a_spec_that_is_not_utf8_is_a_spec_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: demo\ndescription: Caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=rf"^{re.escape(str(path))}: not UTF-8 text \(invalid byte at offset 27\)$"):
+        load_spec(path)
+
+
+def test_decode_formats_are_case_insensitive():
+    spec = parse_spec({**MINIMAL, "stages": {"decode": {"formats": ["png", "Jpeg"]}}})
+    assert spec.stages.decode.formats == ("PNG", "JPEG")
+
+
+def test_source_paths_expand_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", {"name": "demo", "sources": [
+        {"kind": "folder", "name": "pool", "path": "~/imgs"},
+        {"kind": "urls", "name": "web", "path": "~/urls.csv"},
+        {"kind": "webdataset", "name": "tars", "urls": ["~/shards/{0..3}.tar", "s3://bucket/x.tar"]},
+    ]}))  # fmt: skip
+    assert spec.sources[0].path == tmp_path / "user" / "imgs"
+    assert spec.sources[1].path == tmp_path / "user" / "urls.csv"
+    assert spec.sources[2].urls == (str(tmp_path / "user" / "shards" / "{0..3}.tar"), "s3://bucket/x.tar")
+
+
+def test_a_mapping_spec_resolves_relative_paths_against_the_working_directory(tmp_path, monkeypatch):
+    """The same mapping run from two folders is two specs (two hashes): a resumed or repeated run must not
+    publish what another folder's `imgs` held."""
+    import curation
+    from curation.store.catalog import Catalog
+
+    spec = {"name": "rel", "sources": [{"kind": "folder", "name": "pool", "path": "imgs"}],
+            "stages": {"decode": {"min_side": 16}}, "execution": {"executor": "local"}}  # fmt: skip
+    home = tmp_path / "home"
+    paths = []
+    for number, folder in enumerate(["a", "b"]):
+        (tmp_path / folder / "imgs").mkdir(parents=True)
+        (tmp_path / folder / "imgs" / "x.jpg").write_bytes(image_bytes(number))
+        monkeypatch.chdir(tmp_path / folder)
+        version = curation.open_version(curation.run(spec, home=home).version, home=home)
+        paths.append(version.manifest["spec"]["sources"][0]["path"])
+        assert version.samples().column("image_id").to_pylist() == [hashlib.sha256(image_bytes(number)).hexdigest()]
+    assert paths == [str(tmp_path / "a" / "imgs"), str(tmp_path / "b" / "imgs")]
+    with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
+        assert len({row["spec_sha256"] for row in catalog.rows("SELECT spec_sha256 FROM runs")}) == 2
 
 
 def test_not_yaml_and_not_a_mapping(tmp_path):

@@ -4,8 +4,8 @@ A paper-scale spec is launched on a cluster long after it is written. A missing 
 tar pattern that matches nothing or a weights file that is not there should show up before that, on the machine
 that writes the spec, without starting Ray or contacting S3. The check reads only local things: it counts what
 the planner would list (folders, URL tables, tar shards), lists S3 locations without contacting them, and checks
-the embedder's files. Problems the driver would hit are errors; a weights path is only a warning, because actors
-read it on their own nodes.
+the embedder's files and device. Problems the driver would hit are errors; a missing weights file or GPU is only a
+warning on Ray, because actors read and use them on their own nodes (with executor local they are errors).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 from curation.config import (
     BalancedPart,
-    EmbedStage,
     FolderSource,
     PipelineSpec,
     RetrievalPart,
@@ -26,7 +25,7 @@ from curation.config import (
     WebDatasetSource,
 )
 from curation.embed.registry import list_embedders
-from curation.embed.torch_models import is_weights_path
+from curation.embed.torch_models import is_weights_path, require_device
 from curation.errors import CatalogBusyError, SpecError, VersionError
 from curation.ingest.folder import list_folder
 from curation.ingest.tars import expand_shards
@@ -127,7 +126,7 @@ def _describe_stages(spec: PipelineSpec, report: CheckReport) -> list[str]:
         report.errors.append(f"stages.embed.model: unknown embedder {stages.embed.model!r}; known: "
                              f"{', '.join(list_embedders())}")  # fmt: skip
     elif stages.embed:
-        described.append(f"embed ({stages.embed.model}; {_weights(stages.embed, report)})")
+        described.append(f"embed ({stages.embed.model}; {_embedder_inputs(spec, report)})")
     if stages.filter:
         rules = [f"drop cosine>={rule.max_similarity} to {rule.text!r}" for rule in stages.filter.prompts]
         if stages.filter.min_caption_similarity is not None:
@@ -178,8 +177,16 @@ def _describe_part(part: SourcePart | RetrievalPart | BalancedPart) -> str:
     return f"{part.target:,} images balanced over hierarchical k-means {levels} clusters, {part.rule} in each leaf"
 
 
-def _weights(stage: EmbedStage, report: CheckReport) -> str:
-    """Where the embedder's weights come from; a file that is not on this machine is a warning."""
+def _embedder_inputs(spec: PipelineSpec, report: CheckReport) -> str:
+    """Where the embedder's weights come from, and whether its device exists. With executor local the embedder
+    runs here, so a missing file or GPU is an error; on Ray it is a warning (the actors' nodes may have them)."""
+    stage = spec.stages.embed
+    here = spec.execution.executor == "local"
+    problems = report.errors if here else report.warnings
+    try:
+        require_device(stage)
+    except SpecError as error:
+        problems.append(str(error) if here else f"{error} here (the Ray actors' nodes may have one)")
     prefix, _, argument = stage.model.partition(":")
     if prefix == "builtin":
         return "no weights"
@@ -196,5 +203,6 @@ def _weights(stage: EmbedStage, report: CheckReport) -> str:
     else:
         path = Path(stage.pretrained).expanduser()
     if not path.is_file():
-        report.warnings.append(f"stages.embed: {path} is not on this machine (every embed actor's node needs it)")
+        needs = "execution.executor local reads it here" if here else "every embed actor's node needs it"
+        problems.append(f"stages.embed: {path} is not on this machine ({needs})")
     return str(path)

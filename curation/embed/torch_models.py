@@ -5,7 +5,8 @@ CUDA path: JPEGs decoded in one batched nvjpeg call on the device (anything it r
 EXIF orientation applied after decode (nvjpeg ignores it), JPEGs over Pillow's pixel limit left to the CPU path
 (which rejects them as bombs instead of filling GPU memory), resize/crop/normalise on the GPU, pinned-memory
 copies, channels_last, bf16 autocast, optional torch.compile.
-Weights never download at import time; a weights path that does not exist is a SpecError naming it.
+Weights never download at import time; a weights path that does not exist is a SpecError naming it, and so is
+`device: cuda` where torch sees no GPU.
 """
 
 from __future__ import annotations
@@ -97,6 +98,15 @@ def existing_weights(path: str | None, what: str) -> Path | None:
     return candidate
 
 
+def require_device(stage: EmbedStage) -> None:
+    """`device: cuda` where torch sees no GPU is a SpecError up front, not a CUDA RuntimeError from inside the
+    model. The builtin embedder runs on the CPU whatever `device` says."""
+    if stage.device != "cuda" or stage.model.partition(":")[0] == "builtin":
+        return
+    if not require("torch").cuda.is_available():
+        raise SpecError("stages.embed.device: device cuda requested but torch sees no CUDA GPU")
+
+
 class TorchEmbedder(Embedder):
     def __init__(
         self, name: str, model, forward: Callable, preprocess: Preprocess, weights_sha256: str, stage: EmbedStage,
@@ -104,6 +114,7 @@ class TorchEmbedder(Embedder):
     ):  # fmt: skip
         import torch
 
+        require_device(stage)
         self.torch = torch
         self.stage = stage
         wants_cuda = stage.device == "cuda" or (stage.device == "auto" and torch.cuda.is_available())

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from curation.config import PipelineSpec, S3Settings
+from curation.errors import StoreError
 from curation.store.blobs import BlobStore
 from curation.store.objects import LocalStore, ObjectStore, open_store
 
@@ -20,6 +21,8 @@ DEFAULT_HOME = "./curation-home"
 class Home:
     def __init__(self, root: str | Path = DEFAULT_HOME):
         self.root = Path(root).resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"home {self.root} is not a folder")
 
     @property
     def catalog_path(self) -> Path:
