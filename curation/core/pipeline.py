@@ -41,6 +41,7 @@ from curation.select.report import build_reports
 from curation.select.sharded import shard_pool
 from curation.store.catalog import Catalog
 from curation.store.home import Home
+from curation.store.lock import home_lock
 from curation.store.objects import read_parquet
 from curation.types import INPUT_SCHEMA, KEPT, REJECTED, Reason
 
@@ -73,7 +74,7 @@ def run_pipeline(
 ) -> RunResult:
     """Run `spec` (resuming its unfinished run unless `fresh`). `progress`: draw bars, or a Progress to report to."""
     progress = progress if isinstance(progress, Progress) else Progress(show=progress)
-    with Catalog.open(home.catalog_path) as catalog:
+    with home_lock(home.root, f"a run of {spec.name}"), Catalog.open(home.catalog_path) as catalog:
         run_id = None if fresh else catalog.unfinished_run(spec.sha256())
         if run_id is None:
             run_id = f"{spec.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
@@ -88,7 +89,8 @@ def run_pipeline(
             catalog.mark_run(run_id, status="cancelled")
             raise
         except BaseException:
-            catalog.mark_run(run_id, status="failed")
+            if catalog.connected:  # else the catalog could not be reopened; the run stays resumable as it is
+                catalog.mark_run(run_id, status="failed")
             raise
         catalog.mark_run(run_id, status="finished", version=result.version, stats=result.stats)
         return result
@@ -136,7 +138,8 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
     model_id = None
     executor = _Executor(spec, ray_address)
     try:
-        stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, executor, exclusions, progress)
+        with catalog.released():  # hours on a big pool: readers and opt-out filings get in meanwhile
+            stats["ingest"] = _ingest(spec, home, run_id, blocks, pending, executor, exclusions, progress)
         stats["ingest"]["resumed_blocks"] = len(done)
         inputs = _read_inputs(home, run_id, blocks)
         sources = [source.model_dump(mode="json") for source in spec.sources]
@@ -190,9 +193,10 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         samples = _samples(kept, selection)
         if spec.publish.image is not None:
             progress.stage("derive")
-            derived, stats["derive"] = derive_images(samples, spec.publish.image, home.blobs(spec), home.runs, run_id,
-                                                     executor.get, block_size=spec.execution.block_size,
-                                                     progress=progress)  # fmt: skip
+            with catalog.released():
+                derived, stats["derive"] = derive_images(samples, spec.publish.image, home.blobs(spec), home.runs,
+                                                         run_id, executor.get, block_size=spec.execution.block_size,
+                                                         progress=progress)  # fmt: skip
             verdicts = {image_id: (Reason.TRANSFORM_FAILED, row["error"])
                         for image_id, row in derived.items() if row["error"]}  # fmt: skip
             kept = _drop_images(catalog, run_id, "publish", 10, kept, verdicts)

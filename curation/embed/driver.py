@@ -74,7 +74,8 @@ def embed_images(stage: EmbedStage, home: Home, catalog: Catalog, plan_id: str, 
         actors, cpus_each, gpus_each = _actor_shape(stage, *runner.resources())
         total = sum(len(block.items) for block in blocks)
         remaining = sum(len(block.items) for block in pending)
-        with (progress or Progress()).bar(label, total=total, initial=total - remaining, unit="img") as bar:
+        bar = (progress or Progress()).bar(label, total=total, initial=total - remaining, unit="img")
+        with catalog.released(), bar:
             summary: EmbedSummary
             for summary in runner.map_actors(EmbedBlocks, pending, stage, blobs, vectors, plan_id,
                                              actors=actors, num_cpus=cpus_each, num_gpus=gpus_each):  # fmt: skip

@@ -1,7 +1,9 @@
 """The DuckDB catalog: runs, sources, images, provenance, stage decisions, versions and shards.
 
 One writer: only the driver process opens it read-write, and Ray workers never touch it (they write block
-Parquet files that the driver commits here). Readers (CLI listings, audits) open it read-only.
+Parquet files that the driver commits here). Readers (CLI listings, audits) open it read-only. A run closes it
+while its workers ingest, embed or derive (`released`), so that other processes' readers and short writers get
+in during a long run; a second run or a gc of the home is kept out by the home lock (curation/store/lock.py).
 
 The service (`curate serve`) is the home's one writer process: it calls `Catalog.serve_in_process()` so that
 every open in the process, reader or writer, shares one read-write database (DuckDB refuses to mix read-only
@@ -152,6 +154,10 @@ class Catalog:
             writer.close()
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(cls._connect(path, read_only, wait_s), path, read_only=read_only)
+
+    @staticmethod
+    def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -168,10 +174,31 @@ class Catalog:
                 time.sleep(0.05 + random.random() * 0.1)
         if not read_only:
             connection.execute(SCHEMA)
-        return cls(connection, path, read_only=read_only)
+        return connection
 
     def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+    @property
+    def connected(self) -> bool:
+        """False after `released` could not reopen the file: nothing can be recorded through this object."""
+        return self.db is not None
+
+    @contextmanager
+    def released(self, wait_s: float = 600.0) -> Iterator[None]:
+        """Close the file while this process works without it (the executor ingests, embeds or derives), so that
+        other processes' readers and short writers get in; reopen after, waiting up to `wait_s` for them. (Not
+        in the service, whose one process shares the database.)"""
+        if Catalog._in_process or self.read_only:
+            yield
+            return
         self.db.close()
+        self.db = None
+        try:
+            yield
+        finally:
+            self.db = self._connect(self.path, False, wait_s)
 
     def __enter__(self) -> Catalog:
         return self

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from curation.store.catalog import Catalog
 from curation.store.home import Home
+from curation.store.lock import home_lock
 
 TEMPORARY_AGE_S = 3600  # a temporary younger than this may belong to a process that is still writing it
 
@@ -110,7 +111,8 @@ def collect_garbage(home: str | Path, *, blobs: bool = False, delete: bool = Fal
                     wait_s: float = 10.0) -> dict[str, Any]:  # fmt: skip
     """A report of what can go (and, with `delete`, what went): per category its files and bytes."""
     home = Home(home)
-    with Catalog.open(home.catalog_path, wait_s=wait_s) as catalog:  # the writer: nothing else uses the home
+    # no run in the home (it may be writing blobs without the catalog), and the catalog's writer
+    with home_lock(home.root, "a garbage collection"), Catalog.open(home.catalog_path, wait_s=wait_s) as catalog:
         categories = find_garbage(home, catalog, blobs=blobs)
         report = [{"category": category.name, "why": category.why, "files": len(category.paths),
                    "bytes": category.bytes} for category in categories]  # fmt: skip
