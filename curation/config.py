@@ -525,10 +525,14 @@ def load_spec(path: str | Path) -> PipelineSpec:
         raise SpecError(f"{path}: cannot read pipeline spec ({error.strerror})") from None
     except UnicodeDecodeError as error:
         raise SpecError(f"{path}: not UTF-8 text (invalid byte at offset {error.start})") from None
+    return parse_spec(read_yaml(text, str(path)), origin=str(path), base_dir=path.resolve().parent)
+
+
+def read_yaml(text: str, origin: str) -> Any:
+    """A spec's YAML (or JSON) text as data; bad YAML and repeated keys are SpecErrors naming `origin`."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from None
+        raise SpecError(f"{origin}: not valid YAML: {error}") from None
     except _RepeatedKey as error:
-        raise SpecError(f"{path}: {error}") from None
-    return parse_spec(data, origin=str(path), base_dir=path.resolve().parent)
+        raise SpecError(f"{origin}: {error}") from None

@@ -20,10 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from braceexpand import braceexpand
 
-from curation.config import FolderSource, PipelineSpec, UrlListSource, WebDatasetSource, parse_spec
+from curation.config import FolderSource, PipelineSpec, UrlListSource, WebDatasetSource, parse_spec, read_yaml
 from curation.core.progress import Progress
 from curation.errors import CurationError, RunCancelled, SpecError
 from curation.service.settings import ServiceSettings
@@ -54,10 +53,7 @@ def spec_from_text(text: str, settings: ServiceSettings, home: Home) -> Pipeline
     """A submitted spec (YAML or JSON text), read as if it were a file in `specs_dir`, and confined: local paths
     must lie under `data_root` (inputs, model files) or the home (outputs); S3 credentials must come from the
     server's environment, never from a request (the job record would keep them)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SpecError(f"<submitted spec>: not valid YAML: {error}") from None
+    data = read_yaml(text, "<submitted spec>")
     spec = _with_server_s3(parse_spec(data, origin="<submitted spec>", base_dir=settings.specs_dir), settings)
     inputs: list[Path] = []
     sources = list(spec.sources) + list(spec.stages.decontaminate.sets if spec.stages.decontaminate else ())

@@ -124,3 +124,18 @@ def test_a_submitted_spec_runs_against_the_servers_s3_endpoint(tmp_path):
     with pytest.raises(SpecError, match="s3.endpoint_url 'http://s3.internal:9001'"):
         spec_from_text(yaml.safe_dump({**bucket, "s3": {"endpoint_url": "http://s3.internal:9001"}}), settings,
                        Home(tmp_path / "home"))  # fmt: skip
+
+
+def test_a_submitted_spec_with_a_repeated_key_is_refused(tmp_path):
+    """As for a spec file: YAML alone would keep the second `decode:` and drop the first without a word."""
+    from curation.errors import SpecError
+    from curation.service.jobs import spec_from_text
+    from curation.service.settings import ServiceSettings
+    from curation.store.home import Home
+
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    settings = ServiceSettings(data_root=tmp_path / "data", specs_dir=tmp_path / "specs").resolved()
+    text = ("name: demo\nsources: [{kind: folder, name: imgs, path: ../data/imgs}]\n"
+            "stages:\n  decode: {min_side: 16}\n  decode: {min_side: 64}\n")  # fmt: skip
+    with pytest.raises(SpecError, match="<submitted spec>: line 5: key 'decode' is repeated"):
+        spec_from_text(text, settings, Home(tmp_path / "home"))
