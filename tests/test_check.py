@@ -129,6 +129,23 @@ def test_a_missing_gpu_or_embedder_file_is_an_error_with_executor_local(tmp_path
         assert f"{tmp_path / 'missing.json'} is not on this machine" in problems[1]
 
 
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("timm:no_such_model_xyz", "timm has no model 'no_such_model_xyz'"),
+        ("open_clip:No-Such-Arch", "open_clip has no architecture"),
+    ],
+)
+def test_an_unknown_timm_or_open_clip_architecture_is_an_error(tmp_path, model, expected):
+    """Found by asking the installed library, before a run would ingest the pool and then fail."""
+    (tmp_path / "pool").mkdir()
+    base = {"name": "m", "sources": [{"kind": "folder", "name": "pool", "path": "pool"}]}
+    code, report = check(write_spec(tmp_path / "spec.yaml", {**base, "stages": {"embed": {"model": model}}}))
+    assert code == 1 and any(expected in error for error in report["errors"]), report
+    known = {**base, "stages": {"embed": {"model": "timm:vit_tiny_patch16_224"}}}
+    assert not check(write_spec(tmp_path / "known.yaml", known))[1]["errors"]
+
+
 def test_an_invalid_spec_exits_2_naming_the_key(tmp_path):
     spec = write_spec(tmp_path / "bad.yaml", {"name": "bad", "sources": [{"kind": "folder", "name": "p", "path": "."}],
                                              "stages": {"dedup": {"treshold": 0.5}}})  # fmt: skip

@@ -25,7 +25,7 @@ from curation.config import (
     WebDatasetSource,
 )
 from curation.embed.registry import list_embedders
-from curation.embed.torch_models import is_weights_path, require_device
+from curation.embed.torch_models import is_weights_path, require_device, unknown_architecture
 from curation.errors import CatalogBusyError, SpecError, VersionError
 from curation.ingest.folder import list_folder
 from curation.ingest.tars import expand_shards
@@ -188,6 +188,11 @@ def _embedder_inputs(spec: PipelineSpec, report: CheckReport) -> str:
     except SpecError as error:
         problems.append(str(error) if here else f"{error} here (the Ray actors' nodes may have one)")
     prefix, _, argument = stage.model.partition(":")
+    try:
+        if problem := unknown_architecture(prefix, argument):
+            report.errors.append(problem)
+    except SpecError as error:  # the library is not installed here
+        problems.append(str(error))
     if prefix == "builtin":
         return "no weights"
     if prefix == "bundled":

@@ -273,14 +273,26 @@ def load_strict(model, state: dict[str, Any], path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def unknown_architecture(prefix: str, name: str) -> str | None:
+    """Why the installed timm or open_clip cannot build `name` (None when it can, or for other embedders), found
+    without building it, so that `curate check` says so before a run ingests anything."""
+    if prefix == "timm" and not require("timm").is_model(name):
+        return f"stages.embed.model: timm has no model {name!r}"
+    if prefix == "open_clip" and name not in require("open_clip").list_models():
+        return f"stages.embed.model: open_clip has no architecture {name!r}"
+    return None
+
+
 def build_timm(name: str, weights: Path | None, stage: EmbedStage, *, label: str | None = None, kwargs=None):
     timm, torch = require("timm"), require("torch")
 
+    if problem := unknown_architecture("timm", name):
+        raise SpecError(problem)
     try:
         torch.manual_seed(0)  # random init (no weights) is then reproducible, hence one model id
         model = timm.create_model(name, pretrained=False, num_classes=0, **(kwargs or {}))
     except RuntimeError as error:
-        raise SpecError(f"stages.embed.model: timm has no model {name!r} ({error})") from None
+        raise SpecError(f"stages.embed.model: timm cannot build {name!r} ({error})") from None
     if weights is not None:
         load_strict(model, load_state_dict_file(weights), weights)
     weights_sha = sha256_file(weights) if weights is not None else sha256_state(model)
@@ -300,8 +312,8 @@ def _create_open_clip(stage: EmbedStage, arch: str) -> Embedder:
     weights = None
     if pretrained is not None and is_weights_path(pretrained):
         weights = existing_weights(pretrained, "open_clip")
-    if arch not in open_clip.list_models():
-        raise SpecError(f"stages.embed.model: open_clip has no architecture {arch!r}")
+    if problem := unknown_architecture("open_clip", arch):
+        raise SpecError(problem)
     torch.manual_seed(0)
     model = open_clip.create_model(arch, pretrained=str(weights) if weights else pretrained)
     config = model.visual.preprocess_cfg
