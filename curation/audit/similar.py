@@ -32,9 +32,16 @@ MAX_K = 1000  # a query returns at most this many neighbours
 
 
 @functools.lru_cache(maxsize=4)
-def query_embedder(stage: EmbedStage) -> Embedder:
-    """One model load per embedder for all of a process's queries (the service answers many)."""
-    return create_embedder(stage)
+def query_embedder(stage: EmbedStage, model_id: str) -> Embedder:
+    """The embedder that made vectors `model_id`, loaded once for all of a process's queries (the service answers
+    many). Refused when the stage's files now make another model (weights re-exported in place): its vectors would
+    not be comparable, and the answers silently wrong."""
+    embedder = create_embedder(stage)
+    if embedder.model_id != model_id:
+        raise QueryError(f"the version's vectors are {model_id}, but {stage.model} now loads {embedder.model_id} "
+                         "(its weights changed since): queries cannot be embedded comparably; search by a sample's "
+                         "image id instead")  # fmt: skip
+    return embedder
 
 
 def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, image_id: str | None = None,
@@ -63,13 +70,15 @@ def similar_samples(home: str | Path, ref: str, *, image: bytes | None = None, i
         decoded = inspect_image(image, DecodeStage(min_side=1))  # bombs, truncation, non-images: refused here
         if not decoded.ok:
             raise QueryError(f"the query is not a usable image ({decoded.reason}: {decoded.detail})")
-        vectors, errors = query_embedder(embed_stage_of(version.manifest["lineage"])).embed([image])
+        embedder = query_embedder(embed_stage_of(version.manifest["lineage"]), embed_step["model_id"])
+        vectors, errors = embedder.embed([image])
         if errors[0]:
             raise QueryError(f"the query image cannot be embedded: {errors[0]}")
         query, exclude = vectors[0], None
     elif text is not None:
         try:
-            query, exclude = query_embedder(embed_stage_of(version.manifest["lineage"])).embed_text([text])[0], None
+            embedder = query_embedder(embed_stage_of(version.manifest["lineage"]), embed_step["model_id"])
+            query, exclude = embedder.embed_text([text])[0], None
         except NoTextEncoder:
             raise QueryError(f"{version.ref} was embedded with {embed_step['model_id']}, which has no text encoder: "
                              "search it by an image") from None  # fmt: skip

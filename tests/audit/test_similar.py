@@ -184,3 +184,42 @@ def test_text_search_needs_a_text_tower(versions):
     home, _files = versions
     with pytest.raises(QueryError, match="has no text encoder: search it by an image"):
         audit.search(home, "clips", text="a red apple")
+
+
+def test_a_query_is_refused_when_the_versions_embedder_changed_in_place(tmp_path):
+    """A backbone re-exported to the same path makes other vectors: a query embedded with it would be compared
+    with the version's old vectors and answered wrongly, so it is refused; a sample query still works."""
+    import torch
+
+    from curation.config import EmbedStage
+    from curation.embed.backbone import export_backbone
+    from curation.embed.registry import create_embedder
+
+    reference = create_embedder(EmbedStage(model="timm:vit_tiny_patch16_224"))
+    path = export_backbone(reference.model, tmp_path / "tiny", family="timm", name="vit_tiny_patch16_224",
+                           preprocess=reference.preprocess)  # fmt: skip
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    files = sorted((FIXTURE_IMAGES / "openclipart").rglob("*.png"))[:6]
+    for file in files:
+        shutil.copyfile(file, pool / file.name)
+    home = tmp_path / "home"
+    curation.run({"name": "tiny", "sources": [{"kind": "folder", "name": "p", "path": str(pool)}],
+                  "stages": {"embed": {"model": f"bundled:{path}"}}, "execution": {"executor": "local"}},
+                 home=home)  # fmt: skip
+    query = files[2].read_bytes()
+    assert audit.search(home, "tiny", image=query, k=1)["neighbours"][0]["similarity"] == pytest.approx(1, abs=2e-3)
+
+    with torch.no_grad():
+        for parameter in reference.model.parameters():
+            parameter.add_(0.05)
+    export_backbone(reference.model, tmp_path / "tiny", family="timm", name="vit_tiny_patch16_224",
+                    preprocess=reference.preprocess)  # fmt: skip
+    from curation.audit.similar import query_embedder
+
+    assert audit.search(home, "tiny", image=query, k=1)["neighbours"]  # the model in memory is still the one
+    query_embedder.cache_clear()  # as in a new process (`curate search`), which loads the file as it is now
+    with pytest.raises(QueryError, match="its weights changed since"):
+        audit.search(home, "tiny", image=query, k=1)
+    sample = hashlib.sha256(query).hexdigest()
+    assert audit.search(home, "tiny", image_id=sample, k=1)["neighbours"]  # stored vectors need no embedder
