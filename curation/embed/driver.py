@@ -20,7 +20,7 @@ from curation.config import EmbedStage, PipelineSpec
 from curation.core.progress import Progress
 from curation.embed.registry import create_embedder
 from curation.embed.stage import EmbedBlocks, EmbedSummary
-from curation.embed.vectors import block_keys, read_block_index
+from curation.embed.vectors import block_keys, model_key, read_block_index
 from curation.errors import RunError
 from curation.ingest.raw import Block, chunk
 from curation.store.catalog import Catalog
@@ -57,7 +57,9 @@ def embed_images(stage: EmbedStage, home: Home, catalog: Catalog, plan_id: str, 
     `plan_id` (a run id). Returns (stats, {model_id, dim}, {image_id: error} for failures)."""
     model = describe_model(stage)
     model_id = model["model_id"]
-    plan_key = f"{plan_id}/embed-plan.json"
+    # per model: a resumed run whose embedder's files changed meanwhile (another model id) plans afresh against
+    # that model's cache, rather than finishing blocks planned against the old one's
+    plan_key = f"{plan_id}/embed-plan-{model_key(model_id)}.json"
     if home.runs.exists(plan_key):
         blocks = [Block.from_json(item) for item in json.loads(home.runs.get(plan_key))]
     else:

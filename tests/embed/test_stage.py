@@ -116,3 +116,44 @@ def test_an_actor_killed_mid_block_is_retried_with_the_same_vectors(ray_local, t
         outputs[name + "-npy"] = [p.read_bytes() for p in sorted((tmp_path / name).rglob("*.npy"))]
     assert (tmp_path / "died-1").exists()  # the kill really happened
     assert outputs["clean"] == outputs["killed"] and outputs["clean-npy"] == outputs["killed-npy"]
+
+
+def test_a_resumed_run_whose_embedder_changed_plans_its_embedding_afresh(tmp_path, home, monkeypatch):
+    """The run stopped after embedding, before committing; then its backbone was re-exported in place (another
+    model id). The resume must embed for the new model, not finish the old model's plan and then miss vectors."""
+    import torch
+
+    import curation.embed.driver as driver
+    from curation.embed.backbone import export_backbone
+
+    reference = create_embedder(EmbedStage(model="timm:vit_tiny_patch16_224"))
+
+    def export() -> Path:
+        return export_backbone(reference.model, tmp_path / "tiny", family="timm", name="vit_tiny_patch16_224",
+                               preprocess=reference.preprocess)  # fmt: skip
+
+    path = export()
+    pools = {"a": pool_with(tmp_path, "a", [1, 2, 3, 4, 5])}
+    run_spec = {**spec(pools, model=f"bundled:{path}"), "execution": {"executor": "local", "block_size": 4}}
+    curation.run(run_spec, home=home)  # these five are cached for the first model: the next plan leaves them out
+    for seed in (6, 7, 8):
+        (pools["a"] / f"img-{seed}.jpg").write_bytes(image_bytes(seed, size=(64, 64)))
+
+    def stop(*args):
+        raise KeyboardInterrupt("stopped between embedding and committing")
+
+    monkeypatch.setattr(driver, "commit_blocks", stop)
+    with pytest.raises(KeyboardInterrupt):
+        curation.run(run_spec, home=home)
+    monkeypatch.undo()
+    with torch.no_grad():
+        for parameter in reference.model.parameters():
+            parameter.add_(0.05)
+    export()
+    result = curation.run(run_spec, home=home)
+    assert result.resumed_blocks == 2  # the same run, resumed
+    new_model = result.stats["embed"]["model_id"]
+    assert new_model != create_embedder(EmbedStage(model="timm:vit_tiny_patch16_224")).model_id
+    assert result.stats["embed"]["embedded"] == 8
+    with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
+        assert len(catalog.embedded_ids(new_model)) == 8
