@@ -20,7 +20,7 @@ from curation.config import EmbedStage, PipelineSpec
 from curation.core.progress import Progress
 from curation.embed.registry import create_embedder
 from curation.embed.stage import EmbedBlocks, EmbedSummary
-from curation.embed.vectors import block_keys, model_key, read_block_index
+from curation.embed.vectors import block_keys, forget_damaged, model_key, read_block_index
 from curation.errors import RunError
 from curation.ingest.raw import Block, chunk
 from curation.store.catalog import Catalog
@@ -60,13 +60,18 @@ def embed_images(stage: EmbedStage, home: Home, catalog: Catalog, plan_id: str, 
     # per model: a resumed run whose embedder's files changed meanwhile (another model id) plans afresh against
     # that model's cache, rather than finishing blocks planned against the old one's
     plan_key = f"{plan_id}/embed-plan-{model_key(model_id)}.json"
+    vectors = home.vectors
+    forgotten = forget_damaged(catalog, vectors, model_id)  # a truncated cache file is embedded again
     if home.runs.exists(plan_key):
         blocks = [Block.from_json(item) for item in json.loads(home.runs.get(plan_key))]
+        planned = {image_id for block in blocks for image_id in block.items}
+        again = sorted(forgotten & set(image_ids) - planned)  # the plan counted them as cached
+        blocks += [Block(len(blocks) + i, "embed", "embed", tuple(ids)) for i, ids in
+                   enumerate(chunk(again, stage.block_size))]  # fmt: skip
     else:
         wanted = sorted(set(image_ids) - catalog.embedded_ids(model_id))
         blocks = [Block(i, "embed", "embed", tuple(ids)) for i, ids in enumerate(chunk(wanted, stage.block_size))]
-        home.runs.put(plan_key, json.dumps([block.to_json() for block in blocks]).encode())
-    vectors = home.vectors
+    home.runs.put(plan_key, json.dumps([block.to_json() for block in blocks]).encode())
     pending = [block for block in blocks if not vectors.exists(block_keys(model_id, plan_id, block.index)[1])]
 
     started = time.perf_counter()

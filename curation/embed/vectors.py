@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.errors import StoreError
 from curation.store.catalog import Catalog
 from curation.store.objects import LocalStore, ObjectStore, read_parquet
 
@@ -74,13 +75,15 @@ def load_matrix(catalog: Catalog, store: LocalStore, model_id: str, image_ids: l
     """
     ids_hash = hashlib.sha256("\n".join(image_ids).encode()).hexdigest()[:16]
     path = store.root / model_key(model_id) / f"matrix-{ids_hash}.npy"
+    dim = json.loads(store.get(f"{model_key(model_id)}/model.json"))["dim"]
     if path.exists():
-        return np.load(path, mmap_mode="r")
+        if damage(path, dim, len(image_ids)) is None:
+            return np.load(path, mmap_mode="r")
+        path.unlink()  # a damaged cache of gathered rows is simply gathered again
     located = catalog.embedding_locations(model_id, image_ids)
     missing = [image_id for image_id in image_ids if image_id not in located]
     if missing:
         raise KeyError(f"{len(missing)} image(s) have no {model_id} vector, e.g. {missing[0]}")
-    dim = json.loads(store.get(f"{model_key(model_id)}/model.json"))["dim"]
     temporary = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npy")  # concurrent builders: one each
     matrix = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float16, shape=(len(image_ids), dim))
     by_file: dict[str, list[tuple[int, int]]] = {}
@@ -88,13 +91,47 @@ def load_matrix(catalog: Catalog, store: LocalStore, model_id: str, image_ids: l
         file, row = located[image_id]
         by_file.setdefault(file, []).append((position, row))
     for file, pairs in by_file.items():
-        block = np.load(store.root / file, mmap_mode="r")
         positions, rows = zip(*pairs)
+        if problem := damage(store.root / file, dim, max(rows) + 1):
+            Path(temporary).unlink()
+            raise StoreError(f"{store.root / file}: damaged vectors file ({problem}); the next `curate run` with "
+                             "this embedder embeds its images again")  # fmt: skip
+        block = np.load(store.root / file, mmap_mode="r")
         matrix[list(positions)] = block[list(rows)]
     matrix.flush()
     del matrix
     Path(temporary).replace(path)
     return np.load(path, mmap_mode="r")
+
+
+def damage(path: Path, dim: int, rows: int) -> str | None:
+    """What is wrong with a vectors file that should hold at least `rows` float16 rows of `dim` (missing,
+    truncated, not .npy, other shape), or None: checked from its header, without reading the rows."""
+    try:
+        matrix = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        return f"{type(error).__name__}: {error}"
+    if matrix.dtype != np.float16 or matrix.ndim != 2 or matrix.shape[1] != dim or len(matrix) < rows:
+        return f"{matrix.dtype} {matrix.shape}, not at least [{rows}, {dim}] float16"
+    return None
+
+
+def forget_damaged(catalog: Catalog, store: LocalStore, model_id: str) -> set[str]:
+    """Image ids whose cached vectors lay in a damaged file: their cache rows, the file and its block index go (a
+    run's own block is then undone, so its resume redoes it), and they are embedded again instead of failing
+    every later stage that reads them."""
+    files = catalog.embedding_files(model_id)
+    if not files:
+        return set()
+    dim = json.loads(store.get(f"{model_key(model_id)}/model.json"))["dim"]
+    damaged = [file for file, rows in files.items() if damage(store.root / file, dim, rows)]
+    if not damaged:
+        return set()
+    forgotten = catalog.forget_embeddings(model_id, damaged)
+    for file in damaged:
+        for path in (store.root / file, (store.root / file).with_suffix(".parquet")):
+            path.unlink(missing_ok=True)
+    return forgotten
 
 
 def matrix_path(matrix: np.ndarray, what: str) -> str:

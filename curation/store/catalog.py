@@ -326,6 +326,20 @@ class Catalog:
         self.db.unregister("wanted_ids")
         return {image_id: (file, row) for image_id, file, row in rows}
 
+    def embedding_files(self, model_id: str) -> dict[str, int]:
+        """{vectors file: rows it must hold} for a model's cached vectors."""
+        found = self.db.execute("SELECT file, max(row) + 1 FROM embeddings WHERE model_id = ? GROUP BY file",
+                                [model_id]).fetchall()  # fmt: skip
+        return dict(found)
+
+    def forget_embeddings(self, model_id: str, files: list[str]) -> set[str]:
+        """Drop the cache rows that point into `files`; returns their image ids (to be embedded again)."""
+        with self.transaction() as db:
+            found = db.execute("SELECT image_id FROM embeddings WHERE model_id = ? AND list_contains(?, file)",
+                               [model_id, files]).fetchall()  # fmt: skip
+            db.execute("DELETE FROM embeddings WHERE model_id = ? AND list_contains(?, file)", [model_id, files])
+        return {row[0] for row in found}
+
     def commit_embeddings(self, model_id: str, run_id: str, rows: pa.Table) -> None:
         """Columns image_id, file, row of successfully embedded images (idempotent per image and model)."""
         self._insert_staged(

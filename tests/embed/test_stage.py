@@ -15,6 +15,7 @@ from curation.config import EmbedStage
 from curation.embed.registry import create_embedder
 from curation.embed.stage import EmbedBlocks
 from curation.embed.vectors import load_matrix, read_block_index
+from curation.errors import StoreError
 from curation.executors import RayExecutor
 from curation.ingest.raw import Block
 from curation.store.blobs import BlobStore
@@ -157,3 +158,25 @@ def test_a_resumed_run_whose_embedder_changed_plans_its_embedding_afresh(tmp_pat
     assert result.stats["embed"]["embedded"] == 8
     with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
         assert len(catalog.embedded_ids(new_model)) == 8
+
+
+def test_a_damaged_vectors_file_is_a_clear_error_and_the_next_run_embeds_its_images_again(tmp_path, home):
+    pools = {"a": pool_with(tmp_path, "a", list(range(8)))}
+    run_spec = {**spec(pools), "execution": {"executor": "local", "block_size": 4}}
+    version = curation.open_version(curation.run(run_spec, home=home).version, home=home)
+    model_id = create_embedder(EmbedStage(model="builtin")).model_id
+    ids = sorted(version.samples()["image_id"].to_pylist())
+    before = np.asarray(vectors_of(home, model_id, ids), np.float32)
+    cached = next((home / "vectors").rglob("matrix-*.npy"))
+    cached.write_bytes(cached.read_bytes()[:200])  # the gathered matrix: simply gathered again
+    assert np.array_equal(vectors_of(home, model_id, ids), before)
+
+    block = sorted((home / "vectors").rglob("*-000001.npy"))[0]  # a block of 4 of the 8 vectors
+    block.write_bytes(block.read_bytes()[:300])
+    next(block.parent.glob("matrix-*.npy")).unlink()
+    with pytest.raises(StoreError, match=f"{block}: damaged vectors file"):
+        vectors_of(home, model_id, ids)
+
+    again = curation.run(run_spec, home=home)
+    assert again.stats["embed"]["embedded"] == 4 and again.unchanged
+    assert np.array_equal(vectors_of(home, model_id, ids), before)  # the same model gives the same vectors

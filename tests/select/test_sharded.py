@@ -125,7 +125,9 @@ def test_compose_on_shards_selects_what_it_selects_in_process(executor, float16_
 
 def test_shards_need_ray_and_a_memory_mapped_matrix(executor):
     spec = {"name": "x", "sources": [{"kind": "folder", "name": "a", "path": "."}],
-            "execution": {"executor": "local"}, "stages": {"select": {"shards": 2}}}  # fmt: skip
+            "execution": {"executor": "local"},
+            "stages": {"embed": {"model": "builtin"}, "select": {"mode": "compose", "shards": 2, "parts": [
+                {"kind": "source", "name": "all", "sources": ["a"]}]}}}  # fmt: skip
     with pytest.raises(ValueError, match="execution.executor ray"):
         PipelineSpec.model_validate(spec)
     with pytest.raises(TypeError, match="memory-mapped"):
