@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +20,7 @@ from curation.errors import CatalogBusyError
 from curation.store.gc import collect_garbage
 from curation.store.lock import home_lock
 from tests.corpus import image_bytes
+from tests.web import QuietHandler, serving
 
 IMAGES = {f"/img/{index}.jpg": image_bytes(300 + index) for index in range(4)}
 
@@ -30,7 +30,7 @@ def curate(home: Path, *arguments: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
-class WhileIngesting(BaseHTTPRequestHandler):
+class WhileIngesting(QuietHandler):
     """The first request runs `during` (other processes at work on the home) before it answers."""
 
     during = None
@@ -42,22 +42,13 @@ class WhileIngesting(BaseHTTPRequestHandler):
             if WhileIngesting.during is not None:
                 WhileIngesting.outcomes = WhileIngesting.during()
                 WhileIngesting.during = None
-        body = IMAGES[self.path]
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_body(IMAGES.get(self.path))
 
 
 @pytest.fixture
 def web():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), WhileIngesting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(WhileIngesting) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def test_a_running_ingest_lets_readers_and_optouts_in_but_not_another_run(web, tmp_path, home):

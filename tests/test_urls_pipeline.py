@@ -3,45 +3,28 @@ reach the samples, fetch-time opt-outs and errors become rows, nothing is lost."
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import curation
 from tests.corpus import image_bytes
+from tests.web import QuietHandler, serving
 
 IMAGES = {f"/img/{index}.jpg": image_bytes(100 + index) for index in range(6)}
 NOAI = "/img/0.jpg"
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     def do_GET(self):  # noqa: N802 - the http.server API
-        body = IMAGES.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        if self.path == NOAI:
-            self.send_header("X-Robots-Tag", "noai, noimageai")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        robots = {"X-Robots-Tag": "noai, noimageai"} if self.path == NOAI else {}
+        self.send_body(IMAGES.get(self.path), {"Content-Type": "image/jpeg", **robots})
 
 
 @pytest.fixture
 def web():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(Handler) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def test_url_list_to_version(ray_local, web, tmp_path, home):

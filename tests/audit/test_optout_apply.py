@@ -7,8 +7,6 @@ import hashlib
 import io
 import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,6 +30,7 @@ from curation.store.catalog import Catalog
 from curation.store.home import Home
 from curation.train.dataset import open_training_set
 from tests.conftest import FIXTURE_IMAGES
+from tests.web import QuietHandler, serving
 
 DEFAULT_EMBEDDER = Path(curation.__file__).parent / "train" / "default"
 
@@ -148,7 +147,7 @@ def test_apply_refuses_a_parent_whose_files_were_altered(published, home):
     assert not (home / "datasets" / "demo" / "v2").exists()
 
 
-class Sites(BaseHTTPRequestHandler):
+class Sites(QuietHandler):
     """Serves images on 127.0.0.1 and 127.0.0.2 (two 'domains'), counting requests per host; a path in
     `redirects` answers 302 to its target instead."""
 
@@ -165,28 +164,14 @@ class Sites(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        body = Sites.images.get(f"{host}{self.path}")
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_body(Sites.images.get(f"{host}{self.path}"))
 
 
 @pytest.fixture
 def sites():
     """Two HTTP servers, on 127.0.0.1 and 127.0.0.2."""
-    servers = [ThreadingHTTPServer((host, 0), Sites) for host in ("127.0.0.1", "127.0.0.2")]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield servers
-    for server in servers:
-        server.shutdown()
+    with serving(Sites, "127.0.0.1") as first, serving(Sites, "127.0.0.2") as second:
+        yield [first, second]
     for table in (Sites.images, Sites.redirects, Sites.hits):
         table.clear()
 
