@@ -14,7 +14,8 @@ def flatten_to_rgb(image: Image.Image) -> Image.Image:
     them, so every level above 255, nearly all of a picture, would turn white)."""
     if image.mode in WIDE_GREY_MODES:
         image = image.convert("I").point(lambda level: level / 256).convert("L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    # "transparency" is a palette's transparent entries or, in L and RGB images (a PNG's tRNS chunk), one colour
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     if not has_alpha:
         return image.convert("RGB")
     rgba = image.convert("RGBA")
