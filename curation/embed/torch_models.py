@@ -1,10 +1,11 @@
 """Torch embedders: open_clip, timm and the bundled backbone format, behind one batched decode+forward path.
 
-CPU path: Pillow decode (EXIF applied) -> shortest-side resize -> centre crop -> normalise, fp32 forward.
+CPU path: Pillow decode (EXIF applied) -> shortest-side resize of the centre crop's region only -> normalise,
+fp32 forward.
 CUDA path: JPEGs decoded in one batched nvjpeg call on the device (anything it refuses falls back to Pillow),
 EXIF orientation applied after decode (nvjpeg ignores it), JPEGs over Pillow's pixel limit left to the CPU path
-(which rejects them as bombs instead of filling GPU memory), resize/crop/normalise on the GPU, pinned-memory
-copies, channels_last, bf16 autocast, optional torch.compile.
+(which rejects them as bombs instead of filling GPU memory) and so are banners (DEVICE_MAX_ASPECT),
+resize/crop/normalise on the GPU, pinned-memory copies, channels_last, bf16 autocast, optional torch.compile.
 Weights never download at import time; a weights path that does not exist is a SpecError naming it, and so is
 `device: cuda` where torch sees no GPU.
 """
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from curation.config import WEIGHT_SUFFIXES, EmbedStage
-from curation.decode.jpeg_header import read_jpeg_header
+from curation.decode.jpeg_header import JpegHeader, read_jpeg_header
 from curation.decode.safe import open_rgb
 from curation.embed.registry import Embedder, model_id_for, register_embedder
 from curation.errors import SpecError
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 # EXIF orientation -> (transpose H and W first?, dims to flip after): Pillow's exif_transpose, on [C, H, W] tensors
 ORIENTATION_OPS = {1: (False, ()), 2: (False, (-1,)), 3: (False, (-2, -1)), 4: (False, (-2,)),
                    5: (True, ()), 6: (True, (-1,)), 7: (True, (-2, -1)), 8: (True, (-2,))}  # fmt: skip
+# The device path resizes whole images: a JPEG whose long side is over this many times its short side (a banner)
+# goes to Pillow, which resizes only the crop's region (a tensor cropped first would shift the resampling grid)
+DEVICE_MAX_ASPECT = 4
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,19 @@ class Preprocess:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    def resized(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) with the shortest side at `size`."""
+        scale = self.size / min(width, height)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def source_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The centre crop of the resized image as a (left, top, right, bottom) region of the source: resizing only
+        it gives the same pixels without the whole resized image, which grows with a banner's length."""
+        resized_width, resized_height = self.resized(width, height)
+        left, top = (resized_width - self.crop) // 2, (resized_height - self.crop) // 2
+        x_scale, y_scale = width / resized_width, height / resized_height
+        return left * x_scale, top * y_scale, (left + self.crop) * x_scale, (top + self.crop) * y_scale
 
 
 def require(module: str):
@@ -64,6 +81,14 @@ def apply_orientation(image, orientation: int):
     if transpose:
         image = image.transpose(-2, -1)
     return image.flip(flips) if flips else image
+
+
+def device_decodable(header: JpegHeader | None) -> bool:
+    """A JPEG the device path takes: within Pillow's pixel limit (bombs go to Pillow, which rejects them) and no
+    longer than DEVICE_MAX_ASPECT (banners go to Pillow, which resizes only the crop's region)."""
+    if header is None or header.pixels > Image.MAX_IMAGE_PIXELS:
+        return False
+    return max(header.width, header.height) <= DEVICE_MAX_ASPECT * min(header.width, header.height)
 
 
 def sha256_file(path: Path) -> str:
@@ -136,28 +161,23 @@ class TorchEmbedder(Embedder):
 
     # --- decode + preprocess ---------------------------------------------------------------------------
     def _cpu_pixels(self, data: bytes):
-        """uint8 [3, crop, crop] via Pillow: shortest side to `size`, centre crop."""
+        """uint8 [3, crop, crop] via Pillow: shortest side to `size`, centre crop, resizing only the crop's region."""
         image = open_rgb(data, self.preprocess.size)
-        scale = self.preprocess.size / min(image.size)
-        resized = image.resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-            Image.Resampling[self.preprocess.interpolation.upper()],
-        )
         crop = self.preprocess.crop
-        left, top = (resized.width - crop) // 2, (resized.height - crop) // 2
-        pixels = np.asarray(resized.crop((left, top, left + crop, top + crop)), np.uint8)
+        resample = Image.Resampling[self.preprocess.interpolation.upper()]
+        pixels = np.asarray(image.resize((crop, crop), resample, box=self.preprocess.source_box(*image.size)), np.uint8)
         return self.torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
     def _gpu_pixels(self, images: Sequence[bytes]) -> dict[int, Any]:
         """Batched nvjpeg decode of the JPEGs on this embedder's device; returns {index: [3, crop, crop]} for
-        those it decoded. Others (not JPEG, unparsable header, over Pillow's pixel limit, refused by nvjpeg) are
-        omitted and go through the CPU path."""
+        those it decoded. Others (not JPEG, unparsable header, over Pillow's pixel limit, longer than
+        DEVICE_MAX_ASPECT, refused by nvjpeg) are omitted and go through the CPU path."""
         import torchvision
         from torchvision.io import ImageReadMode
 
         torch = self.torch
         headers = {i: read_jpeg_header(data) for i, data in enumerate(images)}
-        indices = [i for i, header in headers.items() if header and header.pixels <= Image.MAX_IMAGE_PIXELS]
+        indices = [i for i, header in headers.items() if device_decodable(header)]
         if not indices:
             return {}
         encoded = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in indices]
@@ -175,8 +195,9 @@ class TorchEmbedder(Embedder):
         return self._resize_crop_tensors(oriented)
 
     def _resize_crop_tensors(self, images: dict[int, Any]) -> dict[int, Any]:
-        """Shortest side to `size`, centre crop, for uint8 [3, H, W] tensors on any device. Images of one shape
-        (common in a crawl's batch) go through one interpolate call together, not one kernel launch each."""
+        """Shortest side to `size`, centre crop, for uint8 [3, H, W] tensors on any device: the whole image is
+        resized (its memory grows with the aspect ratio; _gpu_pixels bounds it). Images of one shape (common in a
+        crawl's batch) go through one interpolate call together, not one kernel launch each."""
         torch = self.torch
         by_shape: dict[tuple[int, int], list[int]] = {}
         for index, image in images.items():
@@ -184,8 +205,7 @@ class TorchEmbedder(Embedder):
         crop = self.preprocess.crop
         result = {}
         for (height, width), members in by_shape.items():
-            scale = self.preprocess.size / min(height, width)
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            size = self.preprocess.resized(width, height)[::-1]
             stacked = torch.stack([images[index] for index in members]).float()
             resized = torch.nn.functional.interpolate(stacked, size=size, mode=self.preprocess.interpolation,
                                                       antialias=True, align_corners=False)  # fmt: skip

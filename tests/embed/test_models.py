@@ -4,6 +4,9 @@ vectors as the in-memory model; a bad image costs only its own row."""
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -158,3 +161,63 @@ def test_device_decode_orients_like_pillow_and_leaves_bombs_and_non_jpegs_to_the
     vectors, errors = embedder.embed(images)
     assert "DecompressionBomb" in errors[8] and errors[9] and errors[10] is None
     assert np.allclose(np.linalg.norm(vectors[[0, 10]], axis=1), 1.0, atol=1e-3)
+
+
+def test_a_long_banner_is_embedded_in_bounded_memory_as_its_centre_crop():
+    """32 x 100000: resizing the whole banner (short side to 248) held ~900 MB; only the crop's region is resized
+    now, so peak memory stays near the decoded image's 10 MB, and the vector is that of the centre 32 x 32 square
+    embedded on its own. VmHWM in a fresh process, not ru_maxrss: the latter keeps the forking test process's
+    high-water mark across exec."""
+    script = (
+        "import io, json\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from curation.config import EmbedStage\n"
+        "from curation.embed.registry import create_embedder\n"
+        "def png(pixels):\n"
+        "    buffer = io.BytesIO()\n"
+        "    Image.fromarray(pixels).save(buffer, 'PNG')\n"
+        "    return buffer.getvalue()\n"
+        "def peak_mb():\n"
+        "    line = next(line for line in open('/proc/self/status') if line.startswith('VmHWM'))\n"
+        "    return int(line.split()[1]) // 1024\n"
+        "x, y = np.meshgrid(np.arange(100000), np.arange(32))\n"
+        "banner = np.stack([x % 256, x // 7 % 256, y * 8], -1).astype(np.uint8)\n"
+        f"embedder = create_embedder(EmbedStage(model='timm:{TIMM_ARCH}', device='cpu'))\n"
+        "square, _ = embedder.embed([png(banner[:, 49984:50016])])\n"
+        "data = png(banner)\n"
+        "before = peak_mb()\n"
+        "vector, errors = embedder.embed([data])\n"
+        "print(json.dumps({'growth_mb': peak_mb() - before, 'errors': errors, 'square': square[0].tolist(),\n"
+        "                  'banner': vector[0].tolist()}))\n"
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    result = json.loads(output)
+    assert result["errors"] == [None] and result["growth_mb"] < 150, result["growth_mb"]
+    np.testing.assert_allclose(result["banner"], result["square"], atol=1e-4)
+
+
+def test_device_decode_leaves_banners_to_the_cpu_path():
+    """The device path resizes whole images, so a JPEG over DEVICE_MAX_ASPECT goes to Pillow (which resizes only
+    the crop's region); a 4:1 one stays on the device."""
+    embedder = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}", device="cpu"))
+    images = [image_bytes(5, size=(16, 2000)), image_bytes(6, size=(64, 16)), image_bytes(7, size=(2000, 16))]
+    assert sorted(embedder._gpu_pixels(images)) == [1]
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (133, 400), (900, 90), (224, 224), (28, 28)])
+def test_resizing_only_the_crop_region_matches_resizing_the_whole_image(size):
+    """The CPU path resizes only the centre crop's region; its pixels are those of the preprocessing the model id
+    names (whole image, shortest side to `size`, centre crop), to the rounding of Pillow's 8-bit pass between its
+    horizontal and vertical passes: down- and upscaled, portrait, landscape and square."""
+    embedder = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}", device="cpu"))
+    preprocess = embedder.preprocess
+    image = Image.open(io.BytesIO(smooth_image(3))).resize(size)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    (width, height), crop = preprocess.resized(*size), preprocess.crop
+    left, top = (width - crop) // 2, (height - crop) // 2
+    whole = image.resize((width, height), Image.Resampling[preprocess.interpolation.upper()])
+    expected = np.asarray(whole.crop((left, top, left + crop, top + crop)), np.int16).transpose(2, 0, 1)
+    difference = np.abs(embedder._cpu_pixels(buffer.getvalue()).numpy() - expected)
+    assert difference.max() <= 2 and difference.mean() < 0.05
