@@ -221,6 +221,21 @@ def test_a_stray_manifest_in_the_store_does_not_stop_publishing(ray_local, fixtu
     assert "not registering demo@v2" in caplog.text
 
 
+def test_a_number_another_publisher_claimed_is_skipped(ray_local, fixture_pool, home):
+    """v2 was claimed by a publisher writing the same name to this store (or one that died): this run takes v3,
+    with v1 as its parent, and v2 is never written by it."""
+    spec = spec_for([folder("clipart", fixture_pool)])
+    curation.run(spec, home=home)
+    assert LocalStore(home / "datasets").put_new("demo/.claims/v2", b"another home's run")
+    (fixture_pool / "new.jpg").write_bytes(image_bytes(5))
+    result = curation.run(spec, home=home)
+    assert result.version == "demo@v3" and not (home / "datasets" / "demo" / "v2").exists()
+    version = curation.open_version("demo@v3", home=home)
+    assert version.manifest["parent"]["ref"] == "demo@v1" and version.verify() == []
+    claim = json.loads((home / "datasets" / "demo" / ".claims" / "v3").read_text())
+    assert claim["holder"] == f"run {result.run_id}" and claim["pid"] == os.getpid()
+
+
 def test_a_corrupt_stored_image_is_never_published(ray_local, fixture_pool, home):
     """Bytes whose hash no longer matches their address are refused at publish and removed, so that reading the
     source again stores them afresh."""

@@ -37,6 +37,7 @@ from curation.publish.manifest import build_manifest, file_entry
 from curation.publish.release import (
     MANIFEST,
     PROVENANCE,
+    claim_number,
     commit_version,
     parse_manifest,
     parse_ref,
@@ -149,7 +150,9 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
         if not matches:  # nothing to publish; the check itself is recorded (the trainer stops warning)
             catalog.record_optout_check(parent["name"], parent["version"], requests[-1].seq if requests else 0)
             return ApplyResult(parent_ref, parent_ref, [])
-        number = max([parent["version"], *published_numbers(target, parent["name"])]) + 1
+        start = max([parent["version"], *published_numbers(target, parent["name"])]) + 1
+        holder = f"optout apply to {parent_ref} at {datetime.now(UTC).isoformat()}"  # no resume: its own each time
+        number = claim_number(target, parent["name"], start, holder)
         staging = _staging(home, target, parent["name"], number)
         child = _write_child(parent_files, staging, samples, matches)
         child_manifest = build_manifest(

@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ log = logging.getLogger("curation")
 
 REF_PATTERN = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]{0,63})(?:@(?:v(?P<number>[1-9][0-9]*)|(?P<latest>latest)))?$")
 MANIFEST = "manifest.json"
+CLAIMS = ".claims"  # NAME/.claims/vN: who took number N (see claim_number)
 PROVENANCE = "provenance.parquet"
 
 
@@ -130,26 +134,62 @@ def publish(
         }
     image_ids = {sample["image_id"] for sample in samples}
     parent_ids = set(_image_ids(catalog, name, parent_row["version"])) if parent_row else set()
-    manifest = build_manifest(
-        name=name,
-        version=number,
-        parent=parent,
-        run_id=run_id,
-        spec=spec,
-        spec_sha256=spec_sha256,
-        lineage=lineage,
-        counts={**counts, "samples": len(samples), "shards": len(shard_files)},
-        dropped=dropped,
-        changes={"added": len(image_ids - parent_ids), "removed": len(parent_ids - image_ids)},
-        files=files,
-        shards=[{"tar": s.tar, "index": s.index, "samples": s.samples} for s in shard_files],
-    )
+
+    def manifest_numbered(number: int) -> dict[str, Any]:
+        return build_manifest(
+            name=name,
+            version=number,
+            parent=parent,
+            run_id=run_id,
+            spec=spec,
+            spec_sha256=spec_sha256,
+            lineage=lineage,
+            counts={**counts, "samples": len(samples), "shards": len(shard_files)},
+            dropped=dropped,
+            changes={"added": len(image_ids - parent_ids), "removed": len(parent_ids - image_ids)},
+            files=files,
+            shards=[{"tar": s.tar, "index": s.index, "samples": s.samples} for s in shard_files],
+        )
+
+    manifest = manifest_numbered(number)
     if parent_row and parent_row["content_sha256"] == manifest["content_sha256"]:
         shutil.rmtree(staging, ignore_errors=True)
         return Release(parent["ref"], _read_manifest(target, name, parent_row["version"]), unchanged=True)
-    commit_version(target, staging, name, number, manifest)
+    dead = frozenset(f"run {row['run_id']}" for row in catalog.rows("SELECT run_id FROM runs WHERE run_id <> ?",
+                                                                    [run_id]))  # fmt: skip
+    claimed = claim_number(target, name, number, f"run {run_id}", dead)
+    if claimed != number:  # another publisher of this name took it meanwhile
+        manifest = manifest_numbered(claimed)
+    commit_version(target, staging, name, claimed, manifest)
     register_version(catalog, target, manifest)
     return Release(manifest["ref"], manifest, unchanged=False)
+
+
+def claim_number(target: ObjectStore, name: str, start: int, holder: str, dead: frozenset[str] = frozenset()) -> int:
+    """The first version number from `start` that this publisher wins. Each number is claimed once, by an atomic
+    create-if-absent of NAME/.claims/vN (O_EXCL locally, a conditional PUT on S3), so two publishers of one name
+    to one store never write the same version: the later takes the next number. A number claimed by this same
+    `holder` is its own (a resumed run). One claimed by a holder in `dead` (a run of this home that has ended:
+    the home lock lets one run at a time) is taken over; any other publisher's is skipped, never reused."""
+    record = json.dumps({"holder": holder, "host": socket.gethostname(), "pid": os.getpid(),
+                         "at": datetime.now(UTC).isoformat()}).encode()  # fmt: skip
+    number = start
+    while not target.put_new(key := f"{name}/{CLAIMS}/v{number}", record):
+        claimant = _claimant(target, name, number)
+        if claimant == holder:
+            break
+        if claimant in dead:
+            target.delete(key)
+            continue  # and claim it again, still atomically: another publisher may get there first
+        number += 1
+    return number
+
+
+def _claimant(target: ObjectStore, name: str, number: int) -> str | None:
+    try:
+        return json.loads(target.get(f"{name}/{CLAIMS}/v{number}"))["holder"]
+    except (ValueError, KeyError, TypeError):  # a damaged claim is nobody's: its number is skipped
+        return None
 
 
 def commit_version(target: ObjectStore, staging: Path, name: str, number: int, manifest: dict[str, Any]) -> None:

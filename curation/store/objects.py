@@ -8,6 +8,7 @@ Keys are '/'-separated relative paths; a key that could escape the root is refus
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import pyarrow.parquet as pq
 from curation.config import S3Settings
 from curation.errors import StoreError, UnsafeKeyError
 from curation.store.s3client import make_s3_client, split_s3_uri
+
+log = logging.getLogger("curation")
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9._@=+-]+$")
 
@@ -38,6 +41,7 @@ class ObjectStore(Protocol):
 
     def put(self, key: str, data: bytes) -> None: ...
     def put_file(self, key: str, path: Path) -> None: ...
+    def put_new(self, key: str, data: bytes) -> bool: ...
     def get(self, key: str) -> bytes: ...
     def open(self, key: str) -> BinaryIO: ...
     def exists(self, key: str) -> bool: ...
@@ -74,6 +78,18 @@ class LocalStore:
         with open(temporary, "wb") as handle:
             handle.write(data)
         os.replace(temporary, path)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Create `key` only if it does not exist (atomically: O_EXCL); False when it does."""
+        path = self._path(key)
+        self._folder(path)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        return True
 
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
@@ -150,6 +166,23 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Create `key` only if it does not exist: a conditional PUT (If-None-Match: *), which S3 and MinIO
+        arbitrate; False when it exists. A server without conditional writes gets a plain PUT and a warning."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+        except self.client.exceptions.ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            if code != "NotImplemented":
+                raise
+            log.warning("%s has no conditional writes: concurrent publishers are not arbitrated", self.uri)
+            if self.exists(key):
+                return False
+            self.put(key, data)
+        return True
 
     def put_file(self, key: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self._key(key))
