@@ -83,7 +83,7 @@ def _create_bundled(stage: EmbedStage, path: str) -> Embedder:
         return build_embedder(description, weights, stage, label=f"bundled:{arch['name']}")
     if arch["family"] != "timm":
         raise SpecError(f"{path}: unknown backbone family {arch['family']!r} (known: timm, curation-vit)")
-    embedder = build_timm(arch["name"], weights, stage, label=f"bundled:{arch['name']}", kwargs=arch["kwargs"])
+    embedder = build_timm(arch["name"], weights, stage, label=f"bundled:{arch['name']}", arch=arch)
     declared = Preprocess(**{**description["preprocess"], "mean": tuple(description["preprocess"]["mean"]),
                              "std": tuple(description["preprocess"]["std"])})  # fmt: skip
     if declared != embedder.preprocess:

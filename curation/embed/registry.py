@@ -48,8 +48,10 @@ class NoTextEncoder(CurationError):
 DECODE = {"orientation": "exif", "alpha": "composite-on-white", "frame": "first"}
 
 
-def model_id_for(name: str, weights_sha256: str, preprocess: dict[str, Any]) -> str:
-    described = {**preprocess, "decode": DECODE}
+def model_id_for(name: str, weights_sha256: str, preprocess: dict[str, Any], arch: dict[str, Any] | None = None) -> str:
+    """name@w<weights>-p<everything else that shapes the vectors>: preprocessing, decoding and, for a bundled
+    backbone, its architecture settings (heads, RoPE base: the same weights can load into another model)."""
+    described = {**preprocess, "decode": DECODE, **({"arch": arch} if arch else {})}
     preprocess_sha = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
     return f"{name}@w{weights_sha256[:16]}-p{preprocess_sha[:12]}"
 

@@ -135,7 +135,7 @@ def require_device(stage: EmbedStage) -> None:
 class TorchEmbedder(Embedder):
     def __init__(
         self, name: str, model, forward: Callable, preprocess: Preprocess, weights_sha256: str, stage: EmbedStage,
-        encode_text: Callable[[Sequence[str]], Any] | None = None,
+        encode_text: Callable[[Sequence[str]], Any] | None = None, arch: dict[str, Any] | None = None,
     ):  # fmt: skip
         import torch
 
@@ -146,7 +146,7 @@ class TorchEmbedder(Embedder):
         self.device = torch.device("cuda" if wants_cuda else "cpu")
         self.cuda = self.device.type == "cuda"
         self.preprocess = preprocess
-        self.model_id = model_id_for(name, weights_sha256, preprocess.as_dict())
+        self.model_id = model_id_for(name, weights_sha256, preprocess.as_dict(), arch)
         model = model.eval().to(self.device)
         if self.cuda:
             model = model.to(memory_format=torch.channels_last)
@@ -303,20 +303,23 @@ def unknown_architecture(prefix: str, name: str) -> str | None:
     return None
 
 
-def build_timm(name: str, weights: Path | None, stage: EmbedStage, *, label: str | None = None, kwargs=None):
+def build_timm(name: str, weights: Path | None, stage: EmbedStage, *, label: str | None = None,
+               arch: dict[str, Any] | None = None):  # fmt: skip
+    """`arch`: a bundled backbone's description (family, name, kwargs), whose settings are part of the model id."""
     timm, torch = require("timm"), require("torch")
 
     if problem := unknown_architecture("timm", name):
         raise SpecError(problem)
     try:
         torch.manual_seed(0)  # random init (no weights) is then reproducible, hence one model id
-        model = timm.create_model(name, pretrained=False, num_classes=0, **(kwargs or {}))
+        model = timm.create_model(name, pretrained=False, num_classes=0, **(arch or {}).get("kwargs", {}))
     except RuntimeError as error:
         raise SpecError(f"stages.embed.model: timm cannot build {name!r} ({error})") from None
     if weights is not None:
         load_strict(model, load_state_dict_file(weights), weights)
     weights_sha = sha256_file(weights) if weights is not None else sha256_state(model)
-    return TorchEmbedder(label or f"timm:{name}", model, model, _timm_preprocess(model), weights_sha, stage)
+    return TorchEmbedder(label or f"timm:{name}", model, model, _timm_preprocess(model), weights_sha, stage,
+                         arch=arch)  # fmt: skip
 
 
 @register_embedder("timm")

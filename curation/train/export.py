@@ -46,4 +46,4 @@ def build_embedder(description: dict[str, Any], weights: Path, stage: EmbedStage
     load_strict(model, load_state_dict_file(weights), weights)
     pre = description["preprocess"]
     preprocess = Preprocess(pre["size"], pre["crop"], tuple(pre["mean"]), tuple(pre["std"]), pre["interpolation"])
-    return TorchEmbedder(label, model, model, preprocess, sha256_file(weights), stage)
+    return TorchEmbedder(label, model, model, preprocess, sha256_file(weights), stage, arch=description["arch"])

@@ -39,6 +39,19 @@ def test_export_then_load_gives_the_same_vectors(exported):
     assert bundled.model_id.startswith(f"bundled:{ARCH}@w{description['weights_sha256'][:16]}")
 
 
+def test_architecture_settings_are_part_of_the_model_id(exported, tmp_path):
+    """The same weights load into a model with other settings (here the pooling) and give other vectors: its
+    cached vectors must not be reused for them."""
+    reference, path = exported
+    pooled = export_backbone(reference.model, tmp_path / "avg", family="timm", name=ARCH,
+                             preprocess=reference.preprocess, kwargs={"global_pool": "avg", "fc_norm": False})  # fmt: skip
+    token, averaged = (create_embedder(EmbedStage(model=f"bundled:{p}")) for p in (path, pooled))
+    assert read_backbone(path)[0]["weights_sha256"] == read_backbone(pooled)[0]["weights_sha256"]
+    images = [image_bytes(1, size=(256, 256))]
+    assert not np.allclose(token.embed(images)[0], averaged.embed(images)[0], atol=1e-3)
+    assert token.model_id != averaged.model_id
+
+
 def test_tampered_weights_are_refused(exported):
     _reference, path = exported
     weights = path.with_suffix(".safetensors")
