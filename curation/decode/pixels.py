@@ -9,14 +9,18 @@ from PIL import Image
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grey levels (0-65535) as Pillow opens them
 
 
+def has_transparency(image: Image.Image) -> bool:
+    """An alpha band, or "transparency" in the info: a palette's transparent entries or, in L and RGB images (a
+    PNG's tRNS chunk), one colour."""
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
 def flatten_to_rgb(image: Image.Image) -> Image.Image:
     """RGB pixels, transparency composited onto white; 16-bit grey levels scaled to 8 bits (Pillow's convert clips
     them, so every level above 255, nearly all of a picture, would turn white)."""
     if image.mode in WIDE_GREY_MODES:
         image = image.convert("I").point(lambda level: level / 256).convert("L")
-    # "transparency" is a palette's transparent entries or, in L and RGB images (a PNG's tRNS chunk), one colour
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    if not has_alpha:
+    if not has_transparency(image):
         return image.convert("RGB")
     rgba = image.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from curation.config import ImageTransform
 from curation.core.progress import Progress
-from curation.decode.pixels import flatten_to_rgb
+from curation.decode.pixels import flatten_to_rgb, has_transparency
 from curation.ingest import Block
 from curation.ingest.raw import chunk
 from curation.store.blobs import BlobStore
@@ -45,7 +45,6 @@ DERIVED_SCHEMA = pa.schema(
         ("error", pa.string()),  # why the original could not be transformed
     ]
 )
-ALPHA_MODES = ("RGBA", "LA", "PA")
 SAVE_OPTIONS = {  # fixed encoder settings: the same pixels give the same bytes
     "JPEG": lambda quality: {"quality": quality, "optimize": False, "progressive": False},
     "WEBP": lambda quality: {"quality": quality, "method": 4},
@@ -106,12 +105,9 @@ def transform_image(data: bytes, original_format: str, settings: ImageTransform)
 def _encodable(image: Image.Image, image_format: str) -> Image.Image:
     """Pixels the encoder takes: JPEG has no alpha (transparency on white, as everywhere else: pixels.py);
     PNG and WebP keep it. Grey stays grey; palettes become RGB(A), which also lets them be resampled."""
-    if image.mode == "L":
-        return image
-    has_alpha = image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
-    if has_alpha and image_format != "JPEG":
-        return image.convert("RGBA")
-    return flatten_to_rgb(image)
+    if has_transparency(image):
+        return flatten_to_rgb(image) if image_format == "JPEG" else image.convert("RGBA")
+    return image if image.mode == "L" else flatten_to_rgb(image)
 
 
 def derive_key(run_id: str, block: int) -> str:

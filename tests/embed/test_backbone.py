@@ -43,8 +43,9 @@ def test_architecture_settings_are_part_of_the_model_id(exported, tmp_path):
     """The same weights load into a model with other settings (here the pooling) and give other vectors: its
     cached vectors must not be reused for them."""
     reference, path = exported
+    averaging = {"global_pool": "avg", "fc_norm": False}  # the same parameters, another pooling
     pooled = export_backbone(reference.model, tmp_path / "avg", family="timm", name=ARCH,
-                             preprocess=reference.preprocess, kwargs={"global_pool": "avg", "fc_norm": False})  # fmt: skip
+                             preprocess=reference.preprocess, kwargs=averaging)  # fmt: skip
     token, averaged = (create_embedder(EmbedStage(model=f"bundled:{p}")) for p in (path, pooled))
     assert read_backbone(path)[0]["weights_sha256"] == read_backbone(pooled)[0]["weights_sha256"]
     images = [image_bytes(1, size=(256, 256))]

@@ -118,6 +118,18 @@ def test_transparency_lands_on_white_in_jpeg_and_stays_in_png():
     assert as_png.format == "PNG" and as_png.mode == "RGBA" and opened(as_png.data).getpixel((50, 25))[3] == 0
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_png_colour_key_is_transparency_too(mode):
+    """A tRNS colour key (one transparent grey level or colour) lands on white in JPEG like an alpha band."""
+    buffer = io.BytesIO()
+    key = 0 if mode == "L" else (0, 0, 0)
+    Image.new(mode, (200, 100), key).save(buffer, "PNG", transparency=key)
+    as_jpeg = transform_image(buffer.getvalue(), "PNG", ImageTransform(size=50, format="JPEG"))
+    assert all(channel > 250 for channel in opened(as_jpeg.data).convert("RGB").getpixel((50, 25)))
+    as_png = transform_image(buffer.getvalue(), "PNG", ImageTransform(size=50))
+    assert as_png.mode == "RGBA" and opened(as_png.data).getpixel((50, 25))[3] == 0
+
+
 @pytest.mark.parametrize(("fmt", "mode"), [("JPEG", "CMYK"), ("PNG", "L"), ("GIF", "RGB"), ("WEBP", "RGB")])
 def test_other_modes_and_formats_re_encode(fmt, mode):
     original = image_bytes(3, (128, 96), fmt=fmt, mode=mode)
