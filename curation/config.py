@@ -228,6 +228,7 @@ class EmbedStage(Strict):
 
     model: str  # builtin | open_clip:<arch> | timm:<name> | bundled:<path to backbone .json>
     pretrained: str | None = None  # open_clip: a tag or a local file; timm: a local checkpoint; None: random init
+    pretrained_tag: str | None = None  # open_clip with a local file: the hub tag it is (sets its preprocessing)
     batch_size: int = Field(default=64, ge=1)  # images per forward pass
     block_size: int = Field(default=1024, ge=1)  # images per block (the unit of retry and resume)
     actors: int | None = Field(default=None, ge=1)  # None: one per GPU (or per cpus_per_actor CPUs without GPUs)
@@ -246,6 +247,13 @@ class EmbedStage(Strict):
             return None
         looks_like_a_file = "/" in self.pretrained or self.pretrained.endswith(WEIGHT_SUFFIXES)
         return self.pretrained if family == "timm" or looks_like_a_file else None
+
+    @model_validator(mode="after")
+    def _tag_names_a_file(self) -> EmbedStage:
+        if self.pretrained_tag is not None and not (self.model.startswith("open_clip:") and self.weights_file()):
+            raise ValueError("pretrained_tag says which open_clip hub tag a local `pretrained` file is: it needs "
+                             "model open_clip:<arch> and pretrained a weights file")  # fmt: skip
+        return self
 
 
 class LicenseStage(Strict):

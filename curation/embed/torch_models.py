@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -42,19 +42,26 @@ DEVICE_MAX_ASPECT = 4
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shortest side to `size`, centre-crop `crop` x `crop`, normalise with mean/std (0-1 scale)."""
+    """Resize the shortest side to `size`, centre-crop `crop` x `crop`, normalise with mean/std (0-1 scale); with
+    resize "squash" (SigLIP, CLIPA, PE), the whole image goes to `crop` x `crop`, aspect not kept."""
 
     size: int
     crop: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    resize: Literal["shortest", "squash"] = "shortest"
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        described = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        if self.resize == "shortest":  # the default is left out, so the ids made before it existed still hold
+            del described["resize"]
+        return described
 
     def resized(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) with the shortest side at `size`."""
+        """(width, height) with the shortest side at `size` (squash: the crop itself)."""
+        if self.resize == "squash":
+            return self.crop, self.crop
         scale = self.size / min(width, height)
         return max(1, round(width * scale)), max(1, round(height * scale))
 
@@ -327,6 +334,36 @@ def _create_timm(stage: EmbedStage, name: str) -> Embedder:
     return build_timm(name, existing_weights(stage.pretrained, "timm"), stage)
 
 
+def file_preprocess_config(arch: str, tag: str | None) -> dict[str, Any]:
+    """The preprocessing a local open_clip weights file expects: that of the hub tag it was downloaded as (`tag`),
+    or, without one, that of the architecture's tags when they all agree (a SigLIP has one tag). Tags that
+    disagree (ViT-L-14: OpenAI's mean/std or 0.5) need the tag named, rather than a guess."""
+    open_clip = require("open_clip")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if tag is not None and tag not in tags:
+        raise SpecError(f"stages.embed.pretrained_tag: {arch} has no tag {tag!r}; its tags: {', '.join(tags)}")
+
+    def preprocessing(name: str) -> dict[str, Any]:
+        config = open_clip.get_pretrained_cfg(arch, name)
+        return {key: config[key] for key in ("mean", "std", "interpolation", "resize_mode") if key in config}
+
+    configs = [preprocessing(name) for name in ([tag] if tag else tags)]
+    if len({repr(sorted(config.items())) for config in configs}) > 1:
+        raise SpecError(f"stages.embed.pretrained_tag: {arch}'s tags preprocess differently ({', '.join(tags)}): "
+                        "name the one the weights file is")  # fmt: skip
+    return configs[0] if configs else {}
+
+
+def open_clip_preprocess(config: dict[str, Any]) -> Preprocess:
+    """An open_clip preprocess config as ours: resize_mode shortest (resize, centre crop) or squash."""
+    crop = int(config["size"][0] if isinstance(config["size"], tuple | list) else config["size"])
+    resize = config.get("resize_mode", "shortest")
+    if resize not in ("shortest", "squash"):
+        raise SpecError(f"stages.embed.model: open_clip resize_mode {resize!r} is not supported (shortest, squash)")
+    return Preprocess(crop, crop, tuple(config["mean"]), tuple(config["std"]), config.get("interpolation", "bicubic"),
+                      resize)  # fmt: skip
+
+
 @register_embedder("open_clip")
 def _create_open_clip(stage: EmbedStage, arch: str) -> Embedder:
     open_clip, torch = require("open_clip"), require("torch")
@@ -339,11 +376,10 @@ def _create_open_clip(stage: EmbedStage, arch: str) -> Embedder:
         raise SpecError(problem)
     torch.manual_seed(0)
     model = open_clip.create_model(arch, pretrained=str(weights) if weights else pretrained)
-    config = model.visual.preprocess_cfg
-    crop = int(config["size"][0] if isinstance(config["size"], tuple | list) else config["size"])
-    preprocess = Preprocess(
-        crop, crop, tuple(config["mean"]), tuple(config["std"]), config.get("interpolation", "bicubic")
-    )
+    config = model.visual.preprocess_cfg  # a hub tag's own; for a file, only the architecture's defaults
+    if weights is not None:
+        config = {**config, **file_preprocess_config(arch, stage.pretrained_tag)}
+    preprocess = open_clip_preprocess(config)
     if weights is not None:
         weights_sha = sha256_file(weights)
     else:  # a hub tag or random init: hash what was loaded

@@ -221,3 +221,32 @@ def test_resizing_only_the_crop_region_matches_resizing_the_whole_image(size):
     expected = np.asarray(whole.crop((left, top, left + crop, top + crop)), np.int16).transpose(2, 0, 1)
     difference = np.abs(embedder._cpu_pixels(buffer.getvalue()).numpy() - expected)
     assert difference.max() <= 2 and difference.mean() < 0.05
+
+
+def test_a_local_open_clip_file_gets_the_preprocessing_of_its_hub_tag():
+    """The architecture's defaults are OpenAI's CLIP settings; a SigLIP file (one tag, webli) wants mean/std 0.5
+    and squashing. Where tags disagree the tag must be named rather than guessed."""
+    from curation.embed.torch_models import file_preprocess_config, open_clip_preprocess
+
+    defaults = {"size": (224, 224), "mean": (0.481, 0.458, 0.408), "std": (0.269, 0.261, 0.276)}
+    siglip = open_clip_preprocess({**defaults, **file_preprocess_config("ViT-B-16-SigLIP", None)})
+    assert (siglip.mean, siglip.std, siglip.resize, siglip.crop) == ((0.5,) * 3, (0.5,) * 3, "squash", 224)
+    with pytest.raises(SpecError, match="ViT-L-14's tags preprocess differently.*datacomp_xl_s13b_b90k"):
+        file_preprocess_config("ViT-L-14", None)
+    assert file_preprocess_config("ViT-L-14", "openai")["resize_mode"] == "shortest"
+    with pytest.raises(SpecError, match="has no tag 'nope'"):
+        file_preprocess_config("ViT-L-14", "nope")
+    with pytest.raises(ValueError, match="pretrained_tag says which open_clip hub tag"):
+        EmbedStage(model="open_clip:ViT-L-14", pretrained="openai", pretrained_tag="openai")
+
+
+def test_squash_resizes_the_whole_image_to_the_crop():
+    from curation.embed.torch_models import Preprocess, TorchEmbedder
+
+    reference = create_embedder(EmbedStage(model=f"timm:{TIMM_ARCH}"))
+    squash = Preprocess(224, 224, (0.5,) * 3, (0.5,) * 3, "bicubic", "squash")
+    embedder = TorchEmbedder("test", reference.model, reference.model, squash, "0" * 64, EmbedStage(model="x:y"))
+    data = image_bytes(4, size=(120, 40), fmt="PNG")
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC))
+    assert np.array_equal(embedder._cpu_pixels(data).permute(1, 2, 0).numpy(), expected)
+    assert squash.as_dict()["resize"] == "squash" and "resize" not in reference.preprocess.as_dict()  # old ids hold
