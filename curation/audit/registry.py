@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -23,6 +25,9 @@ from curation.errors import CurationError
 from curation.ingest.exclusions import canonical_uri
 from curation.store.catalog import Catalog
 
+# Held across an add's journal append and commit, and by readers: in one process (the service) the catalog is
+# shared, so a reader could otherwise see the journal one record ahead of the committed rows.
+_WRITING = threading.RLock()
 KINDS = ("url", "url_prefix", "domain", "sha256", "image", "withdraw")
 _SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # the snapshot it ships: never downloads
 GENESIS = "0" * 64
@@ -97,6 +102,11 @@ def journal_path(catalog: Catalog):
 
 def list_requests(catalog: Catalog) -> list[OptOutRequest]:
     """Every request in order, after checking the hash chain and the journal (raises RegistryTamperedError)."""
+    with _WRITING:  # not half way through this process's own add (the journal is written before the commit)
+        return _checked_requests(catalog)
+
+
+def _checked_requests(catalog: Catalog) -> list[OptOutRequest]:
     rows = catalog.rows("SELECT * FROM optout_requests ORDER BY seq")
     previous = GENESIS
     requests = []
@@ -111,15 +121,33 @@ def list_requests(catalog: Catalog) -> list[OptOutRequest]:
         previous = request.record_sha256
         requests.append(request)
     journal = journal_path(catalog)
-    logged = (
-        [json.loads(line)["record_sha256"] for line in journal.read_text().splitlines()] if journal.exists() else []
-    )
-    if logged != [request.record_sha256 for request in requests]:
+    logged = _committed_journal(journal, requests)
+    if logged != [asdict(request) for request in requests]:
         raise RegistryTamperedError(
             f"opt-out registry in {catalog.path} disagrees with its journal {journal} "
-            f"({len(requests)} vs {len(logged)} requests): requests are append-only"
+            f"({len(requests)} vs {len(logged)} requests): requests are append-only (if a process died while "
+            "filing a request, the journal's last line is that request, never committed: remove it)"
         )
     return requests
+
+
+def _committed_journal(journal: Path, requests: list[OptOutRequest]) -> list[dict]:
+    """The journal's records, each re-hashed, less a torn last line (a crash in the middle of an append, which
+    never committed). Anything else that does not parse or hash is tampering."""
+    lines = journal.read_text().splitlines() if journal.exists() else []
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            intact = isinstance(record, dict) and _record_hash(record) == record.get("record_sha256")
+        except ValueError:
+            intact = False
+        if not intact:
+            if number == len(lines) == len(requests) + 1:
+                break
+            raise RegistryTamperedError(f"{journal}: line {number} is not an intact opt-out record")
+        records.append(record)
+    return records
 
 
 def add_request(catalog: Catalog, *, kind: str, value: str, reason: str = "", requester: str = "") -> OptOutRequest:
@@ -128,7 +156,7 @@ def add_request(catalog: Catalog, *, kind: str, value: str, reason: str = "", re
         if len(text) > MAX_CHARS[name]:
             raise RequestError(f"{kind}: {name} is {len(text)} characters; at most {MAX_CHARS[name]}")
     value = _normalise(kind, value)
-    with catalog.transaction():
+    with _WRITING, catalog.transaction():
         existing = list_requests(catalog)
         if kind == "withdraw":
             target = next((request for request in existing if request.request_id == value), None)
@@ -155,10 +183,14 @@ def add_request(catalog: Catalog, *, kind: str, value: str, reason: str = "", re
             [fields[key] for key in ("request_id", "seq", "kind", "value", "reason", "requester", "received_at",
                                      "prev_sha256", "record_sha256")],
         )  # fmt: skip
-        with journal_path(catalog).open("a") as journal:  # under the catalog's writer lock, before the commit
-            journal.write(json.dumps(fields, sort_keys=True) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
+        journal = journal_path(catalog)
+        if journal.exists():  # drop a torn append an earlier crash left: the journal mirrors the commits
+            committed = journal.read_text().splitlines()[: len(existing)]
+            journal.write_text("".join(line + "\n" for line in committed))
+        with journal.open("a") as handle:  # under the catalog's writer lock, before the commit
+            handle.write(json.dumps(fields, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
     return OptOutRequest(**fields)
 
 

@@ -54,6 +54,56 @@ def test_overlong_fields_are_refused(catalog, field, limit):
     assert len(list_requests(catalog)) == 1
 
 
+def test_an_edited_journal_line_is_tampering_and_a_torn_last_line_is_a_crash(catalog):
+    """Every journal record is re-hashed and compared whole with the catalog's; a torn last line is an append
+    that a crash cut short (it never committed): reads go on, and the next add repairs the journal."""
+    import json
+
+    from curation.audit.registry import journal_path
+
+    for domain in ("a.example.com", "b.example.com"):
+        add_request(catalog, kind="domain", value=domain)
+    journal = journal_path(catalog)
+    lines = journal.read_text().splitlines()
+    journal.write_text(lines[0] + "\n" + lines[1].replace("b.example.com", "z.example.com") + "\n")
+    with pytest.raises(RegistryTamperedError, match="line 2 is not an intact"):
+        list_requests(catalog)
+    journal.write_text("{oops\n" + lines[1] + "\n")
+    with pytest.raises(RegistryTamperedError, match="line 1 is not an intact"):
+        list_requests(catalog)
+
+    journal.write_text("\n".join(lines) + "\n" + lines[1][:40])  # a crash in the middle of a third append
+    assert [request.value for request in list_requests(catalog)] == ["a.example.com", "b.example.com"]
+    add_request(catalog, kind="domain", value="c.example.com")
+    assert [json.loads(line)["value"] for line in journal.read_text().splitlines()] == [
+        "a.example.com", "b.example.com", "c.example.com"]  # fmt: skip
+
+
+def test_readers_in_the_writers_process_never_see_a_half_written_request(catalog):
+    """The service shares one catalog between threads: a listing during an add must not find the journal one
+    record ahead of the committed rows and call that tampering."""
+    import threading
+
+    failures, done = [], threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                list_requests(catalog)
+            except RegistryTamperedError as error:
+                failures.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for index in range(30):
+            add_request(catalog, kind="domain", value=f"site{index}.example.com")
+    finally:
+        done.set()
+        reader.join()
+    assert failures == [] and len(list_requests(catalog)) == 30
+
+
 @pytest.mark.parametrize("suffix", ["co.uk", "com.au", "CO.UK.", "www.co.uk"])
 def test_a_public_suffix_is_not_a_domain_to_opt_out(catalog, suffix):
     with pytest.raises(RequestError, match="is a public suffix"):
