@@ -12,6 +12,7 @@ import hashlib
 import io
 import shutil
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,12 +163,28 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
             lineage=[*manifest["lineage"], optout_step(requests, active, matches, model_id, settings)],
             counts=child["counts"], dropped=child["dropped"],
             changes={"added": 0, "removed": len(matches)}, files=child["files"], shards=child["shards"],
-            removed=[{"image_id": m.image_id, "request_id": m.request_id, "method": m.method,
-                      "similarity": m.similarity, "via_image_id": m.via_image_id} for m in matches],
+            removed=[match.removal() for match in matches],
         )  # fmt: skip
         commit_version(target, staging, parent["name"], number, child_manifest)
         register_version(catalog, target, child_manifest)  # records its removals; earlier versions superseded
         return ApplyResult(parent_ref, child_manifest["ref"], matches)
+
+
+def removals_by_run(catalog: Catalog, matches: list[Match]) -> Callable[[set[str]], list[dict[str, Any]]]:
+    """For a run's release: which of the parent version's images that the new version lacks left for an opt-out,
+    as manifest `removed` entries, so that the parent is superseded (the trainer refuses it) and the requests
+    show as applied, as after `optout apply`. Known from the run's optout stages (`matches`) and, for images
+    never read again (excluded at ingest), from the requests' hashes and the URLs the catalog saw them at."""
+
+    def removed(absent: set[str]) -> list[dict[str, Any]]:
+        found = {match.image_id: match for match in matches}
+        for request in derived_requests(catalog, active_requests(list_requests(catalog))):
+            if request.kind in (*HASH_KINDS, "image") and request.value not in found:
+                method = "exact" if request.kind == "image" else request.kind
+                found[request.value] = Match(request.value, request.request_id, method)
+        return [found[image_id].removal() for image_id in sorted(absent) if image_id in found]
+
+    return removed
 
 
 def _staging(home: Home, target: ObjectStore, name: str, number: int) -> Path:

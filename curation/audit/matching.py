@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,11 @@ class Match:
     method: str  # url | url_prefix | domain | one of HASH_KINDS | exact | phash | embedding | near_duplicate
     similarity: float | None = None  # cosine, or 64 - Hamming distance for phash
     via_image_id: str | None = None  # for near_duplicate: the matched image it is a copy of
+
+    def removal(self) -> dict[str, Any]:
+        """As a manifest's `removed` entry (an image that left a version for a request)."""
+        return {"image_id": self.image_id, "request_id": self.request_id, "method": self.method,
+                "similarity": self.similarity, "via_image_id": self.via_image_id}  # fmt: skip
 
 
 def match_images(

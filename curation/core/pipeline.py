@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.audit.apply import covered_images, optout_step
+from curation.audit.apply import covered_images, optout_step, removals_by_run
 from curation.audit.matching import MatchSettings, derived_requests, exclusions_of
 from curation.audit.policy import license_verdict
 from curation.audit.registry import active_requests, list_requests
@@ -174,7 +174,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             params = spec.stages.decontaminate.model_dump(mode="json")
             lineage.append({"stage": "decontaminate", "params": params, **_model(model_id)})
         progress.stage("optout")
-        kept, optout_step = _optout_stage(spec, home, catalog, run_id, kept, stage="optout", order=5)
+        kept, optout_step, matches = _optout_stage(spec, home, catalog, run_id, kept, stage="optout", order=5)
         lineage.append(optout_step)
         progress.stage("select")
         selection, reports = None, {}
@@ -188,8 +188,9 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         params = spec.stages.select.model_dump(mode="json")
         lineage.append({"stage": "select", "params": params, **_model(model_id)})
         if _registry_moved(catalog, optout_step):  # a request filed while the run embedded or selected
-            kept, late_step = _optout_stage(spec, home, catalog, run_id, kept, stage="optout_recheck", order=11)
+            kept, late_step, late = _optout_stage(spec, home, catalog, run_id, kept, stage="optout_recheck", order=11)
             lineage.append(late_step)
+            matches += late
         samples = _samples(kept, selection)
         if spec.publish.image is not None:
             progress.stage("derive")
@@ -230,6 +231,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         dropped=_dropped(catalog, run_id),
         max_samples=spec.publish.shard_max_samples,
         max_bytes=spec.publish.shard_max_bytes,
+        optout_removals=removals_by_run(catalog, matches),
         progress=progress,
     )
     stats["publish"] = {
@@ -280,7 +282,7 @@ def _optout_stage(spec, home: Home, catalog: Catalog, run_id: str, kept: pa.Tabl
                                        list(by_image), list(by_image.values()), requests, settings)  # fmt: skip
     verdicts = {m.image_id: (Reason.OPTED_OUT, f"{m.request_id} ({m.method})") for m in matches}
     step = optout_step(registry, requests, matches, model_id, settings)
-    return _drop_images(catalog, run_id, stage, order, kept, verdicts), step
+    return _drop_images(catalog, run_id, stage, order, kept, verdicts), step, matches
 
 
 def _registry_moved(catalog: Catalog, step: dict[str, Any]) -> bool:

@@ -96,7 +96,7 @@ def build_manifest(
         "shards": shards,
         "content_sha256": content_sha256(files, lineage),
     }
-    if removed is not None:  # an opt-out child version: what went, and which request took it
+    if removed is not None:  # what opt-outs took from the parent (an apply's child, or a run that honoured them)
         manifest["removed"] = removed
     validate_manifest(manifest)
     return manifest

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,8 +102,11 @@ def publish(
     max_samples: int,
     max_bytes: int,
     reports: dict[str, bytes] | None = None,
+    optout_removals: Callable[[set[str]], list[dict[str, Any]]] | None = None,
     progress: Progress | None = None,
 ) -> Release:
+    """Write and commit NAME@vN (or find it unchanged). `optout_removals` names, of the parent's images this
+    version lacks, those an opt-out took: they go into the manifest's `removed`, which supersedes the parent."""
     sync_catalog(catalog, target, name)
     versions = catalog.versions(name)
     mine = [row for row in versions if row["run_id"] == run_id]
@@ -134,6 +138,7 @@ def publish(
         }
     image_ids = {sample["image_id"] for sample in samples}
     parent_ids = set(_image_ids(catalog, name, parent_row["version"])) if parent_row else set()
+    removed = optout_removals(parent_ids - image_ids) if optout_removals and parent_ids - image_ids else []
 
     def manifest_numbered(number: int) -> dict[str, Any]:
         return build_manifest(
@@ -149,6 +154,7 @@ def publish(
             changes={"added": len(image_ids - parent_ids), "removed": len(parent_ids - image_ids)},
             files=files,
             shards=[{"tar": s.tar, "index": s.index, "samples": s.samples} for s in shard_files],
+            removed=removed or None,
         )
 
     manifest = manifest_numbered(number)

@@ -130,6 +130,25 @@ def test_cli_add_apply_audit_and_statement(published, home, tmp_path):
     assert version_report["optouts_applied"] == {request_id: 2}
 
 
+def test_a_run_that_honours_an_opt_out_supersedes_the_version_it_replaces(published, home):
+    """Filed after v1, enforced by the next run rather than by `optout apply`: v2 records what it took from v1 and
+    for which request, so v1 is superseded (the trainer refuses it) and the request shows as applied."""
+    target_path = next(path for path in published["pool"].iterdir() if path.read_bytes() == published["target"])
+    request = audit.add_optout(home, kind="url", value=str(target_path), reason="mine")
+    result = curation.run(published["spec"], home=home)
+    assert result.version == "demo@v2"
+    removed = curation.open_version("demo@v2", home=home).manifest["removed"]
+    copy_id = hashlib.sha256((published["pool"] / "planted-copy.jpg").read_bytes()).hexdigest()
+    assert {(item["image_id"], item["method"]) for item in removed} == {
+        (sha(published["target"]), "seen_at_url"), (copy_id, "near_duplicate")}  # fmt: skip
+    assert {item["request_id"] for item in removed} == {request.request_id}
+    assert audit.optouts(home)[0]["status"] == "applied in demo@v2"
+    with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
+        assert [row["status"] for row in catalog.versions("demo")] == ["superseded_by_optout", "current"]
+    with pytest.raises(TrainError, match="superseded by an opt-out"):
+        open_training_set(home, "demo@v1")
+
+
 def test_apply_refuses_a_parent_whose_files_were_altered(published, home):
     """A child carries unchanged parent shards over as they are: a damaged one must stop the apply, not be
     re-hashed into a child that verifies clean."""
