@@ -62,8 +62,9 @@ def _without_dot_segments(path: str) -> str:
 
 
 def canonical_uri(uri: str, *, prefix: bool = False) -> str:
-    """One spelling per http(s) URL; `file://` URLs become the local path; anything else is returned as is. A
-    `prefix` keeps a trailing `?` (`/img?` must not become `/img`, which would also cover `/img2.jpg`)."""
+    """One spelling per http(s) URL; `file://` URLs become the local path, with a fragment naming a tar member
+    kept (`shard.tar#member`, as ingest records it); anything else is returned as is. A `prefix` keeps a trailing
+    `?` (`/img?` must not become `/img`, which would also cover `/img2.jpg`)."""
     try:
         parts = urlsplit(uri.strip())
         port = parts.port
@@ -71,7 +72,7 @@ def canonical_uri(uri: str, *, prefix: bool = False) -> str:
         return uri
     scheme = parts.scheme.lower()
     if scheme == "file":
-        return unquote(parts.path)
+        return unquote(parts.path) + (f"#{unquote(parts.fragment)}" if parts.fragment else "")
     if scheme not in DEFAULT_PORTS or not parts.hostname:
         return uri
     host = _host(parts.hostname)

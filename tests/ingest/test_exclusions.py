@@ -35,6 +35,8 @@ def test_different_urls_are_not_covered(other):
     [("http://Example.org.:80", "http://example.org/"), ("https://example.org:8443/a", "https://example.org:8443/a"),
      ("http://example.org/a%2fb", "http://example.org/a%2Fb"), ("http://b\u00fccher.example/x", "http://xn--bcher-kva.example/x"),
      ("file:///srv/pool/a%20b.png", "/srv/pool/a b.png"), ("/srv/pool/x.png", "/srv/pool/x.png"),
+     ("file:///srv/shard-000.tar#cat%201.png", "/srv/shard-000.tar#cat 1.png"),  # a tar member, as ingest names it
+     ("file:///srv/pool/a%23b.png", "/srv/pool/a#b.png"),
      ("s3://Bucket/Key.jpg", "s3://Bucket/Key.jpg"), ("http://example.org:notaport/x", "http://example.org:notaport/x")],
 )  # fmt: skip
 def test_canonical_spelling(uri, canonical):
