@@ -9,6 +9,7 @@ and `withdraw` (a later request that withdraws an earlier one: requests themselv
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -22,14 +23,16 @@ from urllib.parse import unquote, urlsplit
 import tldextract
 
 from curation.errors import CurationError
-from curation.ingest.exclusions import canonical_uri
+from curation.ingest.exclusions import canonical_host, canonical_uri
 from curation.store.catalog import Catalog
 
 # Held across an add's journal append and commit, and by readers: in one process (the service) the catalog is
 # shared, so a reader could otherwise see the journal one record ahead of the committed rows.
 _WRITING = threading.RLock()
 KINDS = ("url", "url_prefix", "domain", "sha256", "image", "withdraw")
-_SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # the snapshot it ships: never downloads
+# The snapshot it ships (never downloads), with the list's private section: github.io and blogspot.com are
+# suffixes too, under which every user has a site of their own.
+_SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
 GENESIS = "0" * 64
 
 
@@ -60,6 +63,13 @@ class OptOutRequest:
 MAX_CHARS = {"value": 2048, "reason": 1000, "requester": 200}  # an append-only log cannot shed spam later
 
 
+def _is_ipv4(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
 def _normalise(kind: str, value: str) -> str:
     value = value.strip()
     if kind not in KINDS:
@@ -73,10 +83,12 @@ def _normalise(kind: str, value: str) -> str:
         if kind == "url_prefix" and any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
             raise RequestError(f"url_prefix: {value!r} has '.' or '..' segments; write the prefix it means")
         return canonical_uri(value, prefix=kind == "url_prefix")
-    if kind == "domain":
-        domain = value.lower().removeprefix("www.").strip(".")
+    if kind == "domain":  # the host as given (www.example.com covers less than example.com), in URL spelling
+        domain = canonical_host(value.strip("."))
         if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
             raise RequestError(f"domain: not a domain name: {value!r}")
+        if re.fullmatch(r"[0-9.]+", domain) and not _is_ipv4(domain):  # "0.1" would cover 10.0.0.1, 192.168.0.1
+            raise RequestError(f"domain: {value!r} is neither a name nor a whole IPv4 address")
         parts = _SUFFIXES(domain)
         if parts.suffix and not parts.domain:  # anyone may file a request: one must not take a country's web
             raise RequestError(f"domain: {domain} is a public suffix, not a site; name the site (e.g. "

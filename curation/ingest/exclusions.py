@@ -22,7 +22,8 @@ PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
-def _host(hostname: str) -> str:
+def canonical_host(hostname: str) -> str:
+    """A host name in one spelling: lower case, no trailing dot, IDNs in their UTS 46 ASCII form."""
     host = hostname.lower().rstrip(".")
     if host.isascii():
         return host
@@ -75,7 +76,7 @@ def canonical_uri(uri: str, *, prefix: bool = False) -> str:
         return unquote(parts.path) + (f"#{unquote(parts.fragment)}" if parts.fragment else "")
     if scheme not in DEFAULT_PORTS or not parts.hostname:
         return uri
-    host = _host(parts.hostname)
+    host = canonical_host(parts.hostname)
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"
@@ -97,8 +98,8 @@ class Exclusions:
     _index: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        spell = {"urls": canonical_uri, "prefixes": lambda value: canonical_uri(value, prefix=True), "domains": _host,
-                 "hashes": str}  # fmt: skip
+        spell = {"urls": canonical_uri, "prefixes": lambda value: canonical_uri(value, prefix=True),
+                 "domains": canonical_host, "hashes": str}  # fmt: skip
         for kind, canonical in spell.items():
             index = self._index.setdefault(kind, {})
             for request_id, value in getattr(self, kind):
@@ -116,7 +117,7 @@ class Exclusions:
                 return request_id
         if self._index["domains"]:
             try:
-                labels = _host(urlsplit(uri).hostname or "").split(".")
+                labels = canonical_host(urlsplit(uri).hostname or "").split(".")
             except ValueError:
                 return None
             found = [self._index["domains"][suffix] for suffix in (".".join(labels[i:]) for i in range(len(labels)))

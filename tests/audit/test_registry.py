@@ -23,14 +23,18 @@ def catalog(home):
 
 
 def test_requests_are_normalised_and_validated(catalog):
-    assert add_request(catalog, kind="domain", value="WWW.Example.COM").value == "example.com"
+    assert add_request(catalog, kind="domain", value="WWW.Example.COM.").value == "www.example.com"  # as given
+    assert add_request(catalog, kind="domain", value="Bücher.example").value == "xn--bcher-kva.example"
+    assert add_request(catalog, kind="domain", value="10.0.0.1").value == "10.0.0.1"
+    with pytest.raises(RequestError, match="neither a name nor a whole IPv4 address"):
+        add_request(catalog, kind="domain", value="0.1")
     assert add_request(catalog, kind="sha256", value="AB" * 32).value == "ab" * 32
     assert add_request(catalog, kind="url_prefix", value="https://cdn.example.org/u/42/").kind == "url_prefix"
     for kind, value in (("domain", "not a domain"), ("sha256", "123"), ("url", "example.com/x"), ("color", "x"),
                         ("withdraw", "opt-999999-deadbeef")):  # fmt: skip
         with pytest.raises(RequestError):
             add_request(catalog, kind=kind, value=value)
-    assert [request.seq for request in list_requests(catalog)] == [1, 2, 3]  # refused requests left no trace
+    assert [request.seq for request in list_requests(catalog)] == [1, 2, 3, 4, 5]  # refused requests left no trace
 
 
 def test_withdrawal_is_a_new_request(catalog):
@@ -104,7 +108,7 @@ def test_readers_in_the_writers_process_never_see_a_half_written_request(catalog
     assert failures == [] and len(list_requests(catalog)) == 30
 
 
-@pytest.mark.parametrize("suffix", ["co.uk", "com.au", "CO.UK.", "www.co.uk"])
+@pytest.mark.parametrize("suffix", ["co.uk", "com.au", "CO.UK.", "github.io", "blogspot.com"])
 def test_a_public_suffix_is_not_a_domain_to_opt_out(catalog, suffix):
     with pytest.raises(RequestError, match="is a public suffix"):
         add_request(catalog, kind="domain", value=suffix)
