@@ -77,8 +77,14 @@ def _normalise(kind: str, value: str) -> str:
     if kind in ("url", "url_prefix"):  # stored in the spelling matching compares (canonical_uri)
         if value.startswith("/"):  # a local path: how folder and tar sources name their inputs
             return value
-        parts = urlsplit(value)
-        if parts.scheme.lower() not in ("http", "https", "s3", "file") or not (parts.netloc or parts.scheme == "file"):
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises for a port that is not a number below 65536
+        except ValueError as error:  # a bad IPv6 literal, a bad port
+            raise RequestError(f"{kind}: not a valid URL: {value!r} ({error})") from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https", "s3", "file") or not (parts.netloc or scheme == "file") or (
+                scheme == "file" and not parts.path.startswith("/")):  # fmt: skip
             raise RequestError(f"{kind}: not a URL or an absolute path: {value!r}")
         if kind == "url_prefix" and any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
             raise RequestError(f"url_prefix: {value!r} has '.' or '..' segments; write the prefix it means")

@@ -31,7 +31,8 @@ def test_requests_are_normalised_and_validated(catalog):
     assert add_request(catalog, kind="sha256", value="AB" * 32).value == "ab" * 32
     assert add_request(catalog, kind="url_prefix", value="https://cdn.example.org/u/42/").kind == "url_prefix"
     for kind, value in (("domain", "not a domain"), ("sha256", "123"), ("url", "example.com/x"), ("color", "x"),
-                        ("withdraw", "opt-999999-deadbeef")):  # fmt: skip
+                        ("withdraw", "opt-999999-deadbeef"), ("url", "https://[::1"), ("url_prefix", "http://[fe80::1/"),
+                        ("url", "http://example.com:99999/a.jpg"), ("url", "file:relative/x.jpg")):  # fmt: skip
         with pytest.raises(RequestError):
             add_request(catalog, kind=kind, value=value)
     assert [request.seq for request in list_requests(catalog)] == [1, 2, 3, 4, 5]  # refused requests left no trace
