@@ -391,7 +391,8 @@ def audit_image_command(obj: Context, query: str, as_json: bool) -> None:
 
     def render(report: dict) -> None:
         if not report["found"]:
-            click.echo(f"nothing known about {query}")
+            covered = f"; opt-out requests in force cover it: {', '.join(report['covered_by'])}"
+            click.echo(f"nothing known about {query}" + (covered if report["covered_by"] else ""))
             return
         click.echo(f"image {', '.join(report['image_ids'])}")
         click.echo("seen at:")

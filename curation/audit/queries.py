@@ -13,6 +13,7 @@ from curation.api import open_version
 from curation.audit.matching import derived_requests, exclusions_of
 from curation.audit.registry import active_requests, list_requests
 from curation.errors import CurationError
+from curation.ingest.exclusions import canonical_uri
 from curation.store.catalog import Catalog
 from curation.store.home import Home
 
@@ -41,10 +42,23 @@ def _image_ids_for(catalog: Catalog, query: str, local_files: bool) -> list[str]
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest:
         return [catalog.originals_of([digest]).get(digest, digest)]
-    redirected = " OR redirected_to = ?" if catalog.has_column("provenance", "redirected_to") else ""
-    rows = catalog.rows(f"SELECT DISTINCT image_id FROM provenance WHERE (uri = ?{redirected}) AND image_id IS NOT "
-                        "NULL", [query] * (2 if redirected else 1))  # fmt: skip
+    column = "redirected_to" if catalog.has_column("provenance", "redirected_to") else "uri"
+    rows = catalog.rows(f"SELECT DISTINCT image_id FROM provenance WHERE (list_contains(?, uri) OR list_contains(?, "
+                        f"{column})) AND image_id IS NOT NULL ORDER BY image_id",
+                        [sorted(recorded_spellings(catalog, query))] * 2)  # fmt: skip
     return [row["image_id"] for row in rows]
+
+
+def recorded_spellings(catalog: Catalog, query: str) -> set[str]:
+    """The URIs as the catalog recorded them (inputs' and redirects' targets) that name the place `query` names:
+    the query itself when it was recorded so, else every recorded URI of the same canonical spelling (host case,
+    default port, escapes), as opt-out matching compares them."""
+    column = "redirected_to" if catalog.has_column("provenance", "redirected_to") else "uri"
+    if catalog.rows(f"SELECT 1 FROM provenance WHERE uri = ? OR {column} = ? LIMIT 1", [query, query]):
+        return {query}
+    canonical = canonical_uri(query)
+    recorded = catalog.db.execute(f"SELECT uri FROM provenance UNION SELECT {column} FROM provenance").fetchall()
+    return {uri for (uri,) in recorded if uri and canonical_uri(uri) == canonical} or {query}
 
 
 def _checkpoint_rows(catalog: Catalog, sql: str, parameters: list[Any]) -> list[dict[str, Any]]:
@@ -62,7 +76,8 @@ def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> di
         image_ids = _image_ids_for(catalog, query, local_files)
         report: dict[str, Any] = {"query": query, "image_ids": image_ids}
         if not image_ids:  # a URI no bytes came from (opted out before fetching, failed, ...)
-            by_uri = catalog.rows("SELECT * FROM outcomes WHERE uri = ?", [query])
+            spellings = sorted(recorded_spellings(catalog, query))
+            by_uri = catalog.rows("SELECT * FROM outcomes WHERE list_contains(?, uri)", [spellings])
             covered_by = _covering_requests(catalog, [query], [])
             report.update(found=bool(by_uri), decisions=by_uri, provenance=[], versions=[], removed_from=[],
                           covered_by=covered_by, requests=_requests(catalog, by_uri, [], covered_by), images=[],

@@ -230,6 +230,10 @@ def test_domain_optout_sticks_across_runs(ray_local, tmp_path, home, sites):
     report = audit_image(home, never_fetched)  # no bytes, no image id: the audit still names the request
     assert report["found"] and report["covered_by"] == [domain.request_id]
     assert [row["request_id"] for row in report["requests"]] == [domain.request_id]
+    unseen = never_fetched.replace("/img/", "/elsewhere/")
+    shown = CliRunner().invoke(cli, ["--home", str(home), "audit", "image", unseen])
+    expected = f"nothing known about {unseen}; opt-out requests in force cover it: {domain.request_id}"
+    assert shown.output.strip() == expected
 
 
 def test_a_domain_optout_covers_what_redirects_fetched_from_it(ray_local, tmp_path, home, sites):
@@ -254,6 +258,8 @@ def test_a_domain_optout_covers_what_redirects_fetched_from_it(ray_local, tmp_pa
                             else None) for url in urls}  # fmt: skip
     final_url = landed[urls[1]]
     assert audit_image(home, final_url)["image_ids"] == [sha(files[1].read_bytes())]
+    respelled = urls[0].replace("http://", "HTTP://").replace("/img/", "/%69mg/")  # the same URL, canonically
+    assert audit_image(home, respelled)["image_ids"] == [sha(files[0].read_bytes())]
 
     domain = audit.add_optout(home, kind="domain", value=second, reason="the file host")
     result = audit.apply_optouts(home, "web")
