@@ -182,9 +182,9 @@ def audit_version(home: str | Path, ref: str) -> dict[str, Any]:
         by_license[sample["license"] or "unknown"] += 1
         by_domain.update({domain_of(entry["uri"], entry["source"]) for entry in sample["provenance"]})
         by_part[sample["part"]] += 1
-    removed = Counter(item["request_id"] for item in manifest.get("removed", []))
     with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
         status = catalog.version(manifest["name"], manifest["version"])["status"]
+        removed = catalog.removals_in_lineage(manifest["name"], manifest["version"])  # its ancestors' too
         checkpoints = _checkpoint_rows(
             catalog,
             "SELECT path, step, manifest_sha256, created_at FROM checkpoints WHERE name = ? AND version = ? "
@@ -201,7 +201,7 @@ def audit_version(home: str | Path, ref: str) -> dict[str, Any]:
         "by_domain": dict(by_domain.most_common()),
         "by_part": dict(by_part.most_common()),
         "dropped": manifest["dropped"],
-        "optouts_applied": dict(removed),
+        "optouts_applied": removed,
         "lineage": manifest["lineage"],
         "checkpoints": checkpoints,
     }

@@ -31,6 +31,7 @@ def build_statement(home: str | Path, ref: str) -> dict[str, Any]:
     with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
         row = catalog.version(manifest["name"], manifest["version"])
         requests = list_requests(catalog)
+        removals = catalog.removals_in_lineage(manifest["name"], manifest["version"])
         collected = catalog.rows(
             "SELECT source, min(seen_at) AS first_seen, max(seen_at) AS last_seen, count(*) AS inputs "
             "FROM provenance WHERE run_id = ? GROUP BY source ORDER BY source",
@@ -42,7 +43,8 @@ def build_statement(home: str | Path, ref: str) -> dict[str, Any]:
     )
     spec_sources = {source["name"]: source for source in manifest["spec"]["sources"]}
     total = len(samples)
-    optout_step = next((step for step in reversed(manifest["lineage"]) if step["stage"] == "optout"), None)
+    optout_steps = [step for step in manifest["lineage"] if step["stage"] == "optout"]  # its ancestors' too
+    applied = {request for step in optout_steps for request in step["params"].get("applied_requests", [])}
     statement = {
         "dataset": {
             "ref": version.ref,
@@ -85,9 +87,10 @@ def build_statement(home: str | Path, ref: str) -> dict[str, Any]:
             "registry_requests": len(requests),
             "active_requests": len(active_requests(requests)),
             "registry_head": requests[-1].record_sha256 if requests else None,
-            "applied_as_of": optout_step["params"].get("as_of") if optout_step else None,
-            "applied_requests": optout_step["params"].get("applied_requests", []) if optout_step else [],
+            "applied_as_of": optout_steps[-1]["params"].get("as_of") if optout_steps else None,
+            "applied_requests": sorted(applied | set(removals)),
             "removed_from_parent": len(manifest.get("removed", [])),
+            "removed_on_the_way": sum(removals.values()),  # by every opt-out applied to it and its ancestors
             "rejected_inputs": sum(row["reason"] == "opted_out" for row in provenance),
             "how_to_request": "curate optout add (CLI), curation.audit.add_optout (Python) or the service's form",
         },
@@ -186,7 +189,8 @@ def render_markdown(statement: dict[str, Any]) -> str:
         f"{statement['optouts']['active_requests']} active; head `{statement['optouts']['registry_head']}`",
         f"- Applied to this version as of {statement['optouts']['applied_as_of'] or 'never'}: "
         f"{', '.join(statement['optouts']['applied_requests']) or 'none'}; "
-        f"{statement['optouts']['removed_from_parent']} images removed from the parent; "
+        f"{statement['optouts']['removed_from_parent']} images removed from the parent "
+        f"({statement['optouts']['removed_on_the_way']} by opt-outs since the first version of the line); "
         f"{statement['optouts']['rejected_inputs']} inputs refused",
         f"- To request removal: {statement['optouts']['how_to_request']}",
         "",

@@ -437,6 +437,18 @@ class Catalog:
             [name, name],
         )
 
+    def removals_in_lineage(self, name: str, number: int) -> dict[str, int]:
+        """{request id: images it removed} over NAME@vN and its ancestors (parent, grandparent, ...): what every
+        opt-out applied on the way to this version took."""
+        rows = self.db.execute(
+            "WITH RECURSIVE chain(version) AS (SELECT ?::INTEGER UNION ALL SELECT v.parent FROM versions v JOIN "
+            "chain c ON v.name = ? AND v.version = c.version WHERE v.parent IS NOT NULL) "
+            "SELECT request_id, count(*) FROM optout_removals WHERE name = ? AND version IN (SELECT version FROM "
+            "chain) GROUP BY request_id ORDER BY request_id",
+            [number, name, name],
+        ).fetchall()
+        return dict(rows)
+
     def record_optout_check(self, name: str, number: int, registry_seq: int) -> None:
         """An apply matched nothing in NAME@vN against the registry up to `registry_seq` (it publishes no child)."""
         self.db.execute("INSERT INTO optout_checks VALUES (?, ?, ?, ?)",

@@ -149,6 +149,24 @@ def test_a_run_that_honours_an_opt_out_supersedes_the_version_it_replaces(publis
         open_training_set(home, "demo@v1")
 
 
+def test_a_grandchild_accounts_for_every_opt_out_on_its_line(published, home):
+    """v3 (a second apply) names the requests applied on the way (v2's too) in its statement and audit."""
+    from curation.audit.queries import audit_version
+    from curation.audit.statement import build_statement
+
+    first, second = sorted(path for path in published["pool"].iterdir() if path.suffix == ".png")[:2]
+    requests = [audit.add_optout(home, kind="sha256", value=sha(path.read_bytes())) for path in (first, second)]
+    audit.apply_optouts(home, "demo")  # both are in force: v2 takes both
+    third = sorted(path for path in published["pool"].iterdir() if path.suffix == ".png")[2]
+    requests.append(audit.add_optout(home, kind="sha256", value=sha(third.read_bytes())))
+    assert audit.apply_optouts(home, "demo").ref == "demo@v3"
+    ids = sorted(request.request_id for request in requests)
+    statement = build_statement(home, "demo@v3")["optouts"]
+    assert statement["applied_requests"] == ids
+    assert (statement["removed_from_parent"], statement["removed_on_the_way"]) == (1, 3)
+    assert audit_version(home, "demo@v3")["optouts_applied"] == {request_id: 1 for request_id in ids}
+
+
 def test_apply_refuses_a_parent_whose_files_were_altered(published, home):
     """A child carries unchanged parent shards over as they are: a damaged one must stop the apply, not be
     re-hashed into a child that verifies clean."""
