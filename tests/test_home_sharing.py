@@ -1,5 +1,5 @@
 """A long run shares its home: while its workers fetch, other processes read the catalog and file opt-outs (which
-the run then honours), and a second run or a gc is refused at once. The second processes are real `curate` CLI
+the run then honours), and a second run, a gc or a server is refused at once. The second processes are real `curate` CLI
 processes; the run fetches from a real HTTP server on 127.0.0.1 that lets the first image through only after
 they have finished."""
 
@@ -19,6 +19,7 @@ import curation
 from curation.errors import CatalogBusyError
 from curation.store.gc import collect_garbage
 from curation.store.lock import home_lock
+from tests.conftest import free_port
 from tests.corpus import image_bytes
 from tests.web import QuietHandler, serving
 
@@ -66,13 +67,15 @@ def test_a_running_ingest_lets_readers_and_optouts_in_but_not_another_run(web, t
         "versions": curate(home, "versions"),
         "optout": curate(home, "optout", "add", "--url", urls[3], "--reason", "filed mid-run"),
         "second run": curate(home, "run", str(other)),
+        "service": curate(home, "serve", "--port", str(free_port())),  # it would keep the catalog from the run
     }
     version = curation.open_version(curation.run(spec, home=home).version, home=home)
 
     seen = WhileIngesting.outcomes
     assert seen["versions"].returncode == 0, seen["versions"].stderr
     assert seen["optout"].returncode == 0, seen["optout"].stderr
-    assert seen["second run"].returncode == 2 and "a run of web" in seen["second run"].stderr
+    for refused in ("second run", "service"):
+        assert seen[refused].returncode == 2 and "a run of web" in seen[refused].stderr, seen[refused].stderr
     fates = {row["uri"]: row["reason"] for row in version.provenance().to_pylist()}
     assert fates == {**{url: None for url in urls[:3]}, urls[3]: "opted_out"}  # the run honoured it
     assert curate(home, "versions").returncode == 0  # and let go of the home when it ended

@@ -36,6 +36,7 @@ from curation.service.settings import ServiceSettings
 from curation.service.tokens import ROLES, TokenError, TokenStore, parse_lifetime, role_allows
 from curation.store.catalog import Catalog
 from curation.store.home import Home
+from curation.store.lock import hold_for_process
 
 STATIC = Path(__file__).parent / "static"
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -627,7 +628,8 @@ def serve(home: Home, settings: ServiceSettings) -> None:
 
     from curation.executors.ray import RayExecutor
 
-    Catalog.open(home.catalog_path, wait_s=5).close()  # a running `curate run` holds it: say so, now
+    hold_for_process(home.root, "curate serve")  # a running `curate run` holds the home: say so, now
+    Catalog.open(home.catalog_path, wait_s=5).close()  # and so may a reader or a short writer, for a moment
     Catalog.serve_in_process()
     logging.getLogger("curation").setLevel(logging.INFO)
     RayExecutor(address=settings.ray_address)  # started once here (main thread); every run reuses it

@@ -105,3 +105,13 @@ def test_two_hundred_concurrent_reads_during_a_run_all_succeed_and_change_nothin
     assert manifest["content_sha256"] == reference["content_sha256"]
     files = [(item["path"], item["sha256"]) for item in manifest["files"]]
     assert files == [(item["path"], item["sha256"]) for item in reference["files"]] and len(files) > 3
+
+
+def test_a_cli_run_or_gc_in_the_servers_home_is_refused_naming_the_server(service):
+    """The server holds the home for its life (its own jobs run inside it): a CLI run would otherwise get in
+    while it is idle and hold the catalog from it."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    for command in (["run", str(SPECS / "fashion.yaml")], ["gc", "--delete"]):
+        result = subprocess.run([sys.executable, "-m", "curation.cli", "--home", str(service.home), *command],
+                                capture_output=True, text=True, env=env, cwd=REPO, timeout=120)  # fmt: skip
+        assert result.returncode == 2 and "curate serve (pid" in result.stderr, result.stderr
