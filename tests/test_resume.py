@@ -88,3 +88,31 @@ def test_an_unfinished_run_older_than_a_finished_one_is_not_resumed(tmp_path):
     later = curation.run(spec, home=home)  # must not go back to the stale plan of 4 images
     assert later.run_id not in (stale["run_id"], fresh.run_id) and later.unchanged
     assert curation.open_version("stale@latest", home=home).samples().num_rows == 5
+
+
+def test_a_run_resumed_after_an_upgrade_reads_the_blocks_the_old_code_wrote(tmp_path):
+    """Block files from before a column was added (here `redirected_to`) still resume: the column is empty."""
+    import pyarrow.parquet as pq
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for index in range(4):
+        (pool / f"img-{index}.jpg").write_bytes(image_bytes(index, size=(96, 96)))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    spec = {
+        "name": "upgraded",
+        "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+        "execution": {"executor": "local", "block_size": 2},
+        "publish": {"uri": str(blocker / "datasets")},
+    }
+    home = tmp_path / "home"
+    with pytest.raises(OSError):
+        curation.run(spec, home=home)  # ingested, then failed to publish: resumable
+    old_block = sorted((home / "runs").glob("*/ingest/block-*.parquet"))[0]
+    pq.write_table(pq.read_table(old_block).drop_columns(["redirected_to"]), old_block)  # as the old code wrote it
+    blocker.unlink()
+    result = curation.run(spec, home=home)
+    assert result.resumed_blocks == 2
+    provenance = curation.open_version(result.version, home=home).provenance()
+    assert provenance.num_rows == 4 and provenance["redirected_to"].null_count == 4

@@ -202,14 +202,24 @@ def add_request(catalog: Catalog, *, kind: str, value: str, reason: str = "", re
                                      "prev_sha256", "record_sha256")],
         )  # fmt: skip
         journal = journal_path(catalog)
-        if journal.exists():  # drop a torn append an earlier crash left: the journal mirrors the commits
-            committed = journal.read_text().splitlines()[: len(existing)]
-            journal.write_text("".join(line + "\n" for line in committed))
+        _drop_torn_tail(journal, len(existing))
         with journal.open("a") as handle:  # under the catalog's writer lock, before the commit
             handle.write(json.dumps(fields, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
     return OptOutRequest(**fields)
+
+
+def _drop_torn_tail(journal: Path, committed: int) -> None:
+    """Cut a torn last line (an append a crash cut short) before appending, so the journal mirrors the commits.
+    Only then, and by truncating in place: the records before it are never rewritten."""
+    if not journal.exists():
+        return
+    with journal.open("rb+") as handle:
+        lines = handle.read().split(b"\n")
+        keep = sum(len(line) + 1 for line in lines[:committed])
+        if handle.tell() > keep:
+            handle.truncate(keep)
 
 
 def active_requests(requests: list[OptOutRequest]) -> list[OptOutRequest]:

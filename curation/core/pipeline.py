@@ -320,10 +320,20 @@ def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, exclusions
 
 
 def _read_inputs(home: Home, run_id: str, blocks: list[Block]) -> pa.Table:
+    """The run's ingest rows. A block written before a column was added (a run resumed after an upgrade) gets
+    nulls there."""
     tables = [read_parquet(home.runs, block_output_key(run_id, block.index)) for block in blocks]
     if not tables:
         return INPUT_SCHEMA.empty_table()
+    tables = [_with_every_column(table) for table in tables]
     return pa.concat_tables(tables).cast(INPUT_SCHEMA).sort_by([("block", "ascending"), ("position", "ascending")])
+
+
+def _with_every_column(table: pa.Table) -> pa.Table:
+    for column in INPUT_SCHEMA:
+        if column.name not in table.column_names:
+            table = table.append_column(column, pa.nulls(table.num_rows, column.type))
+    return table.select(INPUT_SCHEMA.names)
 
 
 def _decisions(rows: pa.Table, status: str, verdicts: list[tuple[str, str]] | None = None) -> pa.Table:

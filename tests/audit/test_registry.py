@@ -84,6 +84,22 @@ def test_an_edited_journal_line_is_tampering_and_a_torn_last_line_is_a_crash(cat
         "a.example.com", "b.example.com", "c.example.com"]  # fmt: skip
 
 
+def test_an_add_only_appends_to_the_journal(catalog, monkeypatch):
+    """The records before a new one are never rewritten (a full disk half way would destroy the mirror)."""
+    from curation.audit.registry import journal_path
+
+    add_request(catalog, kind="domain", value="a.example.com")
+    before = journal_path(catalog).read_bytes()
+
+    def no_rewrite(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_rewrite)
+    monkeypatch.setattr(Path, "write_bytes", no_rewrite)
+    add_request(catalog, kind="domain", value="b.example.com")
+    assert journal_path(catalog).read_bytes().startswith(before) and len(list_requests(catalog)) == 2
+
+
 def test_readers_in_the_writers_process_never_see_a_half_written_request(catalog):
     """The service shares one catalog between threads: a listing during an add must not find the journal one
     record ahead of the committed rows and call that tampering."""
