@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.api import s3_settings_of, spec_of_version
-from curation.audit.matching import HASH_KINDS, Match, MatchSettings, derived_requests, match_images
+from curation.audit.matching import HASH_KINDS, Match, MatchSettings, derived_requests, exclusions_of, match_images
 from curation.audit.registry import OptOutRequest, active_requests, list_requests
 from curation.config import EmbedStage
 from curation.dedup.perceptual import phash
@@ -148,6 +148,7 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
         stage = embed_stage_of(manifest["lineage"])
         active = active_requests(requests)
         matches, model_id = covered_images(catalog, home, blobs, stage, image_ids, uris, active, settings)
+        supersede_covered(catalog, parent["name"])
         if not matches:  # nothing to publish; the check itself is recorded (the trainer stops warning)
             catalog.record_optout_check(parent["name"], parent["version"], requests[-1].seq if requests else 0)
             return ApplyResult(parent_ref, parent_ref, [])
@@ -168,6 +169,23 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
         commit_version(target, staging, parent["name"], number, child_manifest)
         register_version(catalog, target, child_manifest)  # records its removals; earlier versions superseded
         return ApplyResult(parent_ref, child_manifest["ref"], matches)
+
+
+def supersede_covered(catalog: Catalog, name: str) -> list[int]:
+    """Mark `superseded_by_optout` every version of `name` but the latest that still holds an image a request in
+    force covers by its hash (named, uploaded, removed before, or seen at a covered URL): an older version an
+    apply never touched (the image left it another way, or a later run honoured the request) must not stay
+    trainable. Returns the version numbers it marked."""
+    versions = catalog.versions(name)
+    exclusions = exclusions_of(derived_requests(catalog, active_requests(list_requests(catalog))))
+    if len(versions) < 2 or not exclusions.hashes:
+        return []
+    rows = catalog.db.execute("SELECT DISTINCT version, image_id FROM version_samples WHERE name = ? AND "
+                              "version < ?", [name, versions[-1]["version"]]).fetchall()  # fmt: skip
+    current = {row["version"] for row in versions if row["status"] == "current"}
+    covered = sorted({number for number, image_id in rows if number in current and exclusions.covering_hash(image_id)})
+    catalog.mark_superseded(name, covered)
+    return covered
 
 
 def removals_by_run(catalog: Catalog, matches: list[Match]) -> Callable[[set[str]], list[dict[str, Any]]]:

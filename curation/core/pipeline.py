@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.audit.apply import covered_images, optout_step, removals_by_run
+from curation.audit.apply import covered_images, optout_step, removals_by_run, supersede_covered
 from curation.audit.matching import MatchSettings, derived_requests, exclusions_of
 from curation.audit.policy import license_verdict
 from curation.audit.registry import active_requests, list_requests
@@ -234,6 +234,7 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
         optout_removals=removals_by_run(catalog, matches),
         progress=progress,
     )
+    supersede_covered(catalog, spec.name)  # older versions still holding what a request in force covers
     stats["publish"] = {
         "seconds": round(time.perf_counter() - started, 3),
         "samples": release.manifest["counts"]["samples"],

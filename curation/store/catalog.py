@@ -437,6 +437,11 @@ class Catalog:
             [name, name],
         )
 
+    def mark_superseded(self, name: str, numbers: list[int]) -> None:
+        if numbers:
+            self.db.execute("UPDATE versions SET status = 'superseded_by_optout' WHERE name = ? AND "
+                            "list_contains(?, version)", [name, numbers])  # fmt: skip
+
     def removals_in_lineage(self, name: str, number: int) -> dict[str, int]:
         """{request id: images it removed} over NAME@vN and its ancestors (parent, grandparent, ...): what every
         opt-out applied on the way to this version took."""

@@ -149,6 +149,22 @@ def test_a_run_that_honours_an_opt_out_supersedes_the_version_it_replaces(publis
         open_training_set(home, "demo@v1")
 
 
+def test_an_older_version_still_holding_a_covered_image_is_superseded(published, home):
+    """X left the pool (v2 lacks it), then its owner opts out: the apply finds nothing in v2 to remove, but v1
+    still holds X and must not stay trainable."""
+    victim = sorted(path for path in published["pool"].iterdir() if path.suffix == ".png")[0]
+    victim_id = sha(victim.read_bytes())
+    victim.unlink()
+    assert curation.run(published["spec"], home=home).version == "demo@v2"
+    audit.add_optout(home, kind="sha256", value=victim_id)
+    result = audit.apply_optouts(home, "demo")
+    assert result.ref == "demo@v2" and result.removed == []
+    with Catalog.open(home / "catalog.duckdb", read_only=True) as catalog:
+        assert [row["status"] for row in catalog.versions("demo")] == ["superseded_by_optout", "current"]
+    with pytest.raises(TrainError, match="superseded by an opt-out"):
+        open_training_set(home, "demo@v1")
+
+
 def test_a_grandchild_accounts_for_every_opt_out_on_its_line(published, home):
     """v3 (a second apply) names the requests applied on the way (v2's too) in its statement and audit."""
     from curation.audit.queries import audit_version
