@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from curation.api import open_version
 from curation.audit.matching import derived_requests, exclusions_of
-from curation.audit.registry import active_requests, list_requests
+from curation.audit.registry import REQUEST_ID, active_requests, list_requests
 from curation.errors import CurationError
 from curation.ingest.exclusions import canonical_uri
 from curation.store.catalog import Catalog
@@ -132,7 +132,7 @@ def _requests(catalog: Catalog, decisions: list[dict], removed_from: list[dict],
     """The registry rows of every request that removed it, rejected one of its inputs, or covers it now."""
     request_ids = sorted({row["request_id"] for row in removed_from} | set(covered_by) | {
         match for row in decisions if row["reason"] == "opted_out"
-        for match in re.findall(r"opt-\d{6}-[0-9a-f]{8}", row["detail"] or "")})  # fmt: skip
+        for match in REQUEST_ID.findall(row["detail"] or "")})  # fmt: skip
     return [row for request_id in request_ids
             for row in catalog.rows("SELECT request_id, kind, value, reason, requester, received_at FROM "
                                     "optout_requests WHERE request_id = ?", [request_id])]  # fmt: skip

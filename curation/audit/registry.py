@@ -34,6 +34,7 @@ KINDS = ("url", "url_prefix", "domain", "sha256", "image", "withdraw")
 # suffixes too, under which every user has a site of their own.
 _SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
 GENESIS = "0" * 64
+REQUEST_ID = re.compile(r"opt-\d{6}-[0-9a-f]{8}")  # as decisions' details name the request that took an input
 
 
 class RegistryTamperedError(CurationError):
@@ -229,11 +230,17 @@ def active_requests(requests: list[OptOutRequest]) -> list[OptOutRequest]:
 
 
 def request_status(catalog: Catalog, requests: list[OptOutRequest]) -> dict[str, str]:
-    """received | applied (NAME@vN, ...) | withdrawn, per request id: derived, never stored."""
+    """received | applied (NAME@vN, ...) | withdrawn, per request id: derived, never stored. Applied in a version
+    when it removed something from that version's parent, or kept an input out of the run that published it."""
     withdrawn = {request.value for request in requests if request.kind == "withdraw"}
-    applied: dict[str, list[str]] = {}
-    for row in catalog.rows("SELECT DISTINCT request_id, name, version FROM optout_removals ORDER BY name, version"):
-        applied.setdefault(row["request_id"], []).append(f"{row['name']}@v{row['version']}")
+    applied: dict[str, set[tuple[str, int]]] = {}
+    for row in catalog.rows("SELECT DISTINCT request_id, name, version FROM optout_removals"):
+        applied.setdefault(row["request_id"], set()).add((row["name"], row["version"]))
+    for row in catalog.rows("SELECT DISTINCT r.version AS ref, d.detail FROM decisions d JOIN runs r USING (run_id) "
+                            "WHERE d.reason = 'opted_out' AND r.status = 'finished' AND r.version IS NOT NULL"):
+        name, _, number = row["ref"].rpartition("@v")
+        for request_id in REQUEST_ID.findall(row["detail"] or ""):
+            applied.setdefault(request_id, set()).add((name, int(number)))
     status = {}
     for request in requests:
         if request.request_id in withdrawn:
@@ -241,7 +248,8 @@ def request_status(catalog: Catalog, requests: list[OptOutRequest]) -> dict[str,
         elif request.kind == "withdraw":
             status[request.request_id] = "recorded"
         elif request.request_id in applied:
-            status[request.request_id] = "applied in " + ", ".join(applied[request.request_id])
+            refs = [f"{name}@v{number}" for name, number in sorted(applied[request.request_id])]
+            status[request.request_id] = "applied in " + ", ".join(refs)
         else:
             status[request.request_id] = "received"
     return status

@@ -165,6 +165,16 @@ def test_an_older_version_still_holding_a_covered_image_is_superseded(published,
         open_training_set(home, "demo@v1")
 
 
+def test_a_request_a_first_run_honoured_reads_applied(published, home):
+    """The image never reached a version (the run refused it), so nothing was removed from a parent: the status
+    still says which version honoured the request."""
+    victim = sorted(path for path in published["pool"].iterdir() if path.suffix == ".png")[0]
+    request = audit.add_optout(home, kind="sha256", value=sha(victim.read_bytes()))
+    curation.run({**published["spec"], "name": "other"}, home=home)
+    assert {row["request_id"]: row["status"] for row in audit.optouts(home)}[request.request_id] == (
+        "applied in other@v1")  # fmt: skip
+
+
 def test_a_grandchild_accounts_for_every_opt_out_on_its_line(published, home):
     """v3 (a second apply) names the requests applied on the way (v2's too) in its statement and audit."""
     from curation.audit.queries import audit_version
