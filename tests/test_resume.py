@@ -116,3 +116,30 @@ def test_a_run_resumed_after_an_upgrade_reads_the_blocks_the_old_code_wrote(tmp_
     assert result.resumed_blocks == 2
     provenance = curation.open_version(result.version, home=home).provenance()
     assert provenance.num_rows == 4 and provenance["redirected_to"].null_count == 4
+
+
+def test_a_resumed_run_reads_again_what_a_since_withdrawn_request_refused(tmp_path):
+    """The run refused X for a request, failed at publish, and the request was withdrawn before the resume: the
+    block that refused X is read again, so X is back."""
+    from curation import audit
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for index in range(6):
+        (pool / f"img-{index}.jpg").write_bytes(image_bytes(index, size=(96, 96)))
+    datasets = tmp_path / "datasets"
+    spec = {"name": "back", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+            "execution": {"executor": "local", "block_size": 2}, "publish": {"uri": str(datasets)}}  # fmt: skip
+    home = tmp_path / "home"
+    curation.run(spec, home=home)
+    request = audit.add_optout(home, kind="url", value=str(pool / "img-3.jpg"))
+    datasets.rename(tmp_path / "aside")
+    datasets.write_bytes(b"")  # publishing fails after the ingest refused img-3
+    with pytest.raises(OSError):
+        curation.run(spec, home=home)
+    datasets.unlink()
+    (tmp_path / "aside").rename(datasets)
+    audit.add_optout(home, kind="withdraw", value=request.request_id)
+    result = curation.run(spec, home=home)
+    assert result.resumed_blocks == 2 and result.stats["ingest"]["blocks"] == 1  # the block that refused it
+    assert curation.open_version(result.version, home=home).samples().num_rows == 6

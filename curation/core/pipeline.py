@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from curation.audit.apply import covered_images, optout_step, removals_by_run, supersede_covered
 from curation.audit.matching import MatchSettings, derived_requests, exclusions_of
 from curation.audit.policy import license_verdict
-from curation.audit.registry import active_requests, list_requests
+from curation.audit.registry import REQUEST_ID, active_requests, list_requests
 from curation.config import EmbedStage, PipelineSpec
 from curation.core.progress import Progress
 from curation.dedup.driver import run_decontaminate, run_dedup
@@ -131,9 +131,10 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
     started = time.perf_counter()
     blocks = _load_or_plan(spec, home, run_id)
     stats["plan"] = {"blocks": len(blocks), "seconds": round(time.perf_counter() - started, 3)}
-    done = {block.index for block in blocks if home.runs.exists(block_output_key(run_id, block.index))}
-    pending = [block for block in blocks if block.index not in done]
     requests = active_requests(list_requests(catalog))  # every run checks the opt-out registry
+    done = {block.index for block in blocks if home.runs.exists(block_output_key(run_id, block.index))}
+    done -= _refused_for_withdrawn(home, run_id, done, {request.request_id for request in requests})
+    pending = [block for block in blocks if block.index not in done]
     exclusions = exclusions_of(derived_requests(catalog, requests))
     model_id = None
     executor = _Executor(spec, ray_address)
@@ -318,6 +319,20 @@ def _ingest(spec, home, run_id, blocks, pending, executor: _Executor, exclusions
         "inputs_per_s": round(totals["inputs"] / seconds, 1) if seconds > 0 else 0.0,
         "executor": spec.execution.executor,
     }
+
+
+def _refused_for_withdrawn(home: Home, run_id: str, done: set[int], active: set[str]) -> set[int]:
+    """Finished blocks of a resumed run that refused an input for a request no longer in force (withdrawn since):
+    their outputs go, and they are read again under the registry as it is now."""
+    stale = set()
+    for index in done:
+        key = block_output_key(run_id, index)
+        rows = read_parquet(home.runs, key, columns=["reason", "detail"]).to_pylist()
+        if any(row["reason"] == Reason.OPTED_OUT and set(REQUEST_ID.findall(row["detail"] or "")) - active
+               for row in rows):  # fmt: skip
+            home.runs.delete(key)
+            stale.add(index)
+    return stale
 
 
 def _read_inputs(home: Home, run_id: str, blocks: list[Block]) -> pa.Table:
