@@ -443,14 +443,15 @@ class Catalog:
                             "list_contains(?, version)", [name, numbers])  # fmt: skip
 
     def removals_in_lineage(self, name: str, number: int) -> dict[str, int]:
-        """{request id: images it removed} over NAME@vN and its ancestors (parent, grandparent, ...): what every
-        opt-out applied on the way to this version took."""
+        """{request id: images it removed} over NAME@vN and its ancestors (parent, grandparent, ...), counting only
+        images still absent from NAME@vN (one a later run took back, its request withdrawn, is not)."""
         rows = self.db.execute(
             "WITH RECURSIVE chain(version) AS (SELECT ?::INTEGER UNION ALL SELECT v.parent FROM versions v JOIN "
             "chain c ON v.name = ? AND v.version = c.version WHERE v.parent IS NOT NULL) "
-            "SELECT request_id, count(*) FROM optout_removals WHERE name = ? AND version IN (SELECT version FROM "
-            "chain) GROUP BY request_id ORDER BY request_id",
-            [number, name, name],
+            "SELECT request_id, count(DISTINCT image_id) FROM optout_removals WHERE name = ? AND version IN "
+            "(SELECT version FROM chain) AND image_id NOT IN (SELECT image_id FROM version_samples WHERE name = ? "
+            "AND version = ?) GROUP BY request_id ORDER BY request_id",
+            [number, name, name, name, number],
         ).fetchall()
         return dict(rows)
 

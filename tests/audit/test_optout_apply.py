@@ -175,6 +175,22 @@ def test_a_request_a_first_run_honoured_reads_applied(published, home):
         "applied in other@v1")  # fmt: skip
 
 
+def test_a_removal_undone_by_a_withdrawal_is_not_counted_later(published, home):
+    """v2 (a run) dropped X for a request; the request is withdrawn and v3 has X again: v3's audit and statement
+    do not count that removal as applied to it."""
+    from curation.audit.queries import audit_version
+    from curation.audit.statement import build_statement
+
+    victim = sorted(path for path in published["pool"].iterdir() if path.suffix == ".png")[0]
+    request = audit.add_optout(home, kind="sha256", value=sha(victim.read_bytes()))
+    assert curation.run(published["spec"], home=home).version == "demo@v2"
+    assert audit_version(home, "demo@v2")["optouts_applied"] == {request.request_id: 1}
+    audit.add_optout(home, kind="withdraw", value=request.request_id)
+    assert curation.run(published["spec"], home=home).version == "demo@v3"
+    assert audit_version(home, "demo@v3")["optouts_applied"] == {}
+    assert build_statement(home, "demo@v3")["optouts"]["removed_on_the_way"] == 0
+
+
 def test_a_grandchild_accounts_for_every_opt_out_on_its_line(published, home):
     """v3 (a second apply) names the requests applied on the way (v2's too) in its statement and audit."""
     from curation.audit.queries import audit_version
