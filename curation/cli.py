@@ -312,6 +312,7 @@ def optout_add(obj: Context, url, url_prefix, domain, sha256, image, withdraw, r
     from pathlib import Path
 
     from curation import audit
+    from curation.audit.registry import status_on_filing
 
     given = {kind: value for kind, value in (("url", url), ("url_prefix", url_prefix), ("domain", domain),
              ("sha256", sha256), ("image", image), ("withdraw", withdraw)) if value}  # fmt: skip
@@ -323,8 +324,8 @@ def optout_add(obj: Context, url, url_prefix, domain, sha256, image, withdraw, r
                                    requester=requester)  # fmt: skip
     else:
         request = audit.add_optout(obj.home.root, kind=kind, value=value, reason=reason, requester=requester)
-    data = {**request.to_json(), "status": "received"}
-    _emit(data, as_json, lambda d: click.echo(f"{d['request_id']} {d['kind']} {d['value']}: received"))
+    data = {**request.to_json(), "status": status_on_filing(request)}
+    _emit(data, as_json, lambda d: click.echo(f"{d['request_id']} {d['kind']} {d['value']}: {d['status']}"))
 
 
 @optout_group.command("list")

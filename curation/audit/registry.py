@@ -184,6 +184,8 @@ def add_request(catalog: Catalog, *, kind: str, value: str, reason: str = "", re
             if target.kind == "withdraw":
                 raise RequestError(f"withdraw: {value} is itself a withdrawal; a withdrawal cannot be withdrawn "
                                    "(file the request again instead)")  # fmt: skip
+            if any(request.kind == "withdraw" and request.value == value for request in existing):
+                raise RequestError(f"withdraw: {value} is withdrawn already")
         seq = len(existing) + 1
         fields = {
             "seq": seq,
@@ -229,6 +231,11 @@ def active_requests(requests: list[OptOutRequest]) -> list[OptOutRequest]:
     return [request for request in requests if request.kind != "withdraw" and request.request_id not in withdrawn]
 
 
+def status_on_filing(request: OptOutRequest) -> str:
+    """A new request's status: a withdrawal is recorded; any other is received (nothing has applied it yet)."""
+    return "recorded" if request.kind == "withdraw" else "received"
+
+
 def request_status(catalog: Catalog, requests: list[OptOutRequest]) -> dict[str, str]:
     """received | applied (NAME@vN, ...) | withdrawn, per request id: derived, never stored. Applied in a version
     when it removed something from that version's parent, or kept an input out of the run that published it."""
@@ -236,8 +243,10 @@ def request_status(catalog: Catalog, requests: list[OptOutRequest]) -> dict[str,
     applied: dict[str, set[tuple[str, int]]] = {}
     for row in catalog.rows("SELECT DISTINCT request_id, name, version FROM optout_removals"):
         applied.setdefault(row["request_id"], set()).add((row["name"], row["version"]))
-    for row in catalog.rows("SELECT DISTINCT r.version AS ref, d.detail FROM decisions d JOIN runs r USING (run_id) "
-                            "WHERE d.reason = 'opted_out' AND r.status = 'finished' AND r.version IS NOT NULL"):
+    for row in catalog.rows(
+        "SELECT DISTINCT r.version AS ref, d.detail FROM decisions d JOIN runs r USING (run_id) "
+        "WHERE d.reason = 'opted_out' AND r.status = 'finished' AND r.version IS NOT NULL"
+    ):
         name, _, number = row["ref"].rpartition("@v")
         for request_id in REQUEST_ID.findall(row["detail"] or ""):
             applied.setdefault(request_id, set()).add((name, int(number)))
@@ -245,13 +254,11 @@ def request_status(catalog: Catalog, requests: list[OptOutRequest]) -> dict[str,
     for request in requests:
         if request.request_id in withdrawn:
             status[request.request_id] = "withdrawn"
-        elif request.kind == "withdraw":
-            status[request.request_id] = "recorded"
         elif request.request_id in applied:
             refs = [f"{name}@v{number}" for name, number in sorted(applied[request.request_id])]
             status[request.request_id] = "applied in " + ", ".join(refs)
         else:
-            status[request.request_id] = "received"
+            status[request.request_id] = status_on_filing(request)
     return status
 
 

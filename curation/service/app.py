@@ -28,7 +28,7 @@ from PIL import Image
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from curation.audit.registry import RequestError
+from curation.audit.registry import RequestError, status_on_filing
 from curation.audit.similar import MAX_K
 from curation.errors import CurationError, StoreError, VersionError
 from curation.service.jobs import JobError, JobNotFound, JobRunner
@@ -512,7 +512,7 @@ def create_app(home: Home, settings: ServiceSettings, *, start_jobs: bool = True
             created = await run_in_threadpool(add)
         except RequestError as error:
             raise HTTPException(422, str(error)) from None
-        return {"request_id": created.request_id, "kind": created.kind, "status": "received",
+        return {"request_id": created.request_id, "kind": created.kind, "status": status_on_filing(created),
                 "received_at": created.received_at}  # fmt: skip
 
     @route("GET", "/api/optouts", "curator")

@@ -112,6 +112,7 @@ def test_cli_add_apply_audit_and_statement(published, home, tmp_path):
                                 "--json"])  # fmt: skip
     assert added.exit_code == 0, added.output
     request_id = json.loads(added.output)["request_id"]
+    assert json.loads(added.output)["status"] == "received"
     applied = runner.invoke(cli, ["--home", str(home), "optout", "apply", "demo", "--json"])
     assert applied.exit_code == 0, applied.output
     assert json.loads(applied.output)["version"] == "demo@v2"

@@ -47,6 +47,11 @@ def test_withdrawal_is_a_new_request(catalog):
     assert active_requests(requests) == []
     with pytest.raises(RequestError, match="itself a withdrawal"):  # it would look withdrawn and change nothing
         add_request(catalog, kind="withdraw", value=requests[1].request_id)
+    from curation.audit.registry import request_status, status_on_filing
+
+    assert status_on_filing(requests[1]) == request_status(catalog, requests)[requests[1].request_id] == "recorded"
+    with pytest.raises(RequestError, match="withdrawn already"):  # a second record would stay in the log for good
+        add_request(catalog, kind="withdraw", value=first.request_id)
     assert len(list_requests(catalog)) == 2
 
 
