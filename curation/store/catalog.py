@@ -253,7 +253,7 @@ class Catalog:
             found = self.rows("SELECT * FROM runs WHERE run_id = ?", [run_id])
         if not found:
             known = [row["run_id"] for row in self.rows("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5")]
-            raise RunError(f"no run {run_id!r} in {self.path}; recent runs: {', '.join(known) or 'none'}")
+            raise RunError(f"no run {run_id!r} in this home; recent runs: {', '.join(known) or 'none'}")
         return found[0]
 
     # --- ingest outputs ---------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ def test_run_submitted_over_http_publishes_a_browsable_version(service, publishe
 
     run = service.get(f"/api/runs/{published['run_id']}").json()
     assert run["status"] == "finished" and run["version"] == "fashion@v1" and run["rejects"] == []
+    unknown = service.get("/api/runs/nope")
+    assert unknown.status_code == 404 and str(service.home) not in unknown.text  # no server path leaks
     versions = service.get("/api/versions").json()
     assert [row["ref"] for row in versions] == ["fashion@v1"]
     summary = service.get("/api/versions/fashion@v1").json()
