@@ -66,11 +66,16 @@ def test_killed_run_resumes_without_redoing_blocks(ray_local, tmp_path):
     assert resumed_manifest["counts"]["samples"] == BLOCKS * 2
 
 
-def test_an_unfinished_run_older_than_a_finished_one_is_not_resumed(tmp_path):
+def small_pool(tmp_path, images: int):
     pool = tmp_path / "pool"
     pool.mkdir()
-    for index in range(4):
+    for index in range(images):
         (pool / f"img-{index}.jpg").write_bytes(image_bytes(index, size=(96, 96)))
+    return pool
+
+
+def test_an_unfinished_run_older_than_a_finished_one_is_not_resumed(tmp_path):
+    pool = small_pool(tmp_path, 4)
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")
     spec = {"name": "stale", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
@@ -94,10 +99,7 @@ def test_a_run_resumed_after_an_upgrade_reads_the_blocks_the_old_code_wrote(tmp_
     """Block files from before a column was added (here `redirected_to`) still resume: the column is empty."""
     import pyarrow.parquet as pq
 
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    for index in range(4):
-        (pool / f"img-{index}.jpg").write_bytes(image_bytes(index, size=(96, 96)))
+    pool = small_pool(tmp_path, 4)
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")
     spec = {
@@ -123,10 +125,7 @@ def test_a_resumed_run_reads_again_what_a_since_withdrawn_request_refused(tmp_pa
     block that refused X is read again, so X is back."""
     from curation import audit
 
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    for index in range(6):
-        (pool / f"img-{index}.jpg").write_bytes(image_bytes(index, size=(96, 96)))
+    pool = small_pool(tmp_path, 6)
     datasets = tmp_path / "datasets"
     spec = {"name": "back", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
             "execution": {"executor": "local", "block_size": 2}, "publish": {"uri": str(datasets)}}  # fmt: skip
