@@ -32,8 +32,9 @@ def domain_of(uri: str, source: str) -> str:
     return f"local:{source}"
 
 
-def _image_ids_for(catalog: Catalog, query: str, local_files: bool) -> list[str]:
-    """The image ids a query names; a hash (or file) that is a re-encoded published file names its original."""
+def _image_ids_for(catalog: Catalog, query: str, local_files: bool) -> tuple[list[str], list[str]]:
+    """The image ids a query names, and the recorded spellings of it when it is a URI (else []); a hash (or file)
+    that is a re-encoded published file names its original."""
     path = Path(query).expanduser()
     digest = None
     if re.fullmatch(r"[0-9a-fA-F]{64}", query):
@@ -41,15 +42,15 @@ def _image_ids_for(catalog: Catalog, query: str, local_files: bool) -> list[str]
     elif local_files and path.is_file():  # an image file someone holds: its content address
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest:
-        return [catalog.originals_of([digest]).get(digest, digest)]
+        return [catalog.originals_of([digest]).get(digest, digest)], []
     column = "redirected_to" if catalog.has_column("provenance", "redirected_to") else "uri"
+    spellings = sorted(_recorded_spellings(catalog, query))
     rows = catalog.rows(f"SELECT DISTINCT image_id FROM provenance WHERE (list_contains(?, uri) OR list_contains(?, "
-                        f"{column})) AND image_id IS NOT NULL ORDER BY image_id",
-                        [sorted(recorded_spellings(catalog, query))] * 2)  # fmt: skip
-    return [row["image_id"] for row in rows]
+                        f"{column})) AND image_id IS NOT NULL ORDER BY image_id", [spellings] * 2)  # fmt: skip
+    return [row["image_id"] for row in rows], spellings
 
 
-def recorded_spellings(catalog: Catalog, query: str) -> set[str]:
+def _recorded_spellings(catalog: Catalog, query: str) -> set[str]:
     """The URIs as the catalog recorded them (inputs' and redirects' targets) that name the place `query` names:
     the query itself when it was recorded so, else every recorded URI of the same canonical spelling (host case,
     default port, escapes), as opt-out matching compares them."""
@@ -73,10 +74,9 @@ def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> di
     or a URI), the versions that removed it and the requests that did. The service passes `local_files=False`:
     a query from the network must not read the server's files."""
     with Catalog.open(Home(home).catalog_path, read_only=True, wait_s=30) as catalog:
-        image_ids = _image_ids_for(catalog, query, local_files)
+        image_ids, spellings = _image_ids_for(catalog, query, local_files)
         report: dict[str, Any] = {"query": query, "image_ids": image_ids}
         if not image_ids:  # a URI no bytes came from (opted out before fetching, failed, ...)
-            spellings = sorted(recorded_spellings(catalog, query))
             by_uri = catalog.rows("SELECT * FROM outcomes WHERE list_contains(?, uri)", [spellings])
             covered_by = _covering_requests(catalog, [query], [])
             report.update(found=bool(by_uri), decisions=by_uri, provenance=[], versions=[], removed_from=[],
