@@ -32,7 +32,7 @@ from curation.embed.driver import commit_blocks
 from curation.embed.registry import create_embedder
 from curation.embed.stage import EmbedBlocks
 from curation.embed.vectors import load_matrix
-from curation.errors import VerifyError
+from curation.errors import VerifyError, VersionError
 from curation.ingest.raw import Block
 from curation.publish.manifest import build_manifest, file_entry
 from curation.publish.release import (
@@ -136,6 +136,10 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
         sync_catalog(catalog, target, parse_ref(name)[0])  # a child this home (or another) committed is the parent
         parent = resolve(catalog, name)
         parent_ref = f"{parent['name']}@v{parent['version']}"
+        latest = catalog.versions(parent["name"])[-1]["version"]
+        if parent["version"] != latest:  # a child of an old version would become the latest and undo later runs
+            raise VersionError(f"{parent_ref} is not the latest version of {parent['name']} (v{latest}): opt-outs "
+                               "are applied to the latest; older versions holding covered images are superseded")
         settings = settings or MatchSettings(**spec_json.get("stages", {}).get("optout", {}))
         root = open_store(parent["uri"], s3)
         parent_files = ParentFiles(root, parent_ref, parent["manifest_sha256"])

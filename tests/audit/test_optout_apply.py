@@ -25,7 +25,7 @@ from curation.cli import cli
 from curation.config import EmbedStage, parse_spec
 from curation.core.pipeline import run_pipeline
 from curation.core.progress import Progress
-from curation.errors import SpecError, TrainError, VerifyError
+from curation.errors import SpecError, TrainError, VerifyError, VersionError
 from curation.store.catalog import Catalog
 from curation.store.home import Home
 from curation.train.dataset import open_training_set
@@ -164,6 +164,8 @@ def test_an_older_version_still_holding_a_covered_image_is_superseded(published,
         assert [row["status"] for row in catalog.versions("demo")] == ["superseded_by_optout", "current"]
     with pytest.raises(TrainError, match="superseded by an opt-out"):
         open_training_set(home, "demo@v1")
+    with pytest.raises(VersionError, match="demo@v1 is not the latest version of demo"):
+        audit.apply_optouts(home, "demo@v1")  # its child would become the latest and undo v2
 
 
 def test_a_request_a_first_run_honoured_reads_applied(published, home):
