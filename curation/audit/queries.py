@@ -43,10 +43,10 @@ def _image_ids_for(catalog: Catalog, query: str, local_files: bool) -> tuple[lis
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest:
         return [catalog.originals_of([digest]).get(digest, digest)], []
-    column = "redirected_to" if catalog.has_column("provenance", "redirected_to") else "uri"
     spellings = sorted(_recorded_spellings(catalog, query))
     rows = catalog.rows(f"SELECT DISTINCT image_id FROM provenance WHERE (list_contains(?, uri) OR list_contains(?, "
-                        f"{column})) AND image_id IS NOT NULL ORDER BY image_id", [spellings] * 2)  # fmt: skip
+                        f"{catalog.redirected_to_sql()})) AND image_id IS NOT NULL ORDER BY image_id",
+                        [spellings] * 2)  # fmt: skip
     return [row["image_id"] for row in rows], spellings
 
 
@@ -54,7 +54,7 @@ def _recorded_spellings(catalog: Catalog, query: str) -> set[str]:
     """The URIs as the catalog recorded them (inputs' and redirects' targets) that name the place `query` names:
     the query itself when it was recorded so, else every recorded URI of the same canonical spelling (host case,
     default port, escapes), as opt-out matching compares them."""
-    column = "redirected_to" if catalog.has_column("provenance", "redirected_to") else "uri"
+    column = catalog.redirected_to_sql()
     if catalog.rows(f"SELECT 1 FROM provenance WHERE uri = ? OR {column} = ? LIMIT 1", [query, query]):
         return {query}
     canonical = canonical_uri(query)
@@ -85,9 +85,9 @@ def audit_image(home: str | Path, query: str, *, local_files: bool = True) -> di
             return report
         marks = ", ".join("?" * len(image_ids))
         report["images"] = catalog.rows(f"SELECT * FROM images WHERE image_id IN ({marks})", image_ids)
-        redirected = ", redirected_to" if catalog.has_column("provenance", "redirected_to") else ""
         report["provenance"] = catalog.rows(
-            f"SELECT run_id, source, uri{redirected}, license, attribution, caption, seen_at FROM provenance "
+            f"SELECT run_id, source, uri, {catalog.redirected_to_sql()} AS redirected_to, license, attribution, "
+            "caption, seen_at FROM provenance "
             f"WHERE image_id IN ({marks}) ORDER BY seen_at, source, uri",
             image_ids,
         )

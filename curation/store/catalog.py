@@ -472,11 +472,17 @@ class Catalog:
     def seen_uris(self) -> list[tuple[str, str]]:
         """(image id, URI) for every place an image was seen, in order: each input's URI and, for a URL that
         redirected, the URL the bytes came from."""
-        redirects = ("UNION SELECT image_id, redirected_to FROM provenance WHERE redirected_to IS NOT NULL"
-                     if self.has_column("provenance", "redirected_to") else "")  # fmt: skip
-        sql = (f"SELECT DISTINCT image_id, uri FROM (SELECT image_id, uri FROM provenance {redirects}) "
-               "WHERE image_id IS NOT NULL ORDER BY image_id, uri")  # fmt: skip
+        redirected = self.redirected_to_sql()
+        sql = (
+            f"SELECT DISTINCT image_id, uri FROM (SELECT image_id, uri FROM provenance UNION SELECT image_id, "
+            f"{redirected} FROM provenance) WHERE image_id IS NOT NULL AND uri IS NOT NULL ORDER BY image_id, uri"
+        )
         return self.db.execute(sql).fetchall()
+
+    def redirected_to_sql(self) -> str:
+        """How SQL names provenance's `redirected_to`: NULL in a catalog made before it, which a reader does not
+        add, so every query reads old and new catalogs alike."""
+        return "redirected_to" if self.has_column("provenance", "redirected_to") else "NULL"
 
     def has_column(self, table: str, column: str) -> bool:
         """Whether this catalog has a column added in place since it was made (a reader does not add it)."""
