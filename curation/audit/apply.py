@@ -138,8 +138,10 @@ def apply_optouts(home: Home, name: str, *, settings: MatchSettings | None = Non
         parent_ref = f"{parent['name']}@v{parent['version']}"
         latest = catalog.versions(parent["name"])[-1]["version"]
         if parent["version"] != latest:  # a child of an old version would become the latest and undo later runs
-            raise VersionError(f"{parent_ref} is not the latest version of {parent['name']} (v{latest}): opt-outs "
-                               "are applied to the latest; older versions holding covered images are superseded")
+            raise VersionError(
+                f"{parent_ref} is not the latest version of {parent['name']} (v{latest}): opt-outs "
+                "are applied to the latest; older versions holding covered images are superseded"
+            )
         settings = settings or MatchSettings(**spec_json.get("stages", {}).get("optout", {}))
         root = open_store(parent["uri"], s3)
         parent_files = ParentFiles(root, parent_ref, parent["manifest_sha256"])
