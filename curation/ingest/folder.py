@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import stat
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from curation.config import FolderSource
 from curation.errors import SpecError
-from curation.ingest.raw import SIDECAR_MAX_BYTES, RawInput, has_image_extension, parse_sidecar
+from curation.ingest.raw import (
+    SIDECAR_MAX_BYTES,
+    NotRegularFile,
+    RawInput,
+    has_image_extension,
+    open_regular_file,
+    parse_sidecar,
+)
 from curation.types import Reason
 
 
@@ -24,20 +31,20 @@ def read_files(paths: tuple[str, ...], max_bytes: int) -> Iterator[RawInput]:
     for name in paths:
         path = Path(name)
         try:
-            info = path.stat()
-            if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read forever, a device never end
-                yield RawInput(name, reason=Reason.READ_FAILED, detail="not a regular file")
-                continue
-            if info.st_size > max_bytes:
-                yield RawInput(name, reason=Reason.TOO_LARGE, detail=f"{info.st_size} bytes > max_bytes {max_bytes}")
-                continue
-            with path.open("rb") as handle:
-                data = handle.read(info.st_size + 1)  # a buffer the file's size, not max_bytes
-                if len(data) > info.st_size:  # it grew after the stat: read on, up to the limit
+            with open_regular_file(path) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > max_bytes:
+                    yield RawInput(name, reason=Reason.TOO_LARGE, detail=f"{size} bytes > max_bytes {max_bytes}")
+                    continue
+                data = handle.read(size + 1)  # a buffer the file's size, not max_bytes
+                if len(data) > size:  # it grew after the stat: read on, up to the limit
                     data += handle.read(max_bytes + 1 - len(data))
             if len(data) > max_bytes:
                 yield RawInput(name, reason=Reason.TOO_LARGE, detail=f"more than max_bytes {max_bytes}")
                 continue
+        except NotRegularFile:
+            yield RawInput(name, reason=Reason.READ_FAILED, detail="not a regular file")
+            continue
         except OSError as error:
             yield RawInput(name, reason=Reason.READ_FAILED, detail=error.strerror or str(error))
             continue
@@ -47,10 +54,12 @@ def read_files(paths: tuple[str, ...], max_bytes: int) -> Iterator[RawInput]:
 
 def _sidecar(path: Path) -> tuple[dict, str | None]:
     sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        return {}, None
     try:
-        with sidecar.open("rb") as handle:
+        with open_regular_file(sidecar) as handle:
             return parse_sidecar(handle.read(SIDECAR_MAX_BYTES + 1))  # enough to tell it is too large
+    except FileNotFoundError:
+        return {}, None
+    except NotRegularFile:
+        return {}, "sidecar ignored: not a regular file"
     except OSError as error:
         return {}, f"sidecar ignored: {error.strerror}"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from curation.types import Reason
 
@@ -81,3 +84,18 @@ def has_image_extension(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSION
 
 def chunk(items: list[Any], size: int) -> list[list[Any]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device or socket where a file was listed: reading it would block forever or never end."""
+
+
+def open_regular_file(path: str | Path) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file, judged on the opened descriptor: a check by name
+    before opening could be raced by swapping in a FIFO. O_NONBLOCK keeps the open of a FIFO from waiting for a
+    writer; it changes nothing for a regular file."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise NotRegularFile(f"not a regular file: {path}")
+    return os.fdopen(descriptor, "rb")

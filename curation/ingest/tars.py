@@ -18,7 +18,7 @@ from braceexpand import braceexpand
 
 from curation.config import S3Settings, WebDatasetSource
 from curation.errors import SpecError
-from curation.ingest.raw import SIDECAR_MAX_BYTES, RawInput, has_image_extension, parse_sidecar
+from curation.ingest.raw import SIDECAR_MAX_BYTES, RawInput, has_image_extension, open_regular_file, parse_sidecar
 from curation.store.s3client import make_s3_client, s3_errors, split_s3_uri
 from curation.types import Reason
 
@@ -54,7 +54,7 @@ def _open(shard: str, settings: S3Settings):
     if shard.startswith("s3://"):
         bucket, key = split_s3_uri(shard)
         return make_s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"]
-    return open(shard, "rb")
+    return open_regular_file(shard)  # a FIFO named like a shard would block the read forever
 
 
 def _read_stream(shard: str, stream, max_bytes: int) -> Iterator[RawInput]:

@@ -143,6 +143,30 @@ def test_a_fifo_behind_an_image_name_is_read_failed_without_blocking(tmp_path):
     assert "not a regular file" in result.detail
 
 
+@pytest.mark.timeout(5)
+def test_a_fifo_swapped_in_after_the_listing_is_judged_on_the_open_file(tmp_path, monkeypatch):
+    """A check by name can be raced (a regular file when looked at, a FIFO when opened); the reader judges the
+    descriptor it opened. Here every look by name lies and says "regular file", as a lost race would."""
+    regular = tmp_path / "regular.bin"
+    regular.write_bytes(b"x")
+    looks_regular = os.stat(regular)
+    monkeypatch.setattr(Path, "stat", lambda self, **kwargs: looks_regular)
+    os.mkfifo(tmp_path / "swapped.jpg")
+    (result,) = read(tmp_path / "swapped.jpg")
+    assert result.reason == Reason.READ_FAILED
+    assert "not a regular file" in result.detail
+
+
+@pytest.mark.timeout(5)
+def test_a_fifo_sidecar_is_ignored_with_a_reason_without_blocking(tmp_path):
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"not checked here")
+    os.mkfifo(tmp_path / "photo.json")
+    (result,) = read(image)
+    assert result.data == b"not checked here"
+    assert result.detail == "sidecar ignored: not a regular file"
+
+
 def test_a_file_over_max_bytes_is_too_large_without_reading(tmp_path):
     huge = tmp_path / "huge.jpg"
     with huge.open("wb") as handle:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import tarfile
 import tracemalloc
 from pathlib import Path
@@ -187,6 +188,15 @@ def test_gzipped_tar_is_read(tmp_path):
 
 
 # --- broken shards ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(5)
+def test_a_fifo_named_like_a_shard_is_read_failed_without_blocking(tmp_path):
+    shard = tmp_path / "shard-0000.tar"
+    os.mkfifo(shard)
+    (result,) = read(shard)
+    assert result.reason == Reason.READ_FAILED and result.uri == str(shard)
+    assert "not a regular file" in result.detail
 
 
 def member_offsets(data: bytes) -> list[tarfile.TarInfo]:
