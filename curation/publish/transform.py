@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from curation.config import ImageTransform
 from curation.core.progress import Progress
-from curation.decode.pixels import flatten_to_rgb, has_transparency
+from curation.decode.pixels import flatten_to_rgb, has_transparency, narrow_wide_grey
 from curation.ingest import Block
 from curation.ingest.raw import chunk
 from curation.store.blobs import BlobStore
@@ -104,7 +104,9 @@ def transform_image(data: bytes, original_format: str, settings: ImageTransform)
 
 def _encodable(image: Image.Image, image_format: str) -> Image.Image:
     """Pixels the encoder takes: JPEG has no alpha (transparency on white, as everywhere else: pixels.py);
-    PNG and WebP keep it. Grey stays grey; palettes become RGB(A), which also lets them be resampled."""
+    PNG and WebP keep it. Grey stays grey (16-bit grey as 8-bit); palettes become RGB(A), which also lets them be
+    resampled."""
+    image = narrow_wide_grey(image)
     if has_transparency(image):
         return flatten_to_rgb(image) if image_format == "JPEG" else image.convert("RGBA")
     return image if image.mode == "L" else flatten_to_rgb(image)

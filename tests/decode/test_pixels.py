@@ -31,3 +31,12 @@ def test_a_trns_colour_key_is_composited_on_white_like_the_alpha_cut_out(mode, k
     keyed = open_rgb(png(Image.fromarray(canvas).convert(mode), transparency=key))
     assert np.array_equal(np.asarray(keyed), np.asarray(open_rgb(png(cut_out))))
     assert np.asarray(keyed)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_16_bit_grey_keeps_its_levels_and_its_transparent_level_lands_on_white():
+    """A tRNS level of a 16-bit grey PNG (0-65535) names transparent pixels too; the others keep their grey."""
+    levels = np.full((8, 8), 20000, np.uint16)  # 78 in 8 bits
+    levels[:, :4] = 40000
+    rgb = np.asarray(open_rgb(png(Image.fromarray(levels), transparency=40000)))
+    assert (rgb[:, :4] == 255).all()
+    assert (rgb[:, 4:] == 78).all()

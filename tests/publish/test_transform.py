@@ -130,6 +130,29 @@ def test_a_png_colour_key_is_transparency_too(mode):
     assert as_png.mode == "RGBA" and opened(as_png.data).getpixel((50, 25))[3] == 0
 
 
+def sixteen_bit_grey_with_a_transparent_level() -> bytes:
+    """Level 20000 of 65535 (78 in 8 bits) with its left half at 40000, the level its tRNS chunk calls transparent."""
+    levels = np.full((100, 200), 20000, np.uint16)
+    levels[:, :100] = 40000
+    buffer = io.BytesIO()
+    Image.fromarray(levels).save(buffer, "PNG", transparency=40000)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])
+def test_16_bit_grey_with_a_transparent_level_keeps_its_levels_and_its_transparency(fmt):
+    """Pillow's own convert clips 16-bit levels (all would turn white) and its transparent level matches no 8-bit
+    pixel; the published image keeps the grey and the transparent half (white where the format has no alpha)."""
+    derived = transform_image(sixteen_bit_grey_with_a_transparent_level(), "PNG", ImageTransform(size=50, format=fmt))
+    pixels = np.asarray(opened(derived.data).convert("RGBA"), np.int16)
+    grey, transparent = pixels[:, 75], pixels[:, 25]
+    assert np.abs(grey - [78, 78, 78, 255]).max() <= 2
+    if fmt == "JPEG":
+        assert (transparent[:, :3] > 250).all()
+    else:
+        assert (transparent[:, 3] == 0).all()
+
+
 @pytest.mark.parametrize(("fmt", "mode"), [("JPEG", "CMYK"), ("PNG", "L"), ("GIF", "RGB"), ("WEBP", "RGB")])
 def test_other_modes_and_formats_re_encode(fmt, mode):
     original = image_bytes(3, (128, 96), fmt=fmt, mode=mode)
