@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from curation.config import parse_spec
-from curation.ingest import plan_blocks
+from curation.ingest import folder, plan_blocks
 from curation.ingest.exclusions import NO_EXCLUSIONS, Exclusions
 from curation.ingest.stage import block_output_key, ingest_block
 from curation.store.blobs import BlobStore
@@ -71,18 +71,37 @@ def test_tar_member_names_and_sidecar_text_that_arrow_cannot_store_are_escaped(t
     assert by_member["a.png"]["caption"] == "caf\ufffd" and by_member["a.png"]["license"] == "CC0"
 
 
-def test_a_reader_failing_on_one_input_gives_it_a_row_and_reads_the_rest(tmp_path):
-    """A 255-byte name is a valid file, but its sidecar's name (x.json) is too long for the OS: looking it up
-    raises ENAMETOOLONG in the folder reader, which no reader code expects."""
+def test_a_reader_failing_on_one_input_gives_it_a_row_and_reads_the_rest(tmp_path, monkeypatch):
+    """Whatever a reader raises on one input (here a fault injected into the sidecar parser, standing for a bug
+    no reader code expects), that input gets a read_failed row naming the error and the rest are read."""
     root = tmp_path / "images"
     root.mkdir()
-    long_name = "a" * 251 + ".png"
-    for seed, name in enumerate(["0.png", long_name, "z.png"]):
+    for seed, name in enumerate(["0.png", "1.png", "z.png"]):
         (root / name).write_bytes(image_bytes(seed, fmt="PNG"))
+    (root / "1.json").write_bytes(b'{"caption": "boom"}')
+    parse_sidecar = folder.parse_sidecar
+
+    def failing_on_boom(raw: bytes):
+        if b"boom" in raw:
+            raise RuntimeError("injected sidecar fault")
+        return parse_sidecar(raw)
+
+    monkeypatch.setattr(folder, "parse_sidecar", failing_on_boom)
     rows = ingest(tmp_path, [{"kind": "folder", "name": "f", "path": str(root)}])
     assert [(row["uri"], row["status"], row["reason"]) for row in rows] == [
         (f"{root}/0.png", "kept", None),
-        (f"{root}/{long_name}", "rejected", "read_failed"),
+        (f"{root}/1.png", "rejected", "read_failed"),
         (f"{root}/z.png", "kept", None),
     ]
-    assert "OSError" in rows[1]["detail"] and "too long" in rows[1]["detail"]
+    assert "RuntimeError" in rows[1]["detail"] and "injected sidecar fault" in rows[1]["detail"]
+
+
+def test_an_image_whose_sidecar_name_is_too_long_is_kept_and_says_so(tmp_path):
+    """A 255-byte name is a valid file, but its sidecar's name (x.json) is too long for the OS."""
+    root = tmp_path / "images"
+    root.mkdir()
+    long_name = "a" * 251 + ".png"
+    (root / long_name).write_bytes(image_bytes(0, fmt="PNG"))
+    (row,) = ingest(tmp_path, [{"kind": "folder", "name": "f", "path": str(root)}])
+    assert (row["uri"], row["status"]) == (f"{root}/{long_name}", "kept")
+    assert row["detail"] == "sidecar ignored: File name too long"
