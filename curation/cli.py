@@ -280,8 +280,13 @@ def dups_command(obj: Context, run_id: str, largest: int | None, members: int | 
     def render(rows: list[dict]) -> None:
         for (stage, group_id), dropped in groups.items():
             first = dropped[0]
-            click.echo(f"{stage} group {group_id[:16]}: kept {first['kept_uri'] or first['representative']}, "
-                       f"{len(dropped)} dropped")  # fmt: skip
+            where = first["kept_uri"] or first["representative"]
+            if stage == "decontaminate":
+                head = f"matched evaluation image {where}"
+            else:
+                later = f" (itself dropped later: {first['kept_dropped_for']})" if first["kept_dropped_for"] else ""
+                head = f"kept {where}{later}"
+            click.echo(f"{stage} group {group_id[:16]}: {head}, {len(dropped)} dropped")
             for row in dropped[:members]:
                 click.echo(f"  - {row['uri']}  {row['method']} {row['similarity']:.3f} (threshold {row['threshold']})")
             if members is not None and len(dropped) > members:

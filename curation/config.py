@@ -313,7 +313,10 @@ class DecontaminateStage(Strict):
     """Drop every pool image whose duplicate group touches an evaluation image (DINOv2's relative dedup)."""
 
     sets: tuple[Source, ...] = Field(min_length=1)  # evaluation sets, any source kind; never published
-    threshold: float = Field(default=0.45, gt=0, le=1)  # cosine; stricter (lower) than dedup's
+    threshold: float = Field(default=0.45, gt=0, le=1)  # cosine to an evaluation image; stricter than dedup's
+    # Cosine at which two pool images count as one group (copies of a copy go too); default: dedup's threshold.
+    # As low as `threshold` chains look-alikes through the pool (docs/dedup.md).
+    pool_threshold: float | None = Field(default=None, gt=0, le=1)
 
 
 class Stages(Strict):

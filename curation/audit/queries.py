@@ -154,12 +154,20 @@ def run_rejects(catalog: Catalog, run_id: str, *, summary: bool) -> list[dict[st
 
 
 def run_duplicates(catalog: Catalog, run_id: str) -> list[dict[str, Any]]:
-    """A run's duplicate and contamination groups: each dropped image with the kept one, method and score."""
+    """A run's duplicate and contamination groups: each dropped image with the kept one, method and score.
+    `kept_uri`: where the kept image was seen (this run, else an earlier run for a published one; for a
+    contamination group, the evaluation image it matched); `kept_dropped_for`: the reason a later stage dropped
+    the kept image itself (e.g. contamination, opted_out), else null."""
     return catalog.rows(
         "SELECT d.stage, d.group_id, d.representative, d.image_id, d.method, d.similarity, d.threshold, "
         "d.model_id, (SELECT min(uri) FROM provenance p WHERE p.run_id = d.run_id AND p.image_id = d.image_id) "
-        "AS uri, (SELECT min(uri) FROM provenance p WHERE p.run_id = d.run_id AND p.image_id = d.representative) "
-        "AS kept_uri FROM duplicates d WHERE d.run_id = ? ORDER BY d.stage, d.group_id, d.image_id",
+        "AS uri, CASE WHEN d.stage = 'decontaminate' THEN (SELECT min(json_extract_string(o.detail, "
+        "'$.evaluation_uri')) FROM outcomes o WHERE o.run_id = d.run_id AND o.image_id = d.image_id) ELSE "
+        "coalesce((SELECT min(uri) FROM provenance p WHERE p.run_id = d.run_id AND p.image_id = d.representative),"
+        " (SELECT min(uri) FROM provenance p WHERE p.image_id = d.representative)) END AS kept_uri, "
+        "CASE WHEN d.stage = 'decontaminate' THEN NULL ELSE (SELECT min(o.reason) FROM outcomes o WHERE "
+        "o.run_id = d.run_id AND o.image_id = d.representative AND o.status = 'rejected') END AS kept_dropped_for "
+        "FROM duplicates d WHERE d.run_id = ? ORDER BY d.stage, d.group_id, d.image_id",
         [run_id],
     )
 

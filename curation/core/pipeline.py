@@ -26,7 +26,7 @@ from curation.audit.policy import license_verdict
 from curation.audit.registry import REQUEST_ID, active_requests, list_requests
 from curation.config import EmbedStage, PipelineSpec
 from curation.core.progress import Progress
-from curation.dedup.driver import run_decontaminate, run_dedup
+from curation.dedup.driver import representatives, run_decontaminate, run_dedup
 from curation.embed.driver import run_embed_stage
 from curation.embed.text_filter import filter_images
 from curation.embed.vectors import load_matrix
@@ -161,17 +161,20 @@ def _execute(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, ray_
             kept = _drop_images(catalog, run_id, "filter", 2, kept, verdicts)  # before dedup picks representatives
             lineage.append({"stage": "filter", "params": spec.stages.filter.model_dump(mode="json"),
                             "model_id": model_id})  # fmt: skip
+        before_dedup, duplicates_of = kept, {}
         if spec.stages.dedup is not None:
             progress.stage("dedup")
             stats["dedup"], verdicts = run_dedup(spec, home, catalog, run_id, kept, model_id, executor.get, progress)
             kept = _drop_images(catalog, run_id, "dedup", 3, kept, verdicts)
+            duplicates_of = representatives(verdicts)
             lineage.append(
                 {"stage": "dedup", "params": spec.stages.dedup.model_dump(mode="json"), "model_id": model_id}
             )
-        if spec.stages.decontaminate is not None:
-            stats["decontaminate"], verdicts = run_decontaminate(spec, home, catalog, run_id, kept, model_id,
-                                                                 executor.get, progress)  # fmt: skip
-            kept = _drop_images(catalog, run_id, "decontaminate", 4, kept, verdicts)
+        if spec.stages.decontaminate is not None:  # on the pool before dedup: any copy may be the one that matches
+            stats["decontaminate"], verdicts = run_decontaminate(spec, home, catalog, run_id, before_dedup, model_id,
+                                                                 executor.get, progress, duplicates_of)  # fmt: skip
+            _drop_images(catalog, run_id, "decontaminate", 4, before_dedup, verdicts)  # overrides dedup's reason
+            kept = kept.filter(pa.array([image_id not in verdicts for image_id in kept["image_id"].to_pylist()]))
             params = spec.stages.decontaminate.model_dump(mode="json")
             lineage.append({"stage": "decontaminate", "params": params, **_model(model_id)})
         progress.stage("optout")

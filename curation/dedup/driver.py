@@ -1,9 +1,9 @@
 """The driver's side of dedup and decontamination: gather hashes and vectors, build edges, group, record.
 
 Dedup keeps one representative per group and drops the rest (`near_duplicate` or `perceptual_duplicate`, the
-detail naming the representative, group, method, similarity and threshold). Decontamination drops every pool
-image whose component (pool-pool and pool-evaluation edges at its stricter threshold) holds an evaluation image
-(`contamination`, the detail naming that evaluation image).
+detail naming the representative, group, method, similarity and threshold). Decontamination, on the pool before
+dedup, drops every pool image whose component (pool-evaluation edges at its threshold, pool-pool edges at the
+copy threshold, dedup's groups) holds an evaluation image (`contamination`, the detail naming that image).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from curation.config import DedupStage, PipelineSpec
 from curation.core.progress import Progress
-from curation.dedup.graph import cross_edges, knn_edges
+from curation.dedup.graph import HIGHEST_THRESHOLD, cross_edges, knn_edges
 from curation.dedup.groups import Edges, Member, components, group_duplicates
 from curation.dedup.perceptual import near_pairs, phash
 from curation.embed.driver import embed_images
@@ -150,15 +150,15 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
     return stats, dedup_verdicts(members, frozenset(published))
 
 
-def chaining_warning(largest_group: int, images: int) -> str | None:
+def chaining_warning(largest_group: int, images: int, what: str = "dedup: the largest duplicate group") -> str | None:
     """Copies of one image rarely number in the hundreds; a group that large is a chain of look-alikes that the
     descriptor cannot tell apart (A~B~C~... through the transitive closure), and it silently empties the pool."""
     if largest_group < max(CHAIN_WARNING_MIN, CHAIN_WARNING_SHARE * images):
         return None
     return (
-        f"dedup: the largest duplicate group holds {largest_group} of {images} images: likely a chain of "
-        "look-alike images, not copies. Raise stages.dedup.threshold, lower phash_max_distance, or embed with "
-        "a copy-detection model (docs/dedup.md); `curate dups RUN` lists the groups."
+        f"{what} holds {largest_group} of {images} images: likely a chain of look-alike images, not copies. "
+        "Raise stages.dedup.threshold, lower phash_max_distance, or embed with a copy-detection model "
+        "(docs/dedup.md); `curate dups RUN` lists the groups."
     )
 
 
@@ -193,9 +193,17 @@ def _evaluation_images(spec: PipelineSpec, home: Home, run_id: str, executor: Ca
     return pa.concat_tables([read_parquet(home.runs, block_output_key(plan_id, block.index)) for block in blocks])
 
 
+def representatives(dedup_verdicts: dict[str, tuple[Reason, str]]) -> dict[str, str]:
+    """{image dedup dropped: the representative kept for its group} from dedup's verdicts."""
+    return {image_id: json.loads(detail)["kept"] for image_id, (_reason, detail) in dedup_verdicts.items()}
+
+
 def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kept: pa.Table,
-                      model_id: str, executor: Callable[[], Any], progress: Progress):  # fmt: skip
-    """Returns (stats, {pool image id: (Reason, detail)})."""
+                      model_id: str, executor: Callable[[], Any], progress: Progress,
+                      duplicates_of: dict[str, str] | None = None):  # fmt: skip
+    """Returns (stats, {pool image id: (Reason, detail)}). `kept` is the pool before dedup and `duplicates_of`
+    dedup's {dropped image: representative}: a group is contaminated whichever of its members touches an
+    evaluation image, so the answer cannot depend on which copy dedup happened to keep."""
     settings = spec.stages.decontaminate
     rows = _evaluation_images(spec, home, run_id, executor)
     evaluation = rows.filter(pc.equal(rows["status"], KEPT))
@@ -217,32 +225,47 @@ def run_decontaminate(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: 
     pool = load_matrix(catalog, home.vectors, model_id, pool_ids)  # memory-mapped float16: read in batches
     references = np.asarray(load_matrix(catalog, home.vectors, model_id, eval_ids), np.float32)
     graph_settings = spec.stages.dedup or DedupStage()
+    pool_threshold = min(settings.pool_threshold or graph_settings.threshold, HIGHEST_THRESHOLD)
+    threshold = min(settings.threshold, HIGHEST_THRESHOLD)
     runner = executor() if graph_settings.distributed else None
-    hits_i, hits_j, hits_s = cross_edges(pool, references, settings.threshold, graph_settings, runner=runner)
-    pool_i, pool_j, pool_s = knn_edges(pool, settings.threshold, graph_settings, progress=progress,
+    hits_i, hits_j, hits_s = cross_edges(pool, references, threshold, graph_settings, runner=runner)
+    pool_i, pool_j, pool_s = knn_edges(pool, pool_threshold, graph_settings, progress=progress,
                                        label="decontamination graph", runner=runner)  # fmt: skip
     count = len(pool_ids)
+    node = {image_id: n for n, image_id in enumerate(pool_ids)}
+    links = np.asarray([(node[a], node[b]) for a, b in sorted((duplicates_of or {}).items())
+                        if a in node and b in node], np.int64).reshape(-1, 2)  # fmt: skip
     graph = [
-        Edges("pool", pool_i, pool_j, pool_s, settings.threshold),
-        Edges("contamination", hits_i, hits_j + count, hits_s, settings.threshold),
+        Edges("pool", pool_i, pool_j, pool_s, pool_threshold),
+        Edges("dedup_group", links[:, 0], links[:, 1], np.ones(len(links), np.float32), pool_threshold),
+        Edges("contamination", hits_i, hits_j + count, hits_s, threshold),
     ]
     labels = components(count + len(eval_ids), graph)
-    touched: dict[int, tuple[float, str]] = {}
+    touched: dict[int, tuple[float, str]] = {}  # component -> its strongest evaluation hit
+    own: dict[int, float] = {}  # pool node -> its own strongest evaluation hit
     for i, j, score in zip(hits_i.tolist(), hits_j.tolist(), hits_s.tolist()):
         label = int(labels[i])
         if label not in touched or score > touched[label][0]:
             touched[label] = (score, eval_ids[j])
+        own[i] = max(own.get(i, score), score)
     verdicts = {}
     members = []
-    for node, image_id in enumerate(pool_ids):
-        label = int(labels[node])
-        if label in touched:
-            score, eval_id = touched[label]
-            detail = {"evaluation_image": eval_id, "evaluation_uri": eval_uri.get(eval_id),
-                      "similarity": round(score, 6), "threshold": settings.threshold,
-                      "group": f"contamination-{label}"}  # fmt: skip
-            verdicts[image_id] = (Reason.CONTAMINATION, json.dumps(detail, sort_keys=True))
-            members.append(Member(image_id, f"contamination-{label}", eval_id, "contamination", round(score, 6),
-                                  settings.threshold, eval_id))  # fmt: skip
+    for n, image_id in enumerate(pool_ids):
+        label = int(labels[n])
+        if label not in touched:
+            continue
+        best, eval_id = touched[label]
+        similarity = round(own[n], 6) if n in own else None  # None: it is in the group through another image
+        detail = {"evaluation_image": eval_id, "evaluation_uri": eval_uri.get(eval_id), "similarity": similarity,
+                  "group_similarity": round(best, 6), "threshold": threshold, "pool_threshold": pool_threshold,
+                  "group": f"contamination-{label}"}  # fmt: skip
+        verdicts[image_id] = (Reason.CONTAMINATION, json.dumps(detail, sort_keys=True))
+        members.append(Member(image_id, f"contamination-{label}", eval_id, "contamination", round(best, 6),
+                              threshold, eval_id))  # fmt: skip
     catalog.record_duplicates(run_id, "decontaminate", members, model_id)
-    return {**stats, "dropped_images": len(verdicts)}, verdicts
+    largest = max(Counter(member.group_id for member in members).values(), default=0)
+    warning = chaining_warning(largest, count, "decontaminate: the largest contaminated group")
+    if warning:
+        stats["warning"] = f"{stats['warning']}; {warning}" if "warning" in stats else warning
+        LOG.warning(warning)
+    return {**stats, "dropped_images": len(verdicts), "largest_group": largest}, verdicts

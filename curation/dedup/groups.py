@@ -1,8 +1,8 @@
 """Duplicate groups: connected components of the union of all duplicate edges, one representative kept per group.
 
 Representative rule (deterministic, documented): an image of an already published version (incremental dedup),
-then the most pixels (width x height), then the smallest image id.
-(Curated sources first arrives with selection's composition parts.) A group's id is its representative's id.
+then one from a curated source (composition's `source` parts and retrieval seeds), then the most pixels (width x
+height), then the smallest image id. A group's id is its representative's id.
 """
 
 from __future__ import annotations

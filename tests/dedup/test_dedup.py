@@ -280,6 +280,81 @@ def test_decontamination_drops_the_whole_component_and_nothing_else(ray_local, p
     assert statement["dedup_and_decontamination"] == {"decontaminate": {"contamination": 2}}
 
 
+def _unit(vector: np.ndarray) -> np.ndarray:
+    centred = vector - vector.mean()
+    return centred / np.linalg.norm(centred)
+
+
+def _toward(start: np.ndarray, goal: np.ndarray, cosine: float) -> np.ndarray:
+    """The unit vector at `cosine` to `start`, turned toward `goal` (in their plane)."""
+    side = _unit(goal - (goal @ start) * start)
+    return _unit(cosine * start + np.sqrt(1 - cosine**2) * side)
+
+
+def _save_pattern(pattern: np.ndarray, path: Path, scale: int) -> None:
+    """A grey 16x16 pattern blown up by pixel repetition: the builtin embedder sees the pattern's own direction,
+    so the images' cosines are the patterns' (give or take the rounding to grey levels)."""
+    grey = np.clip(128 + 40 * pattern / pattern.std(), 0, 255).round().astype(np.uint8).reshape(16, 16)
+    Image.fromarray(np.repeat(np.repeat(grey, scale, 0), scale, 1)).convert("RGB").save(path)
+
+
+def _crafted_run(tmp_path: Path, images: dict[str, tuple[np.ndarray, int]], evaluation: np.ndarray,
+                 dedup: dict | None, **decontaminate):  # fmt: skip
+    pool, test_set = tmp_path / "pool", tmp_path / "eval"
+    pool.mkdir(parents=True)
+    test_set.mkdir()
+    for name, (pattern, scale) in images.items():
+        _save_pattern(pattern, pool / name, scale)
+    _save_pattern(evaluation, test_set / "E.png", 4)
+    spec = {"name": "crafted", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+            "stages": {"decode": {"min_side": 16}, "embed": {"model": "builtin"}, "dedup": dedup,
+                       "decontaminate": {"sets": [{"kind": "folder", "name": "test", "path": str(test_set)}],
+                                         "threshold": 0.45, **decontaminate}},
+            "execution": {"executor": "local"}}  # fmt: skip
+    home = tmp_path / "home"
+    result = curation.run(spec, home=home)
+    rows = curation.open_version(result.version, home=home).provenance().to_pylist()
+    return result, {row["uri"].rsplit("/", 1)[1]: row for row in rows}
+
+
+@pytest.mark.parametrize("bigger", ["A.png", "B.png"])
+def test_a_contaminated_group_goes_whole_whichever_copy_dedup_kept(tmp_path, bigger):
+    """A and B are copies (cosine 0.94); only B is near the evaluation image (0.61; A 0.29). Dedup keeps the
+    bigger one; decontamination must drop both either way, the group's every member as contamination."""
+    rng = np.random.default_rng(5)
+    evaluation = _unit(rng.normal(size=256))
+    b = _toward(evaluation, rng.normal(size=256), 0.61)
+    a = _toward(b, -evaluation, 0.94)
+    images = {"A.png": (a, 8 if bigger == "A.png" else 4), "B.png": (b, 8 if bigger == "B.png" else 4),
+              **{f"other{n}.png": (_unit(rng.normal(size=256)), 4) for n in range(4)}}  # fmt: skip
+    result, rows = _crafted_run(tmp_path / bigger, images, evaluation, {"threshold": 0.9, "perceptual": False})
+    assert {name for name, row in rows.items() if row["reason"] == "contamination"} == {"A.png", "B.png"}
+    assert {name for name, row in rows.items() if row["status"] == "kept"} == {f"other{n}.png" for n in range(4)}
+    details = {name: json.loads(rows[name]["detail"]) for name in ("A.png", "B.png")}
+    assert details["B.png"]["similarity"] > 0.45 and details["A.png"]["similarity"] is None  # A: through B
+    assert details["A.png"]["group_similarity"] == details["B.png"]["similarity"]
+    listing = CliRunner().invoke(cli, ["--home", str(tmp_path / bigger / "home"), "dups", result.run_id])
+    assert listing.exit_code == 0, listing.output
+    assert "(itself dropped later: contamination)" in listing.output  # dedup's keeper did not stay
+    assert "matched evaluation image " in listing.output and "/eval/E.png" in listing.output
+
+
+def test_decontamination_joins_pool_images_at_the_copy_threshold_unless_told_lower(tmp_path):
+    """P2 merely resembles P1 (0.5), which matches the evaluation image: by default P2 is not a copy and stays;
+    with pool_threshold at the evaluation threshold (0.45) the chain takes it too."""
+    rng = np.random.default_rng(7)
+    evaluation = _unit(rng.normal(size=256))
+    p1 = _toward(evaluation, rng.normal(size=256), 0.7)
+    p2 = _toward(p1, -evaluation, 0.5)
+    images = {"P1.png": (p1, 4), "P2.png": (p2, 4)}
+    _, rows = _crafted_run(tmp_path / "default", images, evaluation, None)
+    assert (rows["P1.png"]["reason"], rows["P2.png"]["status"]) == ("contamination", "kept")
+    result, rows = _crafted_run(tmp_path / "chained", images, evaluation, None, pool_threshold=0.45)
+    assert rows["P2.png"]["reason"] == "contamination"
+    assert json.loads(rows["P2.png"]["detail"])["pool_threshold"] == 0.45
+    assert result.stats["decontaminate"]["largest_group"] == 2
+
+
 def test_a_small_test_image_is_protected_whatever_the_pools_decode_rules(ray_local, planted, tmp_path, home):
     evaluation = tmp_path / "small-eval"
     evaluation.mkdir()
@@ -423,9 +498,9 @@ def test_a_distributed_dedup_run_drops_the_planted_copies(ray_local, planted, ho
     version = curation.open_version(curation.run(spec, home=home).version, home=home)
     rows = version.provenance().to_pylist()
     dropped = {row["uri"].rsplit("/", 1)[1] for row in rows if row["stage"] == "dedup"}
-    assert dropped == {"copy-0.jpg", "copy-1.jpg", "copy-2.jpg", "copy-of-10.jpg"}
+    assert dropped == {"copy-0.jpg", "copy-1.jpg", "copy-2.jpg"}
     contaminated = {row["uri"].rsplit("/", 1)[1] for row in rows if row["reason"] == "contamination"}
-    assert contaminated == {planted["files"][10].name}  # its copy went in dedup already
+    assert contaminated == {planted["files"][10].name, "copy-of-10.jpg"}  # its dedup copy too, as contamination
     spec["execution"]["executor"] = "local"
     with pytest.raises(ValueError, match="stages.dedup.distributed"):
         PipelineSpec.model_validate(spec)
