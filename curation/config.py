@@ -7,9 +7,12 @@ and the dotted key. Secrets (S3 credentials) are `SecretStr`, so they are redact
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import types
+import typing
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from curation.errors import SpecError
 
@@ -46,8 +50,48 @@ def _local_or_s3(location: str) -> str:
 Location = Annotated[str, AfterValidator(_local_or_s3)]
 
 
+@functools.cache
+def _types_in(annotation: Any) -> frozenset[Any]:
+    """The plain types a field's annotation admits (through unions, Optional and Annotated)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return frozenset().union(*(_types_in(arg) for arg in typing.get_args(annotation)))
+    if origin is Annotated:
+        return _types_in(typing.get_args(annotation)[0])
+    if origin is Literal:
+        return frozenset(type(arg) for arg in typing.get_args(annotation))
+    return frozenset([annotation if isinstance(annotation, type) else object])
+
+
 class Strict(BaseModel):
+    """Unknown keys are errors, and so are numbers given as true/false (YAML reads `yes`, `on` and `no` as
+    booleans, which would pass as 1 and 0) or whole numbers given as strings. A float may be a string: PyYAML
+    reads `1e-4` (no dot) as one."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            admitted = _types_in(field.annotation) if field else frozenset()
+            if not admitted & {int, float} or admitted & {bool, str, object}:
+                continue
+            if isinstance(value, bool):
+                raise PydanticCustomError("not_a_number", "a number is needed, not {given}",
+                                          {"field": name, "given": str(value).lower()})  # fmt: skip
+            if isinstance(value, str) and float not in admitted:
+                raise PydanticCustomError("not_a_number", "a whole number is needed, not the string {given}",
+                                          {"field": name, "given": repr(value)})  # fmt: skip
+        return data
+        if isinstance(value, bool):
+            raise ValueError(f"a number is needed, not {str(value).lower()}")
+        if isinstance(value, str) and float not in admitted:
+            raise ValueError(f"a whole number is needed, not the string {value!r}")
+        return value
 
 
 class S3Settings(Strict):
@@ -424,8 +468,8 @@ class PipelineSpec(Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _format_errors(error: ValidationError, origin: str) -> str:
-    lines = [f"{origin}: invalid pipeline spec"]
+def _format_errors(error: ValidationError, origin: str, what: str = "pipeline spec") -> str:
+    lines = [f"{origin}: invalid {what}"]
     errors = error.errors()
     for item in errors:
         nested = any(
@@ -433,15 +477,19 @@ def _format_errors(error: ValidationError, origin: str) -> str:
         )
         if item["type"] == "too_short" and nested:
             continue  # pydantic's echo of a failed item ("0 items after validation") adds nothing
-        location = ".".join(str(part) for part in item["loc"] if not re.fullmatch(r"[a-z]+-source", str(part)))
-        # drop the source kind pydantic puts after an index (`sources.0.folder.path`), not a field named `urls`
-        location = re.sub(r"(\.\d+)\.(folder|webdataset|s3|urls)(?=\.|$)", r"\1", location)
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        else:
-            message = item["msg"]
-        lines.append(f"  {location or '<top>'}: {message}")
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {error_location(item) or '<top>'}: {message}")
     return "\n".join(lines)
+
+
+def error_location(item: dict[str, Any]) -> str:
+    """The dotted key a pydantic error is about, as the user wrote it."""
+    location = ".".join(str(part) for part in item["loc"] if not re.fullmatch(r"[a-z]+-source", str(part)))
+    # drop the source or part kind pydantic puts after an index (`sources.0.folder.path`), not a field `urls`
+    location = re.sub(r"(\.\d+)\.(folder|webdataset|s3|urls|source|retrieval|balanced)(?=\.|$)", r"\1", location)
+    if item["type"] == "not_a_number":  # raised for the whole mapping: name the key itself
+        location = ".".join(part for part in (location, item["ctx"]["field"]) if part)
+    return location
 
 
 def parse_spec(data: Any, *, origin: str = "<spec>", base_dir: Path | None = None) -> PipelineSpec:

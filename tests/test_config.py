@@ -82,6 +82,15 @@ def balanced(levels: list[dict]) -> dict:
         (lambda s: s.update(storage={"blobs": "S3://bucket/x"}), "storage.blobs: Value error, 'S3://bucket/x' looks"),
         (lambda s: s.update(sources=[{"kind": "webdataset", "name": "pool", "urls": ["a.tar", "gs://b/c.tar"]}]),
          "sources.0.urls.1: Value error, 'gs://b/c.tar' looks like a URL, but only s3:// URIs are supported"),
+        # YAML reads yes/no/on/off as booleans: a number must not quietly become 1 or 0
+        (lambda s: s.update(stages={"dedup": {"k": True, "copy_detection": False}}),
+         "stages.dedup.k: a number is needed, not true"),
+        (lambda s: s.update(stages={"dedup": {"threshold": False, "copy_detection": False}}),
+         "stages.dedup.threshold: a number is needed, not false"),
+        (lambda s: s.update(stages={"decode": {"min_side": "16"}}),
+         "stages.decode.min_side: a whole number is needed, not the string '16'"),
+        (lambda s: s.update(stages=balanced([{"clusters": True}])),
+         "stages.select.parts.0.levels.0.clusters: a number"),
     ],
 )  # fmt: skip
 def test_bad_specs_name_the_file_and_key(tmp_path, mutation, expected):
@@ -178,3 +187,11 @@ def test_spec_hash_follows_content():
     assert parse_spec(MINIMAL).sha256() == parse_spec(dict(MINIMAL)).sha256()
     changed = {**MINIMAL, "stages": {"decode": {"min_side": 64}}}
     assert parse_spec(MINIMAL).sha256() != parse_spec(changed).sha256()
+
+
+def test_a_float_may_be_written_as_yaml_reads_exponents(tmp_path):
+    """PyYAML reads `1e-1` (no dot) as a string; a float field takes it, as users write learning rates."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: demo\nsources: [{kind: folder, name: pool, path: images}]\n"
+                    "stages: {dedup: {copy_detection: false, threshold: 9e-1}}\n")  # fmt: skip
+    assert load_spec(path).stages.dedup.threshold == 0.9

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from curation.config import Strict
+from curation.config import Strict, error_location
 from curation.errors import SpecError
 
 
@@ -68,5 +68,5 @@ def load_settings(path: str | Path | None, **overrides) -> ServiceSettings:
     try:
         return ServiceSettings.model_validate(data).resolved()
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        problems = "; ".join(f"{error_location(item)}: {item['msg']}" for item in error.errors())
         raise SpecError(f"{origin}: invalid service settings: {problems}") from None

@@ -118,7 +118,7 @@ def parse_train_config(data: dict[str, Any] | None, origin: str = "<train config
     try:
         return TrainConfig.model_validate(data or {})
     except ValidationError as error:
-        raise SpecError(_format_errors(error, origin)) from None
+        raise SpecError(_format_errors(error, origin, "training config")) from None
 
 
 def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
