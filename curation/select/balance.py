@@ -9,6 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def group_positions(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(distinct labels, ascending; the positions holding each, ascending), from one stable sort: selecting each
+    label's positions by comparison scans every point once per label, O(labels x points) on 100k clusters."""
+    order = np.argsort(labels, kind="stable")
+    values, starts = np.unique(labels[order], return_index=True)
+    return values, np.split(order, starts[1:]) if len(order) else []
+
+
 def water_fill(sizes: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
     """How many to take from each group so that the total is `target` and groups are as equal as they can be.
 
@@ -58,11 +66,10 @@ def hierarchical_sample(paths: np.ndarray, target: int, *, seed: int = 0, rule: 
                 order = np.lexsort((members, distances[members]))
                 selected.append(np.sort(members[order[:quota]]))
             return
-        labels = paths[members, level]
-        groups, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-        quotas = water_fill(sizes, quota, rng)
-        for group_index in range(len(groups)):
-            descend(members[inverse == group_index], level + 1, int(quotas[group_index]))
+        _, groups = group_positions(paths[members, level])
+        quotas = water_fill(np.array([len(group) for group in groups]), quota, rng)
+        for group, group_quota in zip(groups, quotas):
+            descend(members[group], level + 1, int(group_quota))
 
     descend(np.arange(len(paths)), 0, min(target, len(paths)))
     return np.sort(np.concatenate(selected)) if selected else np.empty(0, np.int64)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from curation.select.balance import group_positions
 from curation.select.kmeans import compute_device, fits
 
 STREAM_ROWS = 65_536  # pool rows read at a time by the streamed search
@@ -134,9 +135,11 @@ def cluster_based(pool_labels: np.ndarray, seed_labels: np.ndarray, *, min_seeds
     rng = np.random.default_rng(seed)
     clusters, counts = np.unique(seed_labels, return_counts=True)
     eligible = [int(c) for c, n in sorted(zip(clusters, counts), key=lambda item: (-item[1], item[0])) if n > min_seeds]
+    values, groups = group_positions(pool_labels)
+    members_of = dict(zip(values.tolist(), groups))
     pulls: list[Pull] = []
     for cluster in eligible:
-        members = np.flatnonzero(pool_labels == cluster)
+        members = members_of.get(cluster, np.empty(0, np.int64))
         chosen = rng.permutation(members)[:per_cluster]
         room = len(chosen) if cap is None else max(0, cap - len(pulls))
         pulls.extend(Pull(int(index), -1, rank, 0.0) for rank, index in enumerate(sorted(chosen)[:room], start=1))

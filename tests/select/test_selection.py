@@ -3,6 +3,8 @@ resume), seed retrieval against brute force."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -404,3 +406,23 @@ def test_k_means_report_every_pass_and_a_cancelled_hierarchy_resumes(float16_poo
     assert same_selection(compose(stage, ids, sources, float16_pool, workdir=tmp_path, progress=resumed), expected)
     bars = {bar["name"]: bar for bar in resumed.snapshot()["stages"]}
     assert bars["k-means balanced"]["done"] == total  # the reused steps count as done
+
+
+def test_cluster_based_retrieval_groups_the_pool_once():
+    """10,000 eligible clusters over a pool of 4M labels: the pool is grouped by cluster once (one sort), not
+    scanned once per cluster (measured 21 s that way, about 1 s now)."""
+    pool_labels = np.random.default_rng(0).integers(0, 10_000, 4_000_000)
+    started = time.perf_counter()
+    pulls = cluster_based(pool_labels, np.repeat(np.arange(10_000), 2), min_seeds=1, per_cluster=5)
+    assert time.perf_counter() - started < 6
+    assert np.bincount(pool_labels[[pull.pool_index for pull in pulls]]).tolist() == [5] * 10_000
+
+
+def test_balanced_sampling_groups_each_level_once():
+    """10,000 top-level clusters over 2M points: each level's members are grouped by one sort, not selected once
+    per cluster (measured 20 s that way, about 0.5 s now); the split stays balanced."""
+    labels = np.random.default_rng(0).integers(0, 10_000, 2_000_000)
+    started = time.perf_counter()
+    selected = hierarchical_sample(labels[:, None], 50_000, seed=0)
+    assert time.perf_counter() - started < 5
+    assert len(selected) == 50_000 and np.bincount(labels[selected]).tolist() == [5] * 10_000
