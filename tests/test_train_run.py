@@ -116,19 +116,49 @@ def test_a_non_finite_loss_stops_the_run(home, tmp_path):
         train(config, home=home, dataset="fixture@v1", out_dir=tmp_path / "run")
 
 
-def test_two_processes_with_gloo(home, tmp_path):
+RESUMABLE = """import sys
+from curation.train.config import load_train_config
+from curation.train.train import train
+
+config, home, out = sys.argv[1:]
+train(load_train_config(config), home=home, dataset="fixture@v1", out_dir=out, stop_after=2)
+"""
+
+
+def test_two_processes_with_gloo_resume_exactly(home, tmp_path):
+    """6 steps straight (`curate train`) equal 2 + 2 + 2 steps with two resumes: the same losses and positions.
+    A resumed rank once sent back its stale copy of the other rank's position, so the second resume replayed."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny(run__steps=3, run__checkpoint_every=3)))
-    out = tmp_path / "ddp"
-    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", "--master-port",
-               str(free_port()), str(Path(sys.executable).parent / "curate"), "--home", str(home), "train",
-               "--dataset", "fixture@v1", "--config", str(config), "--out", str(out)]  # fmt: skip
+    config.write_text(yaml.safe_dump(tiny(run__steps=6, run__checkpoint_every=2)))
+    script = tmp_path / "resumable.py"
+    script.write_text(RESUMABLE)
+    bin_dir = Path(sys.executable).parent
+    curate = [str(bin_dir / "curate"), "--home", str(home), "train", "--dataset", "fixture@v1", "--config", str(config),
+              "--out"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    state = load_checkpoint(out / "checkpoints" / "step-0000003.pt")
-    assert state["world_size"] == 2 and sorted(state["positions"]) == [0, 1]  # one stream per rank
-    assert (out / "export" / "backbone.json").is_file()
+
+    def torchrun(*command: str) -> None:
+        launcher = [str(bin_dir / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port())]
+        finished = subprocess.run([*launcher, *command], capture_output=True, text=True, timeout=240, env=env)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun(*curate, str(straight))
+    torchrun(str(script), str(config), str(home), str(resumed))
+    torchrun(str(script), str(config), str(home), str(resumed))
+    torchrun(*curate, str(resumed))
+
+    def losses(out: Path) -> list[tuple[int, float]]:
+        return [(record["step"], record["loss"]) for record in map(json.loads, (out / "log.jsonl").open())]
+
+    assert [step for step, _ in losses(resumed)] == list(range(6))
+    assert losses(resumed) == losses(straight)  # bit-identical
+    for step in (2, 4, 6):
+        name = f"checkpoints/step-{step:07d}.pt"
+        state = load_checkpoint(straight / name)
+        assert state["world_size"] == 2 and state["positions"] == {0: (0, step), 1: (0, step)}  # a stream per rank
+        assert load_checkpoint(resumed / name)["positions"] == state["positions"]
+    assert (straight / "export" / "backbone.json").is_file() and (resumed / "export" / "backbone.json").is_file()
 
 
 def test_cli_train_then_eval_knn(home, tmp_path):

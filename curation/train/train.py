@@ -92,6 +92,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def gather_positions(positions: dict[int, tuple[int, int]], world_size: int) -> dict[int, tuple[int, int]]:
+    """Every rank's positions in one dict for the checkpoint; each rank holds only its own streams'."""
     if world_size == 1:
         return dict(positions)
     every: list[Any] = [None] * world_size
@@ -155,6 +156,9 @@ def train(config: TrainConfig, *, home: str | Path, dataset: str, out_dir: str |
                                         config.data.shuffle_buffer, config.data.homogeneous_share),
                          rank=rank, world_size=world_size, workers=workers, start=positions,
                          rotation=start_step % max(1, workers))  # fmt: skip
+    # a checkpoint holds every rank's streams; keeping the others' would send back stale copies of them, which
+    # overwrite their owners' current positions when the ranks' positions are gathered at the next checkpoint
+    positions = {stream_id: positions[stream_id] for stream_id in stream.own_streams() if stream_id in positions}
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0)  # fmt: skip
     batches = iter(loader)

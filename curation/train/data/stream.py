@@ -107,10 +107,13 @@ class BatchStream(IterableDataset):
         self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
         self.start, self.rotation = start or {}, rotation
 
+    def own_streams(self) -> range:
+        """The ids of this rank's streams, one per dataloader worker."""
+        return range(self.rank * self.workers, (self.rank + 1) * self.workers)
+
     def stream_id(self) -> int:
         info = get_worker_info()
-        logical = ((info.id if info else 0) + self.rotation) % self.workers
-        return self.rank * self.workers + logical
+        return self.own_streams()[((info.id if info else 0) + self.rotation) % self.workers]
 
     def samples(self, pass_number: int, stream: int) -> Iterator[Sample]:
         streams = self.world_size * self.workers
