@@ -55,7 +55,8 @@ def build_reports(details: dict[str, dict[str, Any]], selection: dict[str, list[
                 [after[i] for i in order], f"{part}: selected per top-level cluster (same order)"
             )
         elif detail["kind"] == "retrieval":
-            counts, _ = np.histogram(detail["similarities"], bins=SIMILARITY_BINS)
+            # float16 vectors score a copy of the seed up to ~1.0004: clipped, every pull lands in a bin
+            counts, _ = np.histogram(np.clip(detail["similarities"], -1, 1), bins=SIMILARITY_BINS)
             numbers["parts"][part] = {"pulls": len(detail["similarities"]), "similarity_bins": SIMILARITY_BINS.tolist(),
                                       "similarity_counts": counts.tolist()}  # fmt: skip
             files[f"reports/{part}-similarity.png"] = bar_chart(counts.tolist(), f"{part}: pull similarity, -1..1")
