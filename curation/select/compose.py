@@ -131,24 +131,33 @@ class _PoolClusters:
 
 def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add, pool_clusters,
               shards: ShardPool | None) -> dict[str, Any]:  # fmt: skip
+    """Adds the part's pulls; returns what the report shows of them: pulls and distinct images whatever the method,
+    the similarities of sample-based pulls, the images per pool cluster of cluster-based ones."""
     seeds = [i for i, came_from in enumerate(sources) if came_from & set(part.seeds)]
-    if not seeds or not pool:
-        return {"kind": "retrieval", "similarities": []}
-    seed_vectors = vectors[seeds]
-    if part.method == "sample":
-        pulls = sample_based(seed_vectors, vectors, rows=np.asarray(pool), k=part.k, floor=part.floor, cap=part.cap,
+    pulls, pool_labels = [], np.empty(0, np.int64)
+    if seeds and pool and part.method == "sample":
+        pulls = sample_based(vectors[seeds], vectors, rows=np.asarray(pool), k=part.k, floor=part.floor, cap=part.cap,
                              sharded=None if shards is None else shards.points(np.asarray(pool)))  # fmt: skip
-    else:
+    elif seeds and pool:
         centroids, pool_labels = pool_clusters(part.clusters)
-        seed_labels, _ = assign(seed_vectors, centroids)
+        seed_labels, _ = assign(vectors[seeds], centroids)
         pulls = cluster_based(pool_labels, seed_labels, min_seeds=part.min_seeds, per_cluster=part.per_cluster,
                               cap=part.cap, seed=seed)  # fmt: skip
     for pull in pulls:
         reason = {"part": part.name, "rule": f"retrieval-{part.method}", "rank": pull.rank}
-        if pull.seed_index >= 0:
+        if part.method == "sample":
             reason.update(seed_image=image_ids[seeds[pull.seed_index]], similarity=round(pull.similarity, 6))
+        else:
+            reason.update(cluster=int(pool_labels[pull.pool_index]))
         add(pool[pull.pool_index], reason)
-    return {"kind": "retrieval", "similarities": [pull.similarity for pull in pulls if pull.seed_index >= 0]}
+    images = np.unique(np.array([pull.pool_index for pull in pulls], np.int64))
+    detail = {"kind": "retrieval", "method": part.method, "pulls": len(pulls), "images": len(images)}
+    if part.method == "sample":
+        detail["similarities"] = [pull.similarity for pull in pulls]
+    else:
+        clusters, sizes = np.unique(pool_labels[images], return_counts=True)
+        detail.update(clusters=clusters.tolist(), images_per_cluster=sizes.tolist())
+    return detail
 
 
 def _balance(part: BalancedPart, members: list[int], points_of, seed, cache_folder: CacheFolder, add,

@@ -1,7 +1,8 @@
 """Selection reports saved beside the manifest: numbers (JSON) and bar charts (PNG, drawn with Pillow).
 
-Per balanced part: images per top-level cluster before and after balancing; per retrieval part: the similarity
-distribution of its pulls; for the whole version: samples per part.
+Per balanced part: images per top-level cluster before and after balancing; per retrieval part: its pulls and
+distinct images, with the similarity distribution of sample-based pulls or the images per pool cluster of
+cluster-based ones; for the whole version: samples per part.
 """
 
 from __future__ import annotations
@@ -55,10 +56,19 @@ def build_reports(details: dict[str, dict[str, Any]], selection: dict[str, list[
                 [after[i] for i in order], f"{part}: selected per top-level cluster (same order)"
             )
         elif detail["kind"] == "retrieval":
-            # float16 vectors score a copy of the seed up to ~1.0004: clipped, every pull lands in a bin
-            counts, _ = np.histogram(np.clip(detail["similarities"], -1, 1), bins=SIMILARITY_BINS)
-            numbers["parts"][part] = {"pulls": len(detail["similarities"]), "similarity_bins": SIMILARITY_BINS.tolist(),
-                                      "similarity_counts": counts.tolist()}  # fmt: skip
-            files[f"reports/{part}-similarity.png"] = bar_chart(counts.tolist(), f"{part}: pull similarity, -1..1")
+            numbers["parts"][part] = {key: detail[key] for key in ("method", "pulls", "images")}
+            if detail["method"] == "sample":
+                # float16 vectors score a copy of the seed up to ~1.0004: clipped, every pull lands in a bin
+                counts, _ = np.histogram(np.clip(detail["similarities"], -1, 1), bins=SIMILARITY_BINS)
+                numbers["parts"][part].update(
+                    similarity_bins=SIMILARITY_BINS.tolist(), similarity_counts=counts.tolist()
+                )
+                files[f"reports/{part}-similarity.png"] = bar_chart(counts.tolist(), f"{part}: pull similarity, -1..1")
+            else:  # cluster-based pulls have no similarity: the pool clusters they came from instead
+                sizes = detail["images_per_cluster"]
+                numbers["parts"][part].update(clusters_used=len(sizes), clusters=detail["clusters"],
+                                              images_per_cluster=sizes)  # fmt: skip
+                title = f"{part}: images per pool cluster used, largest first"
+                files[f"reports/{part}-clusters.png"] = bar_chart(sorted(sizes, reverse=True), title)
     files["reports/selection.json"] = (json.dumps(numbers, indent=2, sort_keys=True) + "\n").encode()
     return files

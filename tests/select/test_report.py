@@ -33,3 +33,36 @@ def test_similarity_histogram_counts_every_pull_of_float16_vectors():
     near = numbers["parts"]["near"]
     assert near["pulls"] == 150 and sum(near["similarity_counts"]) == 150
     assert near["similarity_counts"][-1] == (similarities >= 0.95).sum()
+
+
+def test_every_retrieval_part_reports_its_pulls_and_cluster_based_ones_their_clusters():
+    """Cluster-based pulls have no similarity: their part used to be reported as 0 pulls with an empty histogram.
+    Every retrieval part now reports its pulls and distinct images; a sample-based one its similarity histogram,
+    a cluster-based one the pool clusters it drew from and the images from each (as its reasons name them)."""
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(6, 16)))
+    pool = unit(np.repeat(centres, 40, axis=0) + 0.05 * rng.normal(size=(240, 16)))
+    seeds = unit(centres[[0, 0, 1, 1, 2]] + 0.01 * rng.normal(size=(5, 16)))  # two seeds in modes 0 and 1, one in 2
+    vectors = np.concatenate([pool, seeds])
+    ids = [f"{i:03d}" for i in range(len(vectors))]
+    sources = [{"pool"}] * 240 + [{"seeds"}] * 5
+    parts = [RetrievalPart(kind="retrieval", name="near", seeds=["seeds"], method="cluster", clusters=6, min_seeds=1,
+                           per_cluster=15),
+             RetrievalPart(kind="retrieval", name="nearest", seeds=["seeds"], k=4)]  # fmt: skip
+    reasons, _, numbers, files = report_of(parts, ids, sources, vectors)
+    pulled = {part.name: [(image, r) for image, rs in reasons.items() for r in rs if r["part"] == part.name]
+              for part in parts}  # fmt: skip
+
+    near = numbers["parts"]["near"]
+    assert near["method"] == "cluster" and near["pulls"] == near["images"] == len(pulled["near"]) == 30
+    clusters = [r["cluster"] for _, r in pulled["near"]]
+    assert near["clusters_used"] == 2 and near["clusters"] == sorted(set(clusters))
+    assert near["images_per_cluster"] == [clusters.count(cluster) for cluster in near["clusters"]] == [15, 15]
+    assert "similarity_counts" not in near and "reports/near-similarity.png" not in files
+    assert "reports/near-clusters.png" in files
+
+    nearest = numbers["parts"]["nearest"]
+    assert nearest["method"] == "sample" and nearest["pulls"] == len(pulled["nearest"]) == 20
+    assert nearest["images"] == len({image for image, _ in pulled["nearest"]}) < 20  # seeds in one mode share some
+    assert sum(nearest["similarity_counts"]) == 20 and "reports/nearest-similarity.png" in files
+    assert "clusters" not in nearest
