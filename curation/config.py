@@ -217,7 +217,7 @@ class RetrievalPart(Strict):
     method: Literal["sample", "cluster"] = "sample"
     k: int = Field(default=4, ge=1)  # sample: neighbours per seed image (DINOv2: 4, or 32 for ImageNet-1k)
     floor: float = Field(default=-1.0, ge=-1, le=1)  # sample: minimum cosine
-    cap: int | None = Field(default=None, ge=1)  # at most this many images from this part (DINOv2: 1M)
+    cap: int | None = Field(default=None, ge=1)  # at most this many images per seed dataset (DINOv2: 1M)
     clusters: int = Field(default=100, ge=1)  # cluster: k-means clusters of the pool (DINOv2: 100k)
     min_seeds: int = Field(default=3, ge=0)  # cluster: a cluster contributes if it holds more seeds than this
     per_cluster: int = Field(default=10_000, ge=1)  # cluster: images per contributing cluster

@@ -131,27 +131,37 @@ class _PoolClusters:
 
 def _retrieve(part: RetrievalPart, image_ids, sources, vectors, pool, seed, add, pool_clusters,
               shards: ShardPool | None) -> dict[str, Any]:  # fmt: skip
-    """Adds the part's pulls; returns what the report shows of them: pulls and distinct images whatever the method,
-    the similarities of sample-based pulls, the images per pool cluster of cluster-based ones."""
-    seeds = [i for i, came_from in enumerate(sources) if came_from & set(part.seeds)]
+    """Adds the part's pulls, each seed dataset's own (`cap` applies to each, as DINOv2 capped each seed dataset;
+    an image in two of them seeds for both), every reason naming its seed dataset; returns what the report shows
+    of them: pulls and distinct images (in all and per seed dataset) whatever the method, the similarities of
+    sample-based pulls, the images per pool cluster of cluster-based ones."""
+    datasets = list(dict.fromkeys(part.seeds))
+    members = [[i for i, came_from in enumerate(sources) if dataset in came_from] for dataset in datasets]
+    seeds = [i for group in members for i in group]
+    groups = np.repeat(np.arange(len(datasets)), [len(group) for group in members])
     pulls, pool_labels = [], np.empty(0, np.int64)
     if seeds and pool and part.method == "sample":
+        sharded = None if shards is None else shards.points(np.asarray(pool))
         pulls = sample_based(vectors[seeds], vectors, rows=np.asarray(pool), k=part.k, floor=part.floor, cap=part.cap,
-                             sharded=None if shards is None else shards.points(np.asarray(pool)))  # fmt: skip
+                             groups=groups, sharded=sharded)  # fmt: skip
     elif seeds and pool:
         centroids, pool_labels = pool_clusters(part.clusters)
         seed_labels, _ = assign(vectors[seeds], centroids)
         pulls = cluster_based(pool_labels, seed_labels, min_seeds=part.min_seeds, per_cluster=part.per_cluster,
-                              cap=part.cap, seed=seed)  # fmt: skip
+                              cap=part.cap, seed=seed, groups=groups)  # fmt: skip
     for pull in pulls:
-        reason = {"part": part.name, "rule": f"retrieval-{part.method}", "rank": pull.rank}
+        reason = {"part": part.name, "rule": f"retrieval-{part.method}", "seed_dataset": datasets[pull.group],
+                  "rank": pull.rank}  # fmt: skip
         if part.method == "sample":
             reason.update(seed_image=image_ids[seeds[pull.seed_index]], similarity=round(pull.similarity, 6))
         else:
             reason.update(cluster=int(pool_labels[pull.pool_index]))
         add(pool[pull.pool_index], reason)
     images = np.unique(np.array([pull.pool_index for pull in pulls], np.int64))
-    detail = {"kind": "retrieval", "method": part.method, "pulls": len(pulls), "images": len(images)}
+    per_dataset = {dataset: len({pull.pool_index for pull in pulls if pull.group == group})
+                   for group, dataset in enumerate(datasets)}  # fmt: skip
+    detail = {"kind": "retrieval", "method": part.method, "pulls": len(pulls), "images": len(images),
+              "images_per_seed_dataset": per_dataset}  # fmt: skip
     if part.method == "sample":
         detail["similarities"] = [pull.similarity for pull in pulls]
     else:

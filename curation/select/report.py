@@ -56,7 +56,9 @@ def build_reports(details: dict[str, dict[str, Any]], selection: dict[str, list[
                 [after[i] for i in order], f"{part}: selected per top-level cluster (same order)"
             )
         elif detail["kind"] == "retrieval":
-            numbers["parts"][part] = {key: detail[key] for key in ("method", "pulls", "images")}
+            numbers["parts"][part] = {
+                key: detail[key] for key in ("method", "pulls", "images", "images_per_seed_dataset")
+            }
             if detail["method"] == "sample":
                 # float16 vectors score a copy of the seed up to ~1.0004: clipped, every pull lands in a bin
                 counts, _ = np.histogram(np.clip(detail["similarities"], -1, 1), bins=SIMILARITY_BINS)

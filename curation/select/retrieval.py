@@ -1,8 +1,9 @@
 """Seed-set retrieval (DINOv2): curated seed images pull their look-alikes out of the (deduplicated) pool.
 
-Sample-based: each seed image takes its k nearest pool images at or over a similarity floor; the seed dataset's
+Sample-based: each seed image takes its k nearest pool images at or over a similarity floor; each seed dataset's
 total is capped (best similarities first). Cluster-based, for small seed sets: pool clusters that hold more than
-m seed images contribute up to n images each. Every pull is kept (an image pulled by several seeds keeps all).
+m of a seed dataset's images contribute up to n images each, each seed dataset's total capped too. Every pull is
+kept (an image pulled by several seeds keeps all).
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ class Pull:
     seed_index: int  # -1 for cluster-based pulls
     rank: int  # 1 = the seed's nearest pool image; for cluster-based pulls, the rank inside the cluster
     similarity: float
+    group: int = 0  # the seed's group (its seed dataset): `cap` applies to each group on its own
 
 
 def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = -1.0, cap: int | None = None,
-                 batch: int = 16_384, rows: np.ndarray | None = None, sharded=None) -> list[Pull]:  # fmt: skip
+                 groups: np.ndarray | None = None, batch: int = 16_384, rows: np.ndarray | None = None,
+                 sharded=None) -> list[Pull]:  # fmt: skip
     """Every (seed, pool image) pull of the k nearest at or over `floor`; with `cap`, only the pulls of the `cap`
-    distinct pool images with the best similarity survive. `rows` picks the pool out of a larger (memory-mapped)
-    matrix; pool indices are positions in `rows`. With a GPU, or for a pool whose float32 copy exceeds the host's
-    memory budget, the pool is scanned from where it lies, chunk by chunk, on the compute device
+    distinct pool images with the best similarity survive, per seed group (`groups[i]` is seed i's, its seed
+    dataset; default one group), as DINOv2 capped each seed dataset. `rows` picks the pool out of a larger
+    (memory-mapped) matrix; pool indices are positions in `rows`. With a GPU, or for a pool whose float32 copy
+    exceeds the host's memory budget, the pool is scanned from where it lies, chunk by chunk, on the compute device
     (`streamed_top_k`); otherwise a FAISS flat index searches a copy (the CPU build of FAISS, as installed).
     `sharded` (the same pool as `ShardedPoints`) scans it on its Ray actors instead, each its own share."""
     count = len(pool) if rows is None else len(rows)
@@ -47,17 +51,21 @@ def sample_based(seeds: np.ndarray, pool: np.ndarray, *, k: int, floor: float = 
         scores, neighbours = _faiss_top_k(seeds, pool if rows is None else pool[rows], k, batch)
     else:
         scores, neighbours = streamed_top_k(seeds, pool, rows, k, device)
+    groups = np.zeros(len(seeds), np.int64) if groups is None else np.asarray(groups)
     pulls = []
     for seed_index, (row_scores, row_neighbours) in enumerate(zip(scores, neighbours)):
         for rank, (score, neighbour) in enumerate(zip(row_scores, row_neighbours), start=1):
             if neighbour >= 0 and score >= floor:
-                pulls.append(Pull(int(neighbour), seed_index, rank, float(score)))
+                pulls.append(Pull(int(neighbour), seed_index, rank, float(score), int(groups[seed_index])))
     if cap is not None:
-        best: dict[int, float] = {}
+        best: dict[tuple[int, int], float] = {}  # (group, pool index): the image's best similarity in the group
         for pull in pulls:
-            best[pull.pool_index] = max(best.get(pull.pool_index, -2.0), pull.similarity)
-        keep = set(sorted(best, key=lambda index: (-best[index], index))[:cap])
-        pulls = [pull for pull in pulls if pull.pool_index in keep]
+            key = (pull.group, pull.pool_index)
+            best[key] = max(best.get(key, -2.0), pull.similarity)
+        keep = set()
+        for group in np.unique(groups).tolist():
+            keep |= set(sorted((key for key in best if key[0] == group), key=lambda key: (-best[key], key[1]))[:cap])
+        pulls = [pull for pull in pulls if (pull.group, pull.pool_index) in keep]
     return sorted(pulls, key=lambda pull: (pull.pool_index, pull.seed_index))
 
 
@@ -129,18 +137,24 @@ def streamed_top_k(seeds: np.ndarray, pool: np.ndarray, rows: np.ndarray | None,
 
 
 def cluster_based(pool_labels: np.ndarray, seed_labels: np.ndarray, *, min_seeds: int, per_cluster: int,
-                  cap: int | None = None, seed: int = 0) -> list[Pull]:  # fmt: skip
-    """Pool images from clusters holding more than `min_seeds` seed images: up to `per_cluster` each (random,
-    deterministic for `seed`), clusters with the most seeds first, at most `cap` images in all."""
-    rng = np.random.default_rng(seed)
-    clusters, counts = np.unique(seed_labels, return_counts=True)
-    eligible = [int(c) for c, n in sorted(zip(clusters, counts), key=lambda item: (-item[1], item[0])) if n > min_seeds]
-    values, groups = group_positions(pool_labels)
-    members_of = dict(zip(values.tolist(), groups))
+                  cap: int | None = None, seed: int = 0, groups: np.ndarray | None = None) -> list[Pull]:  # fmt: skip
+    """Per seed group (`groups[i]` is seed i's, its seed dataset; default one group), pool images from clusters
+    holding more than `min_seeds` of the group's seeds: up to `per_cluster` each (random, deterministic for
+    `seed`), clusters with the most seeds first, at most `cap` images per group."""
+    groups = np.zeros(len(seed_labels), np.int64) if groups is None else np.asarray(groups)
+    values, positions = group_positions(pool_labels)
+    members_of = dict(zip(values.tolist(), positions))
     pulls: list[Pull] = []
-    for cluster in eligible:
-        members = members_of.get(cluster, np.empty(0, np.int64))
-        chosen = rng.permutation(members)[:per_cluster]
-        room = len(chosen) if cap is None else max(0, cap - len(pulls))
-        pulls.extend(Pull(int(index), -1, rank, 0.0) for rank, index in enumerate(sorted(chosen)[:room], start=1))
+    for group, own in zip(*group_positions(groups)):
+        rng = np.random.default_rng(seed)  # each group draws as it would alone
+        clusters, counts = np.unique(seed_labels[own], return_counts=True)
+        by_seeds = sorted(zip(clusters, counts), key=lambda item: (-item[1], item[0]))
+        eligible = [int(cluster) for cluster, count in by_seeds if count > min_seeds]
+        taken: list[Pull] = []
+        for cluster in eligible:
+            chosen = rng.permutation(members_of.get(cluster, np.empty(0, np.int64)))[:per_cluster]
+            room = len(chosen) if cap is None else max(0, cap - len(taken))
+            taken.extend(Pull(int(index), -1, rank, 0.0, int(group))
+                         for rank, index in enumerate(sorted(chosen)[:room], start=1))  # fmt: skip
+        pulls.extend(taken)
     return pulls

@@ -51,6 +51,7 @@ def test_compose_publishes_parts_with_reasons(ray_local, tmp_path, home):
             by_part.setdefault(reason["part"], []).append(sample)
             if reason["part"] == "retrieved":
                 assert reason["rank"] in (1, 2) and "seed_image" in reason and -1 <= reason["similarity"] <= 1
+                assert reason["seed_dataset"] == "curated"
             if reason["part"] == "balanced":
                 assert len(reason["cluster_path"]) == 2 and reason["rule"] == "balanced-random"
     assert len(by_part["curated"]) == 10 and all(s["sources"] == ["curated"] for s in by_part["curated"])

@@ -59,7 +59,7 @@ def test_every_retrieval_part_reports_its_pulls_and_cluster_based_ones_their_clu
     assert near["clusters_used"] == 2 and near["clusters"] == sorted(set(clusters))
     assert near["images_per_cluster"] == [clusters.count(cluster) for cluster in near["clusters"]] == [15, 15]
     assert "similarity_counts" not in near and "reports/near-similarity.png" not in files
-    assert "reports/near-clusters.png" in files
+    assert "reports/near-clusters.png" in files and near["images_per_seed_dataset"] == {"seeds": 30}
 
     nearest = numbers["parts"]["nearest"]
     assert nearest["method"] == "sample" and nearest["pulls"] == len(pulled["nearest"]) == 20

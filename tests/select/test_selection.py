@@ -426,3 +426,47 @@ def test_balanced_sampling_groups_each_level_once():
     selected = hierarchical_sample(labels[:, None], 50_000, seed=0)
     assert time.perf_counter() - started < 5
     assert len(selected) == 50_000 and np.bincount(labels[selected]).tolist() == [5] * 10_000
+
+
+def test_sample_based_retrieval_caps_each_seed_dataset_and_names_it():
+    """DINOv2 caps the images per seed dataset: a part with two seed datasets keeps each one's `cap` best images
+    (the cap used to apply to their union), and every pull's reason names its seed dataset beside its seed image."""
+    vectors = unit(np.random.default_rng(0).normal(size=(300, 8)))
+    ids = [f"{i:04d}" for i in range(300)]
+    sources = [{"in1k"} if i < 10 else {"flowers"} if i < 20 else {"pool"} for i in range(300)]
+    part = RetrievalPart(kind="retrieval", name="near", seeds=["in1k", "flowers"], k=2, cap=5)
+    reasons, details = compose(SelectStage(mode="compose", parts=[part]), ids, sources, vectors)
+    kept = {"in1k": set(), "flowers": set()}
+    for image, image_reasons in reasons.items():
+        for reason in image_reasons:
+            assert reason["seed_dataset"] in sources[int(reason["seed_image"])]
+            kept[reason["seed_dataset"]].add(int(image))
+    for dataset, seeds in (("in1k", range(0, 10)), ("flowers", range(10, 20))):
+        scores = vectors[list(seeds)] @ vectors[20:].T
+        pulled = {20 + int(p) for row in scores for p in np.argsort(-row)[:2]}
+        best = sorted(pulled, key=lambda p: -scores[:, p - 20].max())[:5]
+        assert kept[dataset] == set(best)
+    assert details["near"]["images_per_seed_dataset"] == {"in1k": 5, "flowers": 5}
+
+
+def test_cluster_based_retrieval_counts_seeds_and_caps_per_seed_dataset():
+    """Each seed dataset's own seeds make a pool cluster eligible, and `cap` bounds each one's images: mode 2 holds
+    two seeds of each dataset, more than `min_seeds` together but not within either (the union used to decide,
+    and to share one cap). Every pull names its seed dataset and its cluster."""
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(6, 16)))
+    pool = unit(np.repeat(centres, 40, axis=0) + 0.05 * rng.normal(size=(240, 16)))
+    seeds = unit(centres[[0, 0, 0, 0, 2, 2, 1, 1, 1, 1, 2, 2]] + 0.01 * rng.normal(size=(12, 16)))
+    vectors = np.concatenate([pool, seeds])
+    ids = [f"{i:03d}" for i in range(len(vectors))]
+    sources = [{"pool"}] * 240 + [{"a"}] * 6 + [{"b"}] * 6
+    part = RetrievalPart(kind="retrieval", name="near", seeds=["a", "b"], method="cluster", clusters=6, min_seeds=3,
+                         per_cluster=30, cap=25)  # fmt: skip
+    reasons, details = compose(SelectStage(mode="compose", parts=[part]), ids, sources, vectors)
+    pulled = {"a": set(), "b": set()}
+    for image, image_reasons in reasons.items():
+        for reason in image_reasons:
+            pulled[reason["seed_dataset"]].add((int(image) // 40, reason["cluster"]))
+    assert {mode for mode, _ in pulled["a"]} == {0} and {mode for mode, _ in pulled["b"]} == {1}
+    assert len({cluster for _, cluster in pulled["a"] | pulled["b"]}) == 2
+    assert details["near"]["images_per_seed_dataset"] == {"a": 25, "b": 25} and details["near"]["images"] == 50
