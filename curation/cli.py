@@ -565,7 +565,8 @@ def labelled_evaluation(command):
         click.option("--train", "train_dir", required=True, type=click.Path(file_okay=False, exists=True),
                      help="Labelled images: one sub-folder per class."),
         click.option("--test", "test_dir", required=True, type=click.Path(file_okay=False, exists=True)),
-        click.option("--limit", type=int, default=None, help="At most this many images per class (a quick check)."),
+        click.option("--limit", type=click.IntRange(min=1), default=None,
+                     help="At most this many images per class (a quick check)."),
         click.option("--json", "as_json", is_flag=True),
     ]):  # fmt: skip
         command = option(command)
@@ -579,8 +580,9 @@ def _accuracy_summary(report: dict, protocol: str) -> str:
 
 @cli.command("eval-knn")
 @labelled_evaluation
-@click.option("--k", default=20, show_default=True)
-@click.option("--temperature", default=0.07, show_default=True)
+@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True, help="Neighbours that vote.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.07, show_default=True,
+              help="Votes weigh exp(similarity / T).")  # fmt: skip
 def eval_knn_command(model, train_dir, test_dir, limit, as_json, k, temperature) -> None:
     """Weighted k-NN accuracy of MODEL (a checkpoint .pt, an exported backbone .json, or an embed model name)."""
     from curation.train.knn import evaluate_knn
@@ -591,7 +593,8 @@ def eval_knn_command(model, train_dir, test_dir, limit, as_json, k, temperature)
 
 @cli.command("eval-linear")
 @labelled_evaluation
-@click.option("--weight-decay", default=1e-4, show_default=True, help="L2 penalty of the logistic regression.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="L2 penalty of the logistic regression.")  # fmt: skip
 def eval_linear_command(model, train_dir, test_dir, limit, as_json, weight_decay) -> None:
     """Linear-probe accuracy of MODEL: logistic regression on its frozen features (same MODEL forms as eval-knn)."""
     from curation.train.linear import evaluate_linear

@@ -168,6 +168,16 @@ def test_weighted_knn_by_hand():
     assert weighted_knn(train, labels, test, np.array([0]), k=3, temperature=0.01) == 1.0
 
 
+def test_weighted_knn_with_a_small_temperature_keeps_the_nearest_vote():
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.9, 0.12]])  # as above, the nearest now of class 1
+    labels = np.array([1, 0, 0])
+    # T=0.001: e^1000 overflows; relative to the best, class 1 gets 1 and class 0 e^-6.1 + e^-8.8
+    assert weighted_knn(train, labels, np.array([[1.0, 0.0]]), np.array([1]), k=3, temperature=0.001) == 1.0
+    for k, temperature in ((0, 0.07), (3, 0.0)):
+        with pytest.raises(ValueError, match="k >= 1 and a temperature above 0"):
+            weighted_knn(train, labels, np.array([[1.0, 0.0]]), np.array([1]), k=k, temperature=temperature)
+
+
 def test_linear_probe_fits_linear_classes_and_not_xor():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 8)) * 5

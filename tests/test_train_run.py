@@ -183,3 +183,13 @@ def test_cli_train_then_eval_knn(home, tmp_path):
     bad = runner.invoke(cli, ["--home", str(home), "train", "--dataset", "fixture@v1", "--out", str(tmp_path / "x"),
                               "--set", "run.stepz=2"])  # fmt: skip
     assert bad.exit_code != 0 and "run.stepz: unknown key" in str(bad.exception or bad.output)
+
+
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("eval-knn", "--k", "0"), ("eval-knn", "--temperature", "0"), ("eval-knn", "--limit", "0"),
+    ("eval-linear", "--weight-decay", "-1"), ("eval-linear", "--limit", "-2"),
+])  # fmt: skip
+def test_evaluation_options_out_of_range_are_refused(command, option, value):
+    labelled = str(FIXTURE_IMAGES / "fashion-mnist")
+    result = CliRunner().invoke(cli, [command, "builtin", "--train", labelled, "--test", labelled, option, value])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output

@@ -22,6 +22,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 def weighted_knn(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray, *,
                  k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> float:  # fmt: skip
     """Top-1 accuracy; features are normalised here; labels are integers 0..C-1."""
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"k-NN needs k >= 1 and a temperature above 0, got k={k}, temperature={temperature}")
     train = train / np.linalg.norm(train, axis=1, keepdims=True).clip(min=1e-12)
     test = test / np.linalg.norm(test, axis=1, keepdims=True).clip(min=1e-12)
     classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -30,7 +32,9 @@ def weighted_knn(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, 
     for start in range(0, len(test), chunk):
         similarity = test[start : start + chunk] @ train.T
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        weights = np.exp(np.take_along_axis(similarity, nearest, axis=1) / temperature)
+        nearest_similarity = np.take_along_axis(similarity, nearest, axis=1)
+        # relative to each row's best: exp(1 / T) overflows for a small T, and every vote became inf
+        weights = np.exp((nearest_similarity - nearest_similarity.max(axis=1, keepdims=True)) / temperature)
         votes = np.zeros((len(nearest), classes))
         np.add.at(votes, (np.arange(len(nearest))[:, None], train_labels[nearest]), weights)
         correct += int((votes.argmax(axis=1) == test_labels[start : start + chunk]).sum())
