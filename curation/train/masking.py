@@ -9,20 +9,24 @@ import torch
 
 
 def block_mask(height: int, width: int, ratio: float, generator: torch.Generator, min_patches: int = 4) -> torch.Tensor:
-    """[height * width] bool mask with about `ratio` of the patches set, as a union of random rectangles."""
+    """[height * width] bool mask with about `ratio` of the patches set, as a union of random rectangles.
+
+    A rectangle counts only if the patches it newly masks fit in what is still missing (BEiT, DINOv2), so the
+    mask never exceeds `ratio`; a rectangle's area is at least `min_patches`, but never more than is missing."""
     mask = torch.zeros(height, width, dtype=torch.bool)
     target = round(ratio * height * width)
     for _ in range(100):  # enough tries to reach the target; a crowded grid stops adding
         missing = target - int(mask.sum())
         if missing <= 0:
             break
-        area = max(min_patches, missing * float(torch.empty(1).uniform_(0.5, 1.0, generator=generator)))
+        area = float(torch.empty(1).uniform_(min(min_patches, missing), missing, generator=generator))
         log_aspect = float(torch.empty(1).uniform_(math.log(0.3), math.log(1 / 0.3), generator=generator))
         h = max(1, min(height, round(math.sqrt(area * math.exp(log_aspect)))))
         w = max(1, min(width, round(math.sqrt(area / math.exp(log_aspect)))))
         top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
         left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-        mask[top : top + h, left : left + w] = True
+        if int((~mask[top : top + h, left : left + w]).sum()) <= missing:
+            mask[top : top + h, left : left + w] = True
     return mask.flatten()
 
 
