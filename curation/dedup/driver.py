@@ -22,7 +22,7 @@ from curation.config import DedupStage, PipelineSpec
 from curation.core.progress import Progress
 from curation.dedup.graph import HIGHEST_THRESHOLD, cross_edges, knn_edges
 from curation.dedup.groups import Edges, Member, components, group_duplicates
-from curation.dedup.perceptual import near_pairs, phash
+from curation.dedup.perceptual import perceptual_edges, phash
 from curation.embed.driver import embed_images
 from curation.embed.vectors import load_matrix
 from curation.ingest import Block, plan_blocks
@@ -41,12 +41,14 @@ CHAIN_WARNING_SHARE = 0.01
 
 
 def phash_block(block: Block, blobs: BlobStore) -> list[tuple[str, int | None]]:
-    """Perceptual hashes of a block of image ids (a Ray task)."""
+    """Perceptual hashes of a block of image ids (a Ray task). Only a decode failure is an image without a hash
+    (cached as such); a failing read of the store raises, so the task is retried and nothing false is cached."""
     result = []
     for image_id in block.items:
+        data = blobs.get(image_id)
         try:
-            result.append((image_id, phash(blobs.get(image_id))))
-        except Exception:  # noqa: BLE001 - an image ingest accepted but pHash cannot read: no perceptual edges
+            result.append((image_id, phash(data)))
+        except Exception:  # noqa: BLE001 - an image ingest accepted but pHash cannot decode: no perceptual edges
             result.append((image_id, None))
     return result
 
@@ -115,20 +117,21 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
             embed_images(spec.stages.embed, home, catalog, f"{run_id}-published", extra, home.blobs(spec),
                          executor, None)  # fmt: skip
     edges = []
+    hashes: list[int] = []
     graph_timings: dict[str, float] = {}
     if settings.perceptual and image_ids:
         hashes = phashes_for(catalog, home.blobs(spec), image_ids, executor)
-        i, j, distance = near_pairs(hashes, settings.phash_max_distance)  # images without a hash pair with none
+        i, j, distance = perceptual_edges(hashes, settings.phash_max_distance)  # images without a hash: none
         edges.append(Edges("perceptual", i, j, 1 - distance / 64, 1 - settings.phash_max_distance / 64))
     if settings.copy_detection and image_ids:
         vectors = load_matrix(catalog, home.vectors, model_id, image_ids)  # memory-mapped float16: no pool copy
         i, j, similarity = knn_edges(vectors, settings.threshold, settings, timings=graph_timings, progress=progress,
                                      runner=executor() if settings.distributed else None)  # fmt: skip
-        edges.append(Edges("copy_detection", i, j, similarity, settings.threshold))
+        edges.append(Edges("copy_detection", i, j, similarity, min(settings.threshold, HIGHEST_THRESHOLD)))
     curated = _curated_images(spec, kept)
     outside = frozenset(extra)
-    members = [m for m in group_duplicates(image_ids, pixels, edges, frozenset(published), curated)
-               if m.image_id not in outside]  # fmt: skip
+    tiers = (frozenset(published) - outside, outside, curated)  # the past wins, first where it is crawled again
+    members = [m for m in group_duplicates(image_ids, pixels, edges, tiers) if m.image_id not in outside]
     catalog.record_duplicates(run_id, "dedup", members, model_id)
     group_sizes = Counter(member.group_id for member in members)
     largest = max(group_sizes.values()) + 1 if group_sizes else 0  # + the kept representative
@@ -138,6 +141,7 @@ def run_dedup(spec: PipelineSpec, home: Home, catalog: Catalog, run_id: str, kep
         "copy_edges": int(sum(len(e.i) for e in edges if e.method == "copy_detection")),
         "published_images": len(published),
         "published_in_pool": len(published) - len(extra),
+        "phash_unusable": sum(value < 0 for value in hashes),  # images pHash could not decode: no perceptual edges
         "groups": len(group_sizes),
         "largest_group": largest,
         "dropped_images": len(members),

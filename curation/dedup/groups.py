@@ -1,8 +1,9 @@
 """Duplicate groups: connected components of the union of all duplicate edges, one representative kept per group.
 
-Representative rule (deterministic, documented): an image of an already published version (incremental dedup),
-then one from a curated source (composition's `source` parts and retrieval seeds), then the most pixels (width x
-height), then the smallest image id. A group's id is its representative's id.
+Representative rule (deterministic, documented): an image of an already published version (incremental dedup) that
+this pool holds again, then one it does not, then one from a curated source (composition's `source` parts and
+retrieval seeds), then the most pixels (width x height), then the smallest image id. A group's id is its
+representative's id.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ def components(count: int, edges: list[Edges]) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+def _tier(image_id: str, tiers: tuple[frozenset[str], ...]) -> int:
+    return next((rank for rank, members in enumerate(tiers) if image_id in members), len(tiers))
+
+
 def group_duplicates(image_ids: list[str], pixels: list[int], edges: list[Edges],
-                     preferred: frozenset[str] = frozenset(),
-                     curated: frozenset[str] = frozenset()) -> list[Member]:  # fmt: skip
-    """Non-representative members of every group. The representative: an already published image (`preferred`)
-    first, then one from a curated source, then the most pixels, then the smallest id."""
+                     tiers: tuple[frozenset[str], ...] = ()) -> list[Member]:  # fmt: skip
+    """Non-representative members of every group. The representative: one from the first of `tiers` that holds
+    any (the driver's: published images this pool holds, other published images, curated images), then the most
+    pixels, then the smallest id."""
     labels = components(len(image_ids), edges)
     members: dict[int, list[int]] = {}
     for node, label in enumerate(labels):
@@ -65,8 +70,7 @@ def group_duplicates(image_ids: list[str], pixels: list[int], edges: list[Edges]
     for nodes in members.values():
         if len(nodes) < 2:
             continue
-        keeper = min(nodes, key=lambda node: (image_ids[node] not in preferred, image_ids[node] not in curated,
-                                              -pixels[node], image_ids[node]))  # fmt: skip
+        keeper = min(nodes, key=lambda node: (_tier(image_ids[node], tiers), -pixels[node], image_ids[node]))
         for node in sorted(nodes, key=lambda node: image_ids[node]):
             if node == keeper:
                 continue

@@ -73,3 +73,18 @@ def near_pairs(hashes: list[int], max_distance: int) -> tuple[np.ndarray, np.nda
     order = np.lexsort((neighbours[keep], queries[keep]))
     i, j = rows[queries[keep][order]], rows[neighbours[keep][order]]
     return i.astype(np.int64), j.astype(np.int64), distances[keep][order].astype(np.int64)
+
+
+def perceptual_edges(hashes: list[int], max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance) edges with the connected components of all `near_pairs`, in O(images + pairs of distinct
+    hashes): images sharing one hash (thousands of re-encodes of a popular picture) are joined to the first of
+    them (distance 0), and distinct hashes pair through their first images, instead of every pair of images."""
+    rows = np.flatnonzero(np.fromiter((value >= 0 for value in hashes), bool, len(hashes)))
+    values = np.fromiter((hashes[row] for row in rows), np.uint64, len(rows))
+    distinct, first, which = np.unique(values, return_index=True, return_inverse=True)
+    first_row = rows[first]  # the first image holding each distinct hash
+    near_i, near_j, distance = near_pairs([int(value) for value in distinct], max_distance)
+    twins = np.flatnonzero(rows != first_row[which])
+    i = np.concatenate([first_row[near_i], first_row[which[twins]]]).astype(np.int64)
+    j = np.concatenate([first_row[near_j], rows[twins]]).astype(np.int64)
+    return i, j, np.concatenate([distance, np.zeros(len(twins), np.int64)])

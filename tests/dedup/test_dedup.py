@@ -3,6 +3,7 @@ representative, bounded memory, and end-to-end runs with planted copies and an e
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
@@ -21,11 +22,17 @@ from curation.audit.statement import build_statement
 from curation.cli import cli
 from curation.config import DedupStage, PipelineSpec
 from curation.core.progress import Progress
+from curation.dedup.driver import phash_block
 from curation.dedup.graph import cross_edges, knn_edges
-from curation.dedup.groups import Edges, group_duplicates
-from curation.dedup.perceptual import hamming, near_pairs
+from curation.dedup.groups import Edges, components, group_duplicates
+from curation.dedup.perceptual import hamming, near_pairs, perceptual_edges
+from curation.errors import StoreError
+from curation.ingest import Block
+from curation.store.blobs import BlobStore
+from curation.store.objects import LocalStore
 from tests.audit.test_optout_apply import transformed
 from tests.conftest import FIXTURE_IMAGES
+from tests.corpus import image_bytes
 
 
 def test_perceptual_pairs_equal_brute_force():
@@ -43,6 +50,34 @@ def test_perceptual_pairs_equal_brute_force():
                  if hashes[a] >= 0 and hashes[b] >= 0 and hamming(hashes[a], hashes[b]) <= distance}  # fmt: skip
         assert list(zip(i.tolist(), j.tolist())) == sorted(brute)
         assert d.tolist() == [hamming(hashes[a], hashes[b]) for a, b in sorted(brute)]
+
+
+def _components(count: int, i: np.ndarray, j: np.ndarray) -> list[int]:
+    return components(count, [Edges("perceptual", i, j, np.ones(len(i)), 1.0)]).tolist()
+
+
+def test_perceptual_edges_give_the_groups_of_all_pairs_with_edges_linear_in_shared_hashes():
+    rng = random.Random(2)
+    distinct = [rng.getrandbits(64) for _ in range(200)]
+    hashes = [rng.choice(distinct) for _ in range(600)] + [distinct[0] ^ 0b111, -1]  # repeats, a near copy, none
+    for distance in (0, 4, 8):
+        i, j, d = perceptual_edges(hashes, distance)
+        assert _components(len(hashes), i, j) == _components(len(hashes), *near_pairs(hashes, distance)[:2])
+        assert all(d[n] == hamming(hashes[a], hashes[b]) <= distance for n, (a, b) in enumerate(zip(i, j)))
+    popular = [12345] * 5000  # 5,000 re-encodes of one picture: 4,999 edges, not 12.5 million pairs
+    i, j, d = perceptual_edges(popular, 4)
+    assert len(i) == 4999 and set(_components(5000, i, j)) == {0} and not d.any()
+
+
+def test_a_failing_store_read_is_not_cached_as_an_image_without_a_hash(tmp_path):
+    """Only undecodable bytes mean "no perceptual hash"; a read that fails raises (Ray retries the task), so a
+    passing outage cannot leave an image out of perceptual dedup for good."""
+    blobs = BlobStore(LocalStore(tmp_path / "blobs"))
+    good, broken = blobs.put(image_bytes(1)), blobs.put(b"not an image at all")
+    assert [value is None for _, value in phash_block(Block(0, "phash", "phash", (good, broken)), blobs)] == [
+        False, True]  # fmt: skip
+    with pytest.raises(StoreError):
+        phash_block(Block(0, "phash", "phash", (good, "f" * 64)), blobs)  # never stored: the read fails
 
 
 def clustered(count: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -153,10 +188,11 @@ def test_curated_images_represent_their_groups_before_bigger_ones():
     ids = [f"{n:064x}" for n in range(4)]
     pixels = [900, 100, 400, 50]
     edges = [Edges("copy_detection", np.array([0, 1, 2]), np.array([1, 2, 3]), np.array([0.95] * 3), 0.9)]
-    kept = lambda **sets: {m.representative for m in group_duplicates(ids, pixels, edges, **sets)}  # noqa: E731
+    kept = lambda *tiers: {m.representative for m in group_duplicates(ids, pixels, edges, tiers)}  # noqa: E731
     assert kept() == {ids[0]}  # the most pixels
-    assert kept(curated=frozenset({ids[1], ids[3]})) == {ids[1]}  # curated first, then the most pixels among them
-    assert kept(preferred=frozenset({ids[3]}), curated=frozenset({ids[1]})) == {ids[3]}  # published before curated
+    assert kept(frozenset({ids[1], ids[3]})) == {ids[1]}  # the first tier, then the most pixels in it
+    assert kept(frozenset({ids[3]}), frozenset({ids[1]})) == {ids[3]}  # e.g. published before curated
+    assert kept(frozenset(), frozenset({ids[2]}), frozenset({ids[0]})) == {ids[2]}  # an empty tier is skipped
 
 
 def test_a_curated_copy_is_kept_over_a_bigger_web_original(tmp_path):
@@ -406,6 +442,23 @@ def test_incremental_dedup_against_a_published_version(ray_local, planted, tmp_p
     assert all(detail["kept_is_published"] for detail in dropped.values())
     assert version.samples().num_rows == 11  # ten new images and the published one it crawled again
     assert (result.stats["dedup"]["published_images"], result.stats["dedup"]["published_in_pool"]) == (10, 1)
+
+
+def test_a_threshold_over_the_float16_limit_is_recorded_as_the_one_searched(tmp_path):
+    """threshold 1.0 is searched as 0.999 (float16 vectors); provenance must say 0.999, never a threshold above
+    the similarity it records."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    picture = Image.open(io.BytesIO(image_bytes(3, (64, 48), fmt="PNG"))).convert("RGB")
+    picture.save(pool / "a.png")
+    picture.save(pool / "a-again.bmp")  # the same pixels, other bytes: another image id, an identical vector
+    spec = {"name": "one", "sources": [{"kind": "folder", "name": "pool", "path": str(pool)}],
+            "stages": {"decode": {"min_side": 16}, "embed": {"model": "builtin"},
+                       "dedup": {"threshold": 1.0, "perceptual": False}},
+            "execution": {"executor": "local"}}  # fmt: skip
+    version = curation.open_version(curation.run(spec, home=tmp_path / "home").version, home=tmp_path / "home")
+    (dropped,) = [json.loads(row["detail"]) for row in version.provenance().to_pylist() if row["stage"] == "dedup"]
+    assert dropped["threshold"] == 0.999 and dropped["similarity"] >= dropped["threshold"]
 
 
 def test_copy_detection_needs_an_embedder():
