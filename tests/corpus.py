@@ -126,7 +126,7 @@ def write_hostile_corpus(folder: Path) -> dict[str, str]:
     }
     files["deep-sidecar.png"] = (image_bytes(9, fmt="PNG"), "kept")
     files["surrogate-sidecar.png"] = (image_bytes(10, fmt="PNG"), "kept")
-    files["a" * 251 + ".png"] = (image_bytes(16, fmt="PNG"), "read_failed")  # its sidecar's name is too long
+    files["a" * 251 + ".png"] = (image_bytes(16, fmt="PNG"), "kept")  # its sidecar's name is too long: ignored
     files["not-utf8-\udcff.png"] = (image_bytes(14, fmt="PNG"), "kept")  # the name's bytes: b"not-utf8-\xff.png"
     for name, (data, _fate) in files.items():
         (folder / name).write_bytes(data)
