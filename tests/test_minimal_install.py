@@ -32,7 +32,8 @@ result = curation.run(json.loads({json.dumps(json.dumps(spec))}), home=home)
 print("version", result.version)
 out = CliRunner().invoke(cli, ["--home", home, "train", "--dataset", result.version, "--config",
                                "curation/train/configs/tiny-cpu.yaml", "--out", {str(tmp_path / "run")!r},
-                               "--set", "run.steps=2", "--set", "data.workers=0", "--set", "optim.batch_size=8"])
+                               "--set", "run.steps=2", "--set", "data.workers=0", "--set", "optim.batch_size=8",
+                               "--set", "optim.warmup_steps=1", "--set", "loss.teacher_temp_warmup_steps=2"])
 print(out.output)
 assert out.exit_code == 0, out.output
 for name in {ABSENT!r}:
