@@ -183,7 +183,9 @@ def show_command(obj: Context, ref: str, as_json: bool) -> None:
         if report:
             click.echo("samples by part: " + ", ".join(f"{k} {v}" for k, v in report["samples_by_part"].items()))
             for part, numbers in report["parts"].items():
-                if "top_clusters" in numbers:
+                if "top_clusters" in numbers and not numbers["images_per_top_cluster_before"]:
+                    click.echo(f"  {part}: 0 top clusters (its pool was empty)")
+                elif "top_clusters" in numbers:
                     before, after = numbers["images_per_top_cluster_before"], numbers["selected_per_top_cluster"]
                     click.echo(f"  {part}: {numbers['top_clusters']} top clusters; largest/smallest before "
                                f"{max(before)}/{min(before)}, after {max(after)}/{min(after)}")  # fmt: skip

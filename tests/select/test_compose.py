@@ -105,3 +105,23 @@ def test_shards_start_only_for_parts_that_use_vectors(ray_local, home):
             "execution": {"executor": "ray"}}  # fmt: skip
     result = curation.run(spec, home=home)
     assert result.stats["select"]["selected"] > 0 and "shards" not in result.stats["select"]
+
+
+def test_show_says_a_balanced_part_had_an_empty_pool(tmp_path, home):
+    """Every source is a curated part's: the balanced part has nothing to balance; `curate show` says so."""
+    from click.testing import CliRunner
+
+    from curation.cli import cli
+
+    spec = {"name": "emptypool", "sources": [{"kind": "folder", "name": "clip",
+                                              "path": str(FIXTURE_IMAGES / "openclipart")}],
+            "stages": {"decode": {"min_side": 16}, "embed": {"model": "builtin"},
+                       "select": {"mode": "compose", "parts": [
+                           {"kind": "source", "name": "curated", "sources": ["clip"]},
+                           {"kind": "balanced", "name": "bal", "target": 10,
+                            "levels": [{"clusters": 4}, {"clusters": 2}]}]}},
+            "execution": {"executor": "local"}}  # fmt: skip
+    version = curation.run(spec, home=home).version
+    shown = CliRunner().invoke(cli, ["--home", str(home), "show", version])
+    assert shown.exit_code == 0, shown.output
+    assert "bal: 0 top clusters (its pool was empty)" in shown.output
