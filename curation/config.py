@@ -87,11 +87,6 @@ class Strict(BaseModel):
                 raise PydanticCustomError("not_a_number", "a whole number is needed, not the string {given}",
                                           {"field": name, "given": repr(value)})  # fmt: skip
         return data
-        if isinstance(value, bool):
-            raise ValueError(f"a number is needed, not {str(value).lower()}")
-        if isinstance(value, str) and float not in admitted:
-            raise ValueError(f"a whole number is needed, not the string {value!r}")
-        return value
 
 
 class S3Settings(Strict):

@@ -10,7 +10,6 @@ from curation.config import FolderSource
 from curation.errors import SpecError
 from curation.ingest.raw import (
     SIDECAR_MAX_BYTES,
-    NotRegularFile,
     RawInput,
     has_image_extension,
     open_regular_file,
@@ -42,9 +41,6 @@ def read_files(paths: tuple[str, ...], max_bytes: int) -> Iterator[RawInput]:
             if len(data) > max_bytes:
                 yield RawInput(name, reason=Reason.TOO_LARGE, detail=f"more than max_bytes {max_bytes}")
                 continue
-        except NotRegularFile:
-            yield RawInput(name, reason=Reason.READ_FAILED, detail="not a regular file")
-            continue
         except OSError as error:
             yield RawInput(name, reason=Reason.READ_FAILED, detail=error.strerror or str(error))
             continue
@@ -59,7 +55,5 @@ def _sidecar(path: Path) -> tuple[dict, str | None]:
             return parse_sidecar(handle.read(SIDECAR_MAX_BYTES + 1))  # enough to tell it is too large
     except FileNotFoundError:
         return {}, None
-    except NotRegularFile:
-        return {}, "sidecar ignored: not a regular file"
     except OSError as error:
         return {}, f"sidecar ignored: {error.strerror}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -97,5 +98,5 @@ def open_regular_file(path: str | Path) -> BinaryIO:
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
         os.close(descriptor)
-        raise NotRegularFile(f"not a regular file: {path}")
+        raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))  # strerror: what readers record
     return os.fdopen(descriptor, "rb")
